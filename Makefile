@@ -1,0 +1,37 @@
+# noops: the two commands are `make demo` (build the examples, serve one) and `make test`.
+# Both install what is missing first, so they work on a fresh Debian 12 machine as root.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NOOPS := $(VENV)/bin/noops
+APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry buildah python3-venv ca-certificates
+PYTEST_ARGS ?=
+
+.PHONY: deps demo test lint bench clean
+
+deps: $(VENV)/.installed
+	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: deps
+	$(PY) -m noops.demo
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: deps
+	$(PY) bench/build.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+module noops.dev/staticserver
+
+go 1.19

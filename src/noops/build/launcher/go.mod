@@ -1,0 +1,3 @@
+module noops.dev/launcher
+
+go 1.19

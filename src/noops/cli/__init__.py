@@ -1,0 +1,32 @@
+"""The ``noops`` command line: thin click commands that call one subsystem function and print.
+
+Every command that outputs data takes ``--json``. A :class:`~noops.errors.NoopsError` is printed
+as its message and the process exits with its ``exit_code``; no traceback for user errors.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from noops.cli.app import cli
+from noops.errors import NoopsError
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except NoopsError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
