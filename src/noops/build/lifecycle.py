@@ -89,6 +89,12 @@ def detect(app_dir: Path) -> DetectReport:
             "next to one of them."
         )
     declared = load_appspec(app_dir).processes
+    if declared and "web" not in declared:
+        sources = " and ".join(sorted({p.source for p in declared.values()}))
+        raise BuildError(
+            f"no `web` process: {sources} declares {', '.join(sorted(declared))} but not web. "
+            "Add a line like `web: gunicorn app:app` so noops knows what serves HTTP."
+        )
     return DetectReport(chosen, explanations, declared)
 
 
@@ -184,11 +190,7 @@ def _processes(detected: list[ProcessDef], declared: dict[str, ProcessDef]) -> l
         raise BuildError("no start command: add a Procfile with a `web:` line, e.g. "
                          "`web: python3 app.py`")
     if "web" not in merged:
-        declared_types = ", ".join(sorted(merged))
-        raise BuildError(
-            f"no `web` process: the Procfile/noops.toml declares {declared_types} but not web. "
-            "Add a line like `web: gunicorn app:app` so noops knows what serves HTTP."
-        )
+        raise BuildError("no `web` process could be found: add a Procfile with a `web:` line")
     return [merged["web"], *(merged[t] for t in sorted(merged) if t != "web")]
 
 

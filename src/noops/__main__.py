@@ -1,0 +1,5 @@
+"""``python -m noops``: the same as the ``noops`` command."""
+
+from noops.cli import main
+
+main()
