@@ -33,7 +33,10 @@ from noops.oci.layer import LayerSpec, source_date_epoch, write_tar
 from noops.oci.store import ImageStore
 from noops.settings import Settings
 
-__all__ = ["CNB_GID", "CNB_UID", "STACKS", "StackDef", "StackImages", "build_stack", "ensure_stack", "stack_info", "stack_refs"]
+__all__ = [
+    "CNB_GID", "CNB_UID", "STACKS", "StackDef", "StackImages", "build_stack", "ensure_stack",
+    "stack_info", "stack_refs",
+]
 
 CNB_UID = 1000
 CNB_GID = 1000
@@ -229,8 +232,13 @@ def _image_from_rootfs(store: ImageStore, rootfs: Path, stack: StackDef, kind: s
 
 
 def build_stack(settings: Settings, store: ImageStore, stack_id: str,
-                log: Callable[[str], None] = lambda _msg: None) -> StackImages:
-    """Build (or rebuild) one stack's build and run images and move their ``stable`` tags."""
+                log: Callable[[str], None] = lambda _msg: None,
+                kinds: tuple[str, ...] = ("build", "run")) -> StackImages:
+    """Build (or rebuild) a stack's images (both, or only ``kinds``); move their ``stable`` tags.
+
+    Rebuilding only the run image is how OS patches reach apps: ``noops rebase`` then moves
+    each app onto it without a rebuild.
+    """
     if stack_id not in STACKS:
         raise UsageError(f"unknown stack {stack_id!r}; choose one of {', '.join(STACKS)} or all")
     if os.geteuid() != 0:
@@ -247,6 +255,10 @@ def build_stack(settings: Settings, store: ImageStore, stack_id: str,
         ("build", "essential", stack.build_packages),
         ("run", stack.run_variant, stack.run_packages),
     ):
+        if kind not in kinds:
+            current = store.image(stack_refs(stack_id)[0 if kind == "build" else 1])
+            results[kind] = (stack_refs(stack_id)[0 if kind == "build" else 1], current.digest)
+            continue
         work = Path(tempfile.mkdtemp(dir=tmp_root, prefix=f"stack-{stack_id}-{kind}-"))
         try:
             rootfs = work / "rootfs"

@@ -246,14 +246,16 @@ def stack() -> None:
 
 @stack.command("build")
 @click.argument("which", type=click.Choice(["python", "node", "static", "all"]), default="all")
+@click.option("--run-only", is_flag=True, help="Rebuild only the run image(s): then `noops rebase`.")
 @output_options
 @pass_ctx
-def stack_build(ctx: Ctx, which: str) -> None:
+def stack_build(ctx: Ctx, which: str, run_only: bool) -> None:
     """Build (or rebuild, to pick up Debian security updates) a stack's images."""
     from noops.build.stacks import STACKS, build_stack
 
     ids = list(STACKS) if which == "all" else [which]
-    results = [build_stack(ctx.settings, ctx.store, s, ctx.logger()) for s in ids]
+    kinds = ("run",) if run_only else ("build", "run")
+    results = [build_stack(ctx.settings, ctx.store, s, ctx.logger(), kinds) for s in ids]
     data = [r.__dict__ for r in results]
     emit(ctx, data, lambda con: [con.print(
         f"[bold green]stack {r.stack}[/]: {r.build}, {r.run} ({r.seconds:.0f}s)") for r in results])

@@ -1,0 +1,41 @@
+"""Helpers the tests import: paths, free ports, HTTP polling, tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 60.0) -> tuple[int, str]:
+    """Poll ``url`` until it answers; return (status, body)."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except Exception as exc:
+            last = exc
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout_s}s: {last}")
+
+
+def needs(*tools: str) -> pytest.MarkDecorator:
+    missing = [t for t in tools if shutil.which(t) is None]
+    return pytest.mark.skipif(bool(missing) or os.geteuid() != 0,
+                              reason=f"needs root and {', '.join(tools)} (run `make deps`)")
