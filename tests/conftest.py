@@ -82,3 +82,5 @@ def run_image(noops_home: Path) -> Iterator[object]:
             except subprocess.TimeoutExpired:
                 running.proc.kill()
                 running.proc.wait()
+        if running.proc.stdout is not None:
+            running.proc.stdout.close()

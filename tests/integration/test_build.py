@@ -49,7 +49,7 @@ def test_example_builds_serves_and_has_an_sbom(example: str, noops_settings: Set
     assert status == 200 and MARKERS[example] in body
 
     doc = image_sbom(noops_settings, store, report.name)
-    names = {c["name"]: c for c in doc["components"]}
+    names = {c["name"].lower(): c for c in doc["components"]}
     assert any(c["purl"].startswith("pkg:deb/debian/") for c in doc["components"])
     assert "base-files" in names
     for dep in DEPENDENCIES[example]:
@@ -63,6 +63,9 @@ def test_ctrl_c_stops_noops_run_cleanly(noops_settings: Settings, unique: str,
     wait_http(running.url + "/healthz")
     running.proc.send_signal(signal.SIGINT)
     assert running.proc.wait(timeout=20) == 0
+    assert running.proc.stdout is not None
+    output = running.proc.stdout.read().decode()
+    assert "shutdown complete" in output, output  # the app got the signal and drained
     runc_list = subprocess.run(["runc", "--root", "/run/noops/runc", "list", "-q"],
                                capture_output=True, text=True, check=False).stdout
     assert "noops-run" not in runc_list

@@ -103,6 +103,24 @@ def push(ctx: Ctx, image: str, ref: str, insecure: bool) -> None:
 
 
 @cli.command()
+@click.argument("registry")
+@click.option("-u", "--username", prompt=True, help="Registry user name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP (a registry on localhost).")
+@pass_ctx
+def login(ctx: Ctx, registry: str, username: str, password_stdin: bool, insecure: bool) -> None:
+    """Check credentials for REGISTRY (HOST[:PORT]) and save them for push and pull."""
+    from noops.oci.registry import login as registry_login
+
+    if password_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    path = registry_login(registry, username, password, insecure=insecure)
+    ctx.console.print(f"logged in to {registry}; credentials saved in {path} (mode 0600)")
+
+
+@cli.command()
 @click.argument("ref")
 @click.option("-t", "--tag", help="Local name for the pulled image.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP (a registry on localhost).")
@@ -124,7 +142,7 @@ def pull(ctx: Ctx, ref: str, tag: str | None, insecure: bool) -> None:
 def images(ctx: Ctx) -> None:
     """List the images in the local store."""
     store = ctx.store
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, desc in store.tags():
         img = store.image(desc.digest)
         rows.append({"name": name, "digest": desc.digest, "size": img.size,
@@ -257,8 +275,12 @@ def stack_build(ctx: Ctx, which: str, run_only: bool) -> None:
     kinds = ("run",) if run_only else ("build", "run")
     results = [build_stack(ctx.settings, ctx.store, s, ctx.logger(), kinds) for s in ids]
     data = [r.__dict__ for r in results]
-    emit(ctx, data, lambda con: [con.print(
-        f"[bold green]stack {r.stack}[/]: {r.build}, {r.run} ({r.seconds:.0f}s)") for r in results])
+
+    def human(con: Console) -> None:
+        for r in results:
+            con.print(f"[bold green]stack {r.stack}[/]: {r.build}, {r.run} ({r.seconds:.0f}s)")
+
+    emit(ctx, data, human)
 
 
 @stack.command("list")

@@ -46,6 +46,7 @@ __all__ = [
     "Progress",
     "PushResult",
     "find_credentials",
+    "login",
     "pull",
     "push",
     "remote_image",
@@ -539,3 +540,35 @@ def _json_object(raw: bytes, s: _Session) -> dict[str, Any]:
         raise RegistryError(f"registry {s.host} sent a non-object for {s.ref}: check that "
                             f"{s.base} is an OCI registry")
     return value
+
+
+def login(registry: str, user: str, password: str, *, insecure: bool = False,
+          environ: Mapping[str, str] = os.environ) -> Path:
+    """Check ``user``/``password`` against ``registry`` (``GET /v2/``), then save them.
+
+    They go where :func:`find_credentials` looks first and other tools look too:
+    ``$REGISTRY_AUTH_FILE`` if set, else ``$DOCKER_CONFIG/config.json`` or
+    ``~/.docker/config.json``, written atomically with mode 0600. A refused login saves nothing.
+    """
+    ref = parse_reference(f"{registry}/noops-login")
+    with _Session(ref, insecure, (user, password), environ, "login", push=False) as s:
+        s.send("GET", f"{s.base}/v2/")
+    if environ.get("REGISTRY_AUTH_FILE"):
+        path = Path(environ["REGISTRY_AUTH_FILE"])
+    else:
+        home = environ.get("DOCKER_CONFIG") or str(Path(environ.get("HOME", "~")).expanduser()
+                                                   / ".docker")
+        path = Path(home) / "config.json"
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise RegistryError(f"{path} is not valid JSON; fix or remove it, then log in again") from exc
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    data.setdefault("auths", {})[registry] = {"auth": token}
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+    return path

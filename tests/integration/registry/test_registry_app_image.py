@@ -42,7 +42,7 @@ def test_built_image_pushes_and_other_tools_read_it(noops_settings: Settings, re
     subprocess.run(["umoci", "unpack", "--image", f"{layout}:flask", str(bundle)],
                    capture_output=True, check=True)
     rootfs = bundle / "rootfs"
-    assert "noops example: flask" in (rootfs / "workspace" / "app.py").read_text()
+    assert "Flask(__name__)" in (rootfs / "workspace" / "app.py").read_text()
     assert (rootfs / "cnb" / "lifecycle" / "launcher").is_file()
     assert (rootfs / "cnb" / "process" / "web").is_symlink()
     assert (rootfs / "layers" / "sbom" / "launch" / "noops" / "sbom.cdx.json").is_file()

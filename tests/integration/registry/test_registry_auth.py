@@ -139,3 +139,25 @@ def test_bearer_token_refused_for_wrong_password(token_registry, token_server, s
     assert "noops login" in message
     assert wrong not in message
     assert token_server.requests and token_server.requests[0][0] == ""  # refused at the realm
+
+
+def test_cli_login_checks_and_saves_credentials(basic_registry, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    from noops.oci.registry import find_credentials
+
+    auth = tmp_path / "auth.json"
+    env = dict(os.environ, REGISTRY_AUTH_FILE=str(auth))
+    base = [sys.executable, "-m", "noops", "login", basic_registry.host, "-u", basic_registry.user,
+            "--password-stdin", "--insecure"]
+    bad = subprocess.run(base, input="wrong\n", capture_output=True, text=True, env=env, check=False)
+    assert bad.returncode == 5 and "401" in bad.stderr and "wrong" not in bad.stderr
+    assert not auth.exists()
+    good = subprocess.run(base, input=basic_registry.password + "\n", capture_output=True, text=True,
+                          env=env, check=False)
+    assert good.returncode == 0, good.stderr
+    assert oct(auth.stat().st_mode & 0o777) == "0o600"
+    assert find_credentials(basic_registry.host, {"REGISTRY_AUTH_FILE": str(auth)}) == (
+        basic_registry.user, basic_registry.password)

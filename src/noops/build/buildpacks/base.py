@@ -69,8 +69,8 @@ class BuildContext(Protocol):
     plan: dict[str, Any]
     stack_id: str
 
-    def layer_dir(self, name: str) -> Path:
-        """Host path of /layers/<bp>/<name> (created empty)."""
+    def layer_dir(self, name: str, create: bool = True) -> Path:
+        """Host path of /layers/<bp>/<name> (created, and exported, unless ``create=False``)."""
 
     def container_layer_path(self, name: str) -> str:
         """Path of the layer inside the build container and the image."""
@@ -84,6 +84,12 @@ class BuildContext(Protocol):
 
     def cache_dir(self, name: str) -> str:
         """Container path of a persistent cache directory (pip/npm/go caches)."""
+
+    def tool_version(self, package: str) -> str:
+        """The version of a Debian package in the build image ("" if absent)."""
+
+    def tool_binary(self, name: str) -> Path:
+        """Host path of one of noops' own Go tools (e.g. ``static_server``), built if needed."""
 
     def log(self, message: str) -> None: ...
 
