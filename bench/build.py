@@ -28,6 +28,7 @@ Usage (as root, after ``make deps``)::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -143,6 +144,12 @@ class Bench:
         self.noops = noops_cmd()
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
         env["NOOPS_HOME"] = str(self.home)
+        if not args.no_pyc_cache:
+            # An installed noops has its bytecode cached; a PYTHONDONTWRITEBYTECODE=1 shell
+            # would make every noops call recompile its modules (~0.07 s here). The cache goes
+            # under the bench home, never into the source tree.
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(self.home / "cache" / "pycache")
         self.noops_env = env
         self.work = Path(tempfile.mkdtemp(prefix="noops-bench-"))
         self.noops_src = self.work / "noops-app" / "flask"
@@ -153,6 +160,7 @@ class Bench:
             k: Samples() for k in (
                 "noops_cold", "buildah_cold", "noops_source", "buildah_source",
                 "noops_rebase", "noops_rebase_internal", "buildah_new_base", "noops_cli_startup",
+                "noops_source_new_base",
             )
         }
         self.noops_phases: dict[str, dict[str, Samples]] = {"cold": {}, "source": {}}
@@ -236,6 +244,36 @@ class Bench:
     def clear_noops_caches(self) -> None:
         for sub in ("cache/layer-keys", "cache/build"):
             shutil.rmtree(self.home / sub, ignore_errors=True)
+        self.forget_app_layers()
+
+    def forget_app_layers(self) -> None:
+        """Make noops write every app layer blob again, as buildah must after ``rmi --prune``.
+
+        noops' layers are reproducible: a cold pip install yields the venv tar of the last
+        build, and the store would reuse its blob without compressing it. Its diffID → blob
+        records (``images/noops/diffids``) are dropped for every layer that is not in a stack
+        image (tags ``noops/...``), so the next build compresses and stores them anew.
+        """
+        images = self.home / "images"
+        records = images / "noops" / "diffids"
+        if not records.is_dir():
+            return
+
+        def blob(digest: str) -> dict[str, Any]:
+            data: dict[str, Any] = json.loads(
+                (images / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes())
+            return data
+
+        keep: set[str] = set()
+        index = json.loads((images / "index.json").read_text())
+        for entry in index.get("manifests", []):
+            name = entry.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+            if name.startswith("noops/"):
+                config = blob(blob(entry["digest"])["config"]["digest"])
+                keep.update(d.split(":", 1)[1] for d in config["rootfs"]["diff_ids"])
+        for record in records.iterdir():
+            if record.name.split(".", 1)[0] not in keep:
+                record.unlink()
 
     def setup(self) -> None:
         self.preflight()
@@ -255,6 +293,14 @@ class Bench:
         log(f"  noops warm-up {seconds:.1f} s")
         proc, _ = self.buildah_bud(self.buildah_src, "buildah bud (warm-up)")
         log(f"  buildah warm-up {proc.seconds:.1f} s")
+        spec = importlib.util.find_spec("noops")
+        if not self.args.no_pyc_cache and spec and spec.submodule_search_locations:
+            # compile every noops module now, so no timed command pays for it (e.g. rebase)
+            run([sys.executable, "-m", "compileall", "-q",
+                 *spec.submodule_search_locations], env=self.noops_env, what="compileall noops")
+        elif os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            self.notes.append("PYTHONDONTWRITEBYTECODE is set and --no-pyc-cache given: every "
+                              "noops call recompiles its modules")
         for _ in range(max(3, self.args.runs)):
             self.results["noops_cli_startup"].add(
                 self.noops_run("--version", what="noops --version").seconds)
@@ -312,6 +358,12 @@ class Bench:
             self.checks["buildah_new_base_cache_hits"].append(hits)
             msg += f"; buildah rebuild on the new run image {bud.seconds:.2f} s ({hits} cache hits)"
         log(msg)
+        # informational: the first noops build (a source edit) after the run image changed
+        self.set_version(self.noops_src, f"1.1.{i + 1}")
+        seconds, report = self.noops_build(self.noops_src, "noops build (after new run image)")
+        self.results["noops_source_new_base"].add(seconds)
+        log(f"  noops source-only rebuild, first on the new run image: {seconds:.2f} s "
+            f"(export {report['timings'].get('export_s')} s)")
 
     # -- teardown ----------------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -372,6 +424,8 @@ class Bench:
             ("rebase (buildah: rebuild on new base)", fmt(r["noops_rebase"]),
              fmt(r["buildah_new_base"]), ratio("noops_rebase", "buildah_new_base"),
              f"noops <= {REBASE_TARGET_S} s"),
+            ("(info) source edit, 1st build on new base", fmt(r["noops_source_new_base"]),
+             fmt(r["buildah_new_base"]), ratio("noops_source_new_base", "buildah_new_base"), ""),
         ]
         head = ("phase", "noops median (min–max)", "buildah median (min–max)", "ratio", "target")
         widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
@@ -435,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-stage", action="store_true",
                         help="buildah: one stage on the build image (no run image, no rebase "
                              "reference) instead of build stage + run image")
+    parser.add_argument("--no-pyc-cache", action="store_true",
+                        help="run noops with the caller's PYTHONDONTWRITEBYTECODE as is (by default "
+                             "noops' bytecode is cached under HOME/cache/pycache)")
     parser.add_argument("--skip-rebase", action="store_true",
                         help="skip the rebase phase (it builds a new run image per run)")
     args = parser.parse_args(argv)

@@ -136,7 +136,7 @@ def test_failed_npm_install_shows_npms_message(noops_settings: Settings, tmp_pat
 
 
 def test_empty_folder_and_missing_runc(noops_settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(DetectError, match="requirements.txt"):
+    with pytest.raises(DetectError, match=r"requirements\.txt"):
         build_image(noops_settings, tmp_path)
     no_runc = Settings(environ={"NOOPS_RUNC": "/nonexistent/runc"},
                        overrides={"home": noops_settings.home})
@@ -160,3 +160,19 @@ def test_cli_build_json(noops_home: Path, unique: str) -> None:
     assert data["name"] == f"t-{unique}/static:latest"
     assert data["buildpack"] == "noops/static"
     assert data["processes"][0]["type"] == "web"
+
+
+def test_zstd_layers_on_request(noops_home: Path, unique: str, run_image: object) -> None:
+    result = subprocess.run([sys.executable, "-m", "noops", "--home", str(noops_home), "build",
+                             str(EXAMPLES / "go"), "-t", f"t-{unique}/go-zstd", "--json",
+                             "--compression", "zstd"], capture_output=True, text=True, check=True)
+    data = json.loads(result.stdout)
+    store = ImageStore(noops_home / "images")
+    image = store.image(data["name"])
+    written = {layer["digest"] for layer in data["layers"] if layer["new_blob"]}
+    assert written, "the app layer at least is compressed anew"
+    for desc in image.layers:
+        if desc.digest in written:
+            assert desc.media_type == "application/vnd.oci.image.layer.v1.tar+zstd"
+    running = run_image(data["name"])  # type: ignore[operator]
+    assert "noops example: go" in wait_http(running.url + "/")[1]

@@ -103,7 +103,8 @@ class _Exporter:
         return self._append(desc, tar.diff_id, name, created_by, new, True)
 
     def add_existing(self, diff_id: str, name: str, created_by: str) -> str:
-        desc = self.store.layer_for_diff_id(diff_id)
+        desc = (self.store.layer_for_diff_id(diff_id, self.compression)
+                or self.store.layer_for_diff_id(diff_id))
         if desc is None:
             raise ImageError(f"layer {name} ({diff_id}) is no longer stored; rebuild with --clear-cache")
         return self._append(desc, diff_id, name, created_by, False, False)
@@ -182,8 +183,7 @@ def export_image(
     proc_json = [_process_json(p, process_bp, p.type == default) for p in processes]
     launch_config = {"processes": proc_json, "layers": layer_paths, "env": {}}
     metadata_toml = {
-        "processes": [{k: v for k, v in p.items() if k != "buildpack-id"} | {"buildpack-id": p["buildpack-id"]}
-                      for p in proc_json],
+        "processes": proc_json,
         "buildpacks": [{"id": i, "version": v, "api": "0.12"} for i, v in buildpacks],
     }
     config_spec = LayerSpec(uid=0, gid=0)

@@ -50,13 +50,19 @@ def cli(click_ctx: click.Context, home: Path | None) -> None:
 @click.option("-t", "--tag", help="Image name[:tag] (default: the folder's name, :latest).")
 @click.option("--push", "push_ref", help="Also push to REGISTRY/NAME[:TAG].")
 @click.option("--insecure", is_flag=True, help="Push over plain HTTP (a registry on localhost).")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]),
+              help="Layer compression (default: gzip, or NOOPS_COMPRESSION).")
 @output_options
 @pass_ctx
-def build(ctx: Ctx, path: Path, tag: str | None, push_ref: str | None, insecure: bool) -> None:
+def build(ctx: Ctx, path: Path, tag: str | None, push_ref: str | None, insecure: bool,
+          compression: str | None) -> None:
     """Build PATH into an OCI image: detect, build under runc, export. No Dockerfile."""
     from noops.build.lifecycle import build_image
+    from noops.settings import Settings
 
-    report = build_image(ctx.settings, path, tag=tag, log=ctx.logger())
+    settings = Settings(ctx.settings.environ,
+                        {"home": ctx.settings.home, "compression": compression})
+    report = build_image(settings, path, tag=tag, log=ctx.logger())
     if push_ref:
         from noops.oci.registry import push
 

@@ -37,7 +37,9 @@ _OPAQUE = ".wh..wh..opq"
 def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     """tarfile's tar filter checks (no absolute paths, nothing outside dest), modes kept."""
     checked = tarfile.tar_filter(member, dest)
-    return checked.replace(mode=member.mode & 0o7777, deep=False) if member.isreg() or member.isdir() else checked
+    if member.isreg() or member.isdir():
+        return checked.replace(mode=member.mode & 0o7777, deep=False)
+    return checked
 
 
 class LayerCache:

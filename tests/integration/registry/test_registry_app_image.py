@@ -58,3 +58,31 @@ def test_push_refused_by_registry_is_a_clear_error(noops_settings: Settings,
     remote = f"{basic_registry.host}/apps/static:{unique}"  # type: ignore[attr-defined]
     with pytest.raises(RegistryError, match="401"):
         push(app_store, report.name, remote, insecure=True, environ={})
+
+
+def test_rebase_of_a_registry_image(noops_settings: Settings, registry: object,
+                                    unique: str) -> None:
+    from noops.build.rebase import rebase_image
+    from noops.build.stacks import build_stack
+    from noops.oci.registry import remote_image
+
+    report = build_image(noops_settings, EXAMPLES / "go", tag=f"t-{unique}/go")
+    app_store = ImageStore(noops_settings.home / "images")
+    remote = f"{registry.host}/apps/go:{unique}"  # type: ignore[attr-defined]
+    push(app_store, report.name, remote, insecure=True)
+    before = remote_image(remote, insecure=True)
+    top = json.loads(before.labels["io.buildpacks.lifecycle.metadata"])["runImage"]["topLayer"]
+    app_layers = before.layers[before.diff_ids.index(top) + 1:]
+
+    patched = Settings(environ={"SOURCE_DATE_EPOCH": str(1_600_000_000 + int(unique, 16) % 10**6)},
+                       overrides={"home": noops_settings.home})
+    new_run = build_stack(patched, app_store, "static", kinds=("run",))
+    result = rebase_image(noops_settings, app_store, remote, insecure=True)
+    assert result.pushed is not None and result.run_digest == new_run.run_digest
+
+    after = remote_image(remote, insecure=True)
+    assert after.digest == result.digest != before.digest
+    md = json.loads(after.labels["io.buildpacks.lifecycle.metadata"])
+    new_base = app_store.image("noops/run-static:stable")
+    assert md["runImage"]["topLayer"] == new_base.diff_ids[-1]
+    assert after.layers[len(new_base.layers):] == app_layers
