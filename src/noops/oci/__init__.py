@@ -1,0 +1,37 @@
+"""Content-addressed images: the OCI layout store, reproducible layers, registries, runc bundles."""
+
+from noops.oci.bundle import ContainerSpec, Mount, Runc, write_config
+from noops.oci.image import Image
+from noops.oci.layer import LayerSpec, TarResult, source_date_epoch, write_tar
+from noops.oci.model import Descriptor
+from noops.oci.reference import Reference, normalize_local, parse_reference
+from noops.oci.registry import PushResult, find_credentials, login, pull, push, remote_image
+from noops.oci.store import ImageStore
+from noops.oci.unpack import LayerCache, mount_rootfs, mounted, unmount
+
+__all__ = [
+    "ContainerSpec",
+    "Descriptor",
+    "Image",
+    "ImageStore",
+    "LayerCache",
+    "LayerSpec",
+    "Mount",
+    "PushResult",
+    "Reference",
+    "Runc",
+    "TarResult",
+    "find_credentials",
+    "login",
+    "mount_rootfs",
+    "mounted",
+    "normalize_local",
+    "parse_reference",
+    "pull",
+    "push",
+    "remote_image",
+    "source_date_epoch",
+    "unmount",
+    "write_config",
+    "write_tar",
+]

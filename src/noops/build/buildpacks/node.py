@@ -102,10 +102,7 @@ class NodeBuildpack:
             ctx.run(cmd, what=f"{cmd[0]} install from {lockname}; its message is above", cwd=modules)
             if lockname != "yarn.lock":
                 layer.components = sbom.npm_packages(lock_text)
-        link = ctx.app_dir / "node_modules"
-        if link.is_symlink() or link.exists():
-            raise BuildError("the app folder has a node_modules entry; delete it (noops installs "
-                             "dependencies from the lockfile)")
-        os.symlink(f"{modules}/node_modules", link)
+        # the source copy never carries node_modules (see export.copy_source)
+        os.symlink(f"{modules}/node_modules", ctx.app_dir / "node_modules")
         out.layers.append(layer)
         return out
