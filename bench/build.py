@@ -165,6 +165,7 @@ class Bench:
         }
         self.noops_phases: dict[str, dict[str, Samples]] = {"cold": {}, "source": {}}
         self.notes: list[str] = []
+        self.load: dict[str, list[float]] = {}
         self.checks: dict[str, list[Any]] = {"noops_cold_venv_new_blob": [],
                                              "noops_source_venv_reused": [],
                                              "buildah_cold_cache_hits": [],
@@ -181,6 +182,7 @@ class Bench:
         return run([*base, *argv], what=what, check=check)
 
     def buildah_bud(self, src: Path, what: str) -> tuple[Proc, int]:
+        os.sync()  # no timed command pays for the previous step's dirty pages
         proc = self.buildah(
             "bud", "--isolation", "chroot", "--layers", "--pull=never", "--network", "host",
             "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "-f", str(self.dockerfile),
@@ -188,6 +190,7 @@ class Bench:
         return proc, (proc.stdout + proc.stderr).count("Using cache")
 
     def noops_build(self, src: Path, what: str) -> tuple[float, dict[str, Any]]:
+        os.sync()
         proc = self.noops_run("build", str(src), "-t", NOOPS_APP, "--json", what=what)
         return proc.seconds, json.loads(proc.stdout)
 
@@ -306,6 +309,10 @@ class Bench:
                 self.noops_run("--version", what="noops --version").seconds)
 
     # -- phases ------------------------------------------------------------------------------
+    def mark_load(self, when: str) -> None:
+        """Record the 1/5/15-minute load averages: other work on the machine skews timings."""
+        self.load[when] = [round(x, 2) for x in os.getloadavg()]
+
     def cold(self, i: int) -> None:
         self.clear_noops_caches()
         seconds, report = self.noops_build(self.noops_src, "noops build (cold)")
@@ -345,6 +352,7 @@ class Bench:
         built = self.noops_run("stack", "build", "python", "--run-only", "--json", env=env,
                                what="noops stack build python --run-only")
         log(f"  new run image in {built.seconds:.0f} s")
+        os.sync()
         proc = self.noops_run("rebase", NOOPS_APP, "--json", what="noops rebase")
         data = json.loads(proc.stdout)
         self.results["noops_rebase"].add(proc.seconds)
@@ -401,6 +409,8 @@ class Bench:
             "noops_phases": {kind: {k: v.to_json() for k, v in phases.items()}
                              for kind, phases in self.noops_phases.items()},
             "checks": self.checks,
+            "load_average": self.load,
+            "cpus": os.cpu_count(),
             "notes": self.notes,
         }
 
@@ -447,6 +457,7 @@ class Bench:
             print(f"noops CLI start-up (`noops --version`): {startup:.2f} s"
                   + (f"; rebase inside the process: {inside:.3f} s" if inside is not None else ""))
         print(f"checks: {json.dumps(self.checks)}")
+        print(f"load average (1/5/15 min) at each phase start: {json.dumps(self.load)}")
         for note in self.notes:
             print(f"note: {note}")
         print()
@@ -475,6 +486,10 @@ class Bench:
             self.notes.append("buildah did not use its layer cache on a source-only rebuild")
         if any(h > 0 for h in self.checks["buildah_cold_cache_hits"]):
             self.notes.append("buildah's cold build hit its cache: the cold numbers are not cold")
+        busy = {k: v[0] for k, v in self.load.items() if v[0] > 0.5 * (os.cpu_count() or 1)}
+        if busy:
+            self.notes.append(f"the machine was busy (1-min load average {busy} on "
+                              f"{os.cpu_count()} CPUs): other work skews these timings")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,13 +515,17 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     try:
         bench.setup()
+        bench.mark_load("cold")
         for i in range(args.runs):
             bench.cold(i)
+        bench.mark_load("source-only")
         for i in range(args.runs):
             bench.source_only(i)
         if not args.skip_rebase:
+            bench.mark_load("rebase")
             for i in range(args.runs):
                 bench.rebase(i)
+        bench.mark_load("end")
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
