@@ -1,28 +1,30 @@
 #!/usr/bin/env python3
 """Benchmark: noops vs buildah building the Flask example (a benchmark, not a test).
 
-One run measures, for each side, on the same Debian base root filesystems (noops' own python
-stack images, exported to buildah):
+One run measures, on the same Debian base root filesystems (noops' own python stack images,
+copied into buildah's storage), for noops and for buildah 1.28 (overlay storage, chroot
+isolation, ``--layers``) with two best-practice Dockerfiles -- *multi-stage* (venv built on the
+build image, app shipped on the run image: the same image noops makes) and *single-stage*
+(everything on the build image):
 
-* **cold build**: noops with its layer keys and pip cache deleted (stacks, unpacked base layers
-  and the compiled launcher kept); buildah with the app image and its layer cache removed (base
-  images kept) and ``pip --no-cache-dir``;
+* **cold build**: noops with its layer keys, pip cache and app-layer records deleted (stacks,
+  unpacked base layers and the compiled launcher kept); buildah with the app images and its
+  layer cache removed (base images kept) and ``pip --no-cache-dir``;
 * **source-only rebuild**: ``VERSION = ...`` in app.py edited, built again; noops reuses its venv
-  layer by key, buildah (``--layers``, requirements installed before the source is copied) reuses
-  its cached RUN step;
+  layer by key, buildah (requirements installed before the source is copied) its cached RUN;
 * **rebase**: ``noops rebase`` after ``noops stack build python --run-only`` made a new run image
-  (different ``SOURCE_DATE_EPOCH``); buildah has no rebase, so for reference its time to rebuild the
-  app on the new run image (its final stage's ``FROM`` changed, the pip stage cached).
+  (different ``SOURCE_DATE_EPOCH``); buildah has no rebase, so for reference its time to rebuild
+  the app on the new run image (multi-stage: the final stage's ``FROM`` changed).
 
-Each figure is the median of ``--runs`` runs; every run works on temporary copies of the example.
-Nothing outside ``--home`` (default ``/var/lib/noops-bench``, noops' ``NOOPS_HOME``; buildah's
-storage root is ``HOME/buildah``, its run root ``/run/noops-bench-buildah``) is touched. Stacks are
-built there on the first run (minutes, not timed). Progress goes to stderr; the table (or, with
+Each figure is the median of ``--runs`` runs on temporary copies of the example. Nothing outside
+``--home`` (default ``/var/lib/noops-bench``: noops' ``NOOPS_HOME``; buildah's storage root is
+``HOME/buildah``) and ``--runroot`` (``/run/noops-bench-buildah``) is touched. Stacks are built
+there on the first run (minutes, not timed). Progress goes to stderr; the table (or, with
 ``--json``, a JSON document) to stdout.
 
 Usage (as root, after ``make deps``)::
 
-    python bench/build.py --runs 3 [--json] [--keep] [--single-stage]
+    python bench/build.py --runs 3 [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flask"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 NOOPS_APP = "bench-flask:latest"
-BUILDAH_APP = "localhost/noops-bench/flask:latest"
 BUILDAH_BUILD_BASE = "localhost/noops-bench/build-python:stable"
 BUILDAH_RUN_BASE = "localhost/noops-bench/run-python:stable"
 VENV = "/layers/noops_python/venv"  # where noops' python buildpack puts it
@@ -54,36 +55,29 @@ REBASE_TARGET_S = 0.5
 SOURCE_REBUILD_TARGET = 0.5
 VERSION_LINE = re.compile(r'^VERSION = ".*"$', re.MULTILINE)
 
-# The best-practice Dockerfile doing what noops does: a venv made with the build image's
-# python3 and pip (requirements first, so a source edit does not re-run pip), then the venv and
-# the app on the run image, owned by the CNB user (1000), gunicorn as the start command.
-# The run image already sets User 1000:1000 and WorkingDir /workspace.
-_PIP = (f"python3 -m venv --without-pip {VENV} && "
-        f"python3 -m pip --python {VENV}/bin/python3 install --no-input --progress-bar off "
-        "--no-cache-dir -r /workspace/requirements.txt")
+# What noops' python buildpack does, as Dockerfiles: a venv made with the build image's python3
+# and pip as uid 1000 (requirements copied and installed before the source, so a source edit
+# does not re-run pip), the app owned by uid 1000, gunicorn as the start command. The stack
+# images already set User 1000:1000 and WorkingDir /workspace.
+_PIP = (f"RUN HOME=/tmp PIP_CERT={CA_BUNDLE} python3 -m venv --without-pip {VENV} && "
+        f"HOME=/tmp PIP_CERT={CA_BUNDLE} python3 -m pip --python {VENV}/bin/python3 install "
+        "--no-input --progress-bar off --no-cache-dir -r /workspace/requirements.txt")
 _ENV = (f"ENV PATH={VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
         "HOME=/tmp")
 _CMD = 'CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--access-logfile", "-", "app:app"]'
-DOCKERFILE_MULTI = f"""\
-FROM {BUILDAH_BUILD_BASE} AS build
-COPY --chown=1000:1000 requirements.txt /workspace/requirements.txt
-RUN HOME=/tmp PIP_CERT={CA_BUNDLE} {_PIP}
-
-FROM {BUILDAH_RUN_BASE}
-{_ENV}
-{_CMD}
-COPY --from=build --chown=1000:1000 {VENV} {VENV}
-COPY --chown=1000:1000 . /workspace
-"""
-# --single-stage: the app stays on the build image (no run image; no rebase reference).
-DOCKERFILE_SINGLE = f"""\
-FROM {BUILDAH_BUILD_BASE}
-COPY --chown=1000:1000 requirements.txt /workspace/requirements.txt
-RUN HOME=/tmp PIP_CERT={CA_BUNDLE} {_PIP}
-{_ENV}
-{_CMD}
-COPY --chown=1000:1000 . /workspace
-"""
+_REQS = "COPY --chown=1000:1000 requirements.txt /workspace/requirements.txt"
+_APP = "COPY --chown=1000:1000 . /workspace"
+DOCKERFILES = {
+    # the same image noops makes: run image + venv + app
+    "multi": "\n".join([
+        f"FROM {BUILDAH_BUILD_BASE} AS build", _REQS, _PIP, "",
+        f"FROM {BUILDAH_RUN_BASE}", _ENV, _CMD,
+        f"COPY --from=build --chown=1000:1000 {VENV} {VENV}", _APP, "",
+    ]),
+    # the app left on the build image (bigger image, less work; no run image to rebase onto)
+    "single": "\n".join([f"FROM {BUILDAH_BUILD_BASE}", _REQS, _PIP, _ENV, _CMD, _APP, ""]),
+}
+BUILDAH_TAGS = {v: f"localhost/noops-bench/flask-{v}:latest" for v in DOCKERFILES}
 
 
 def log(msg: str) -> None:
@@ -135,6 +129,14 @@ class Samples:
         return {"median_s": self.median, "runs_s": self.values}
 
 
+RESULT_KEYS = (
+    "noops_cold", "buildah_multi_cold", "buildah_single_cold",
+    "noops_source", "buildah_multi_source", "buildah_single_source",
+    "noops_rebase", "noops_rebase_internal", "buildah_multi_new_base",
+    "noops_source_new_base", "noops_cli_startup",
+)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -154,23 +156,16 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="noops-bench-"))
         self.noops_src = self.work / "noops-app" / "flask"
         self.buildah_src = self.work / "buildah-app" / "flask"
-        self.dockerfile = self.work / "Dockerfile"
-        self.multi = not args.single_stage
-        self.results: dict[str, Samples] = {
-            k: Samples() for k in (
-                "noops_cold", "buildah_cold", "noops_source", "buildah_source",
-                "noops_rebase", "noops_rebase_internal", "buildah_new_base", "noops_cli_startup",
-                "noops_source_new_base",
-            )
-        }
+        self.dockerfiles = {v: self.work / f"Dockerfile.{v}" for v in DOCKERFILES}
+        self.results: dict[str, Samples] = {k: Samples() for k in RESULT_KEYS}
         self.noops_phases: dict[str, dict[str, Samples]] = {"cold": {}, "source": {}}
         self.notes: list[str] = []
         self.load: dict[str, list[float]] = {}
-        self.checks: dict[str, list[Any]] = {"noops_cold_venv_new_blob": [],
-                                             "noops_source_venv_reused": [],
-                                             "buildah_cold_cache_hits": [],
-                                             "buildah_source_cache_hits": [],
-                                             "buildah_new_base_cache_hits": []}
+        self.checks: dict[str, list[Any]] = {
+            "noops_cold_venv_new_blob": [], "noops_source_venv_reused": [],
+            **{f"buildah_{v}_{p}_cache_hits": [] for v in DOCKERFILES for p in ("cold", "source")},
+            "buildah_multi_new_base_cache_hits": [],
+        }
 
     # -- helpers -----------------------------------------------------------------------------
     def noops_run(self, *argv: str, what: str, env: dict[str, str] | None = None) -> Proc:
@@ -181,17 +176,18 @@ class Bench:
                 "--storage-driver", "overlay"]
         return run([*base, *argv], what=what, check=check)
 
-    def buildah_bud(self, src: Path, what: str) -> tuple[Proc, int]:
+    def buildah_bud(self, variant: str, what: str) -> tuple[float, int]:
+        """One ``buildah bud --layers``; (seconds, number of cache hits)."""
         os.sync()  # no timed command pays for the previous step's dirty pages
         proc = self.buildah(
             "bud", "--isolation", "chroot", "--layers", "--pull=never", "--network", "host",
-            "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "-f", str(self.dockerfile),
-            "-t", BUILDAH_APP, str(src), what=what)
-        return proc, (proc.stdout + proc.stderr).count("Using cache")
+            "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "-f", str(self.dockerfiles[variant]),
+            "-t", BUILDAH_TAGS[variant], str(self.buildah_src), what=f"{what} ({variant}-stage)")
+        return proc.seconds, (proc.stdout + proc.stderr).count("Using cache")
 
-    def noops_build(self, src: Path, what: str) -> tuple[float, dict[str, Any]]:
+    def noops_build(self, what: str) -> tuple[float, dict[str, Any]]:
         os.sync()
-        proc = self.noops_run("build", str(src), "-t", NOOPS_APP, "--json", what=what)
+        proc = self.noops_run("build", str(self.noops_src), "-t", NOOPS_APP, "--json", what=what)
         return proc.seconds, json.loads(proc.stdout)
 
     @staticmethod
@@ -205,6 +201,14 @@ class Bench:
     def record_phases(self, kind: str, report: dict[str, Any]) -> None:
         for key, value in report.get("timings", {}).items():
             self.noops_phases[kind].setdefault(key, Samples()).add(float(value))
+
+    @staticmethod
+    def venv_layer(report: dict[str, Any]) -> dict[str, Any] | None:
+        return next((lay for lay in report["layers"] if lay["name"].endswith(":venv")), None)
+
+    def mark_load(self, when: str) -> None:
+        """Record the 1/5/15-minute load averages: other work on the machine skews timings."""
+        self.load[when] = [round(x, 2) for x in os.getloadavg()]
 
     # -- setup -------------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -239,9 +243,10 @@ class Bench:
         self.buildah("tag", image_id, local, what=f"buildah tag {local}")
         log(f"buildah: {local} = {ref} ({image_id[:12]}, {proc.seconds:.1f} s, not timed)")
 
-    def clear_buildah_app(self) -> None:
-        """The app image and buildah's layer cache go; the base images stay."""
-        self.buildah("rmi", "-f", BUILDAH_APP, what="buildah rmi app", check=False)
+    def clear_buildah_apps(self) -> None:
+        """The app images and buildah's layer cache go; the base images stay."""
+        for tag in BUILDAH_TAGS.values():
+            self.buildah("rmi", "-f", tag, what="buildah rmi app", check=False)
         self.buildah("rmi", "--prune", what="buildah rmi --prune", check=False)
 
     def clear_noops_caches(self) -> None:
@@ -283,19 +288,12 @@ class Bench:
         self.ensure_stacks()
         for dest in (self.noops_src, self.buildah_src):
             shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        self.dockerfile.write_text(DOCKERFILE_MULTI if self.multi else DOCKERFILE_SINGLE)
+        for variant, path in self.dockerfiles.items():
+            path.write_text(DOCKERFILES[variant])
         self.buildah_root.mkdir(parents=True, exist_ok=True)
-        self.clear_buildah_app()
+        self.clear_buildah_apps()
         self.export_base("noops/build-python:stable", BUILDAH_BUILD_BASE)
-        if self.multi:
-            self.export_base("noops/run-python:stable", BUILDAH_RUN_BASE)
-        # Warm-ups (not timed): noops compiles its launcher once (cache/tools) and unpacks the
-        # stack layers once (layers/); buildah mounts its storage and base images once.
-        log("warm-up builds (not timed): noops (launcher, unpacked stack layers), buildah")
-        seconds, _ = self.noops_build(self.noops_src, "noops build (warm-up)")
-        log(f"  noops warm-up {seconds:.1f} s")
-        proc, _ = self.buildah_bud(self.buildah_src, "buildah bud (warm-up)")
-        log(f"  buildah warm-up {proc.seconds:.1f} s")
+        self.export_base("noops/run-python:stable", BUILDAH_RUN_BASE)
         spec = importlib.util.find_spec("noops")
         if not self.args.no_pyc_cache and spec and spec.submodule_search_locations:
             # compile every noops module now, so no timed command pays for it (e.g. rebase)
@@ -304,45 +302,58 @@ class Bench:
         elif os.environ.get("PYTHONDONTWRITEBYTECODE"):
             self.notes.append("PYTHONDONTWRITEBYTECODE is set and --no-pyc-cache given: every "
                               "noops call recompiles its modules")
+        # Warm-ups (not timed): noops compiles its launcher once (cache/tools) and unpacks the
+        # stack layers once (layers/); buildah sets up its storage and mounts the bases once.
+        log("warm-up builds (not timed): noops (launcher, unpacked stack layers), buildah")
+        seconds, _ = self.noops_build("noops build (warm-up)")
+        log(f"  noops warm-up {seconds:.1f} s")
+        for variant in DOCKERFILES:
+            seconds, _ = self.buildah_bud(variant, "buildah bud (warm-up)")
+            log(f"  buildah {variant}-stage warm-up {seconds:.1f} s")
         for _ in range(max(3, self.args.runs)):
             self.results["noops_cli_startup"].add(
                 self.noops_run("--version", what="noops --version").seconds)
 
     # -- phases ------------------------------------------------------------------------------
-    def mark_load(self, when: str) -> None:
-        """Record the 1/5/15-minute load averages: other work on the machine skews timings."""
-        self.load[when] = [round(x, 2) for x in os.getloadavg()]
-
     def cold(self, i: int) -> None:
         self.clear_noops_caches()
-        seconds, report = self.noops_build(self.noops_src, "noops build (cold)")
+        seconds, report = self.noops_build("noops build (cold)")
         self.results["noops_cold"].add(seconds)
         self.record_phases("cold", report)
-        venv = [lay for lay in report["layers"] if lay["name"].endswith(":venv")]
-        self.checks["noops_cold_venv_new_blob"].append(bool(venv and venv[0]["new_blob"]))
-        self.clear_buildah_app()
-        proc, hits = self.buildah_bud(self.buildah_src, "buildah bud (cold)")
-        self.results["buildah_cold"].add(proc.seconds)
-        self.checks["buildah_cold_cache_hits"].append(hits)
-        log(f"cold #{i + 1}: noops {seconds:.2f} s (build {report['timings'].get('build_s')} s, "
-            f"export {report['timings'].get('export_s')} s), buildah {proc.seconds:.2f} s "
-            f"({hits} cache hits)")
+        venv = self.venv_layer(report)
+        self.checks["noops_cold_venv_new_blob"].append(bool(venv and venv["new_blob"]))
+        msg = (f"cold #{i + 1}: noops {seconds:.2f} s (build {report['timings'].get('build_s')} s, "
+               f"export {report['timings'].get('export_s')} s)")
+        for variant in DOCKERFILES:
+            self.clear_buildah_apps()  # also the other variant's cache: they share the pip step
+            b_seconds, hits = self.buildah_bud(variant, "buildah bud (cold)")
+            self.results[f"buildah_{variant}_cold"].add(b_seconds)
+            self.checks[f"buildah_{variant}_cold_cache_hits"].append(hits)
+            msg += f", buildah {variant}-stage {b_seconds:.2f} s ({hits} cache hits)"
+        log(msg)
+
+    def prime_buildah(self) -> None:
+        """After the cold runs only the last variant has a cache: build both again (untimed)."""
+        for variant in DOCKERFILES:
+            self.buildah_bud(variant, "buildah bud (re-prime)")
 
     def source_only(self, i: int) -> None:
         version = f"1.0.{i + 1}"
         for src in (self.noops_src, self.buildah_src):
             self.set_version(src, version)
-        seconds, report = self.noops_build(self.noops_src, "noops build (source-only)")
+        seconds, report = self.noops_build("noops build (source-only)")
         self.results["noops_source"].add(seconds)
         self.record_phases("source", report)
-        venv = [lay for lay in report["layers"] if lay["name"].endswith(":venv")]
-        reused = bool(venv) and not venv[0]["rebuilt"] and not venv[0]["new_blob"]
+        venv = self.venv_layer(report)
+        reused = venv is not None and not venv["rebuilt"] and not venv["new_blob"]
         self.checks["noops_source_venv_reused"].append(reused)
-        proc, hits = self.buildah_bud(self.buildah_src, "buildah bud (source-only)")
-        self.results["buildah_source"].add(proc.seconds)
-        self.checks["buildah_source_cache_hits"].append(hits)
-        log(f"source-only #{i + 1} (VERSION {version}): noops {seconds:.2f} s "
-            f"(venv reused: {reused}), buildah {proc.seconds:.2f} s ({hits} cache hits)")
+        msg = f"source-only #{i + 1} (VERSION {version}): noops {seconds:.2f} s (venv reused: {reused})"
+        for variant in DOCKERFILES:
+            b_seconds, hits = self.buildah_bud(variant, "buildah bud (source-only)")
+            self.results[f"buildah_{variant}_source"].add(b_seconds)
+            self.checks[f"buildah_{variant}_source_cache_hits"].append(hits)
+            msg += f", buildah {variant}-stage {b_seconds:.2f} s ({hits} cache hits)"
+        log(msg)
 
     def rebase(self, i: int) -> None:
         epoch = int(time.time()) + i  # a different SOURCE_DATE_EPOCH → a new run image
@@ -359,16 +370,15 @@ class Bench:
         self.results["noops_rebase_internal"].add(float(data.get("seconds", 0.0)))
         msg = (f"  noops rebase {proc.seconds:.3f} s wall ({data.get('seconds')} s inside; "
                f"{data.get('swapped')} base layer(s) swapped, {data.get('kept')} kept)")
-        if self.multi:
-            self.export_base("noops/run-python:stable", BUILDAH_RUN_BASE)
-            bud, hits = self.buildah_bud(self.buildah_src, "buildah bud (new run image)")
-            self.results["buildah_new_base"].add(bud.seconds)
-            self.checks["buildah_new_base_cache_hits"].append(hits)
-            msg += f"; buildah rebuild on the new run image {bud.seconds:.2f} s ({hits} cache hits)"
-        log(msg)
+        self.export_base("noops/run-python:stable", BUILDAH_RUN_BASE)
+        b_seconds, hits = self.buildah_bud("multi", "buildah bud (new run image)")
+        self.results["buildah_multi_new_base"].add(b_seconds)
+        self.checks["buildah_multi_new_base_cache_hits"].append(hits)
+        log(msg + f"; buildah multi-stage rebuild on the new run image {b_seconds:.2f} s "
+            f"({hits} cache hits)")
         # informational: the first noops build (a source edit) after the run image changed
         self.set_version(self.noops_src, f"1.1.{i + 1}")
-        seconds, report = self.noops_build(self.noops_src, "noops build (after new run image)")
+        seconds, report = self.noops_build("noops build (after new run image)")
         self.results["noops_source_new_base"].add(seconds)
         log(f"  noops source-only rebuild, first on the new run image: {seconds:.2f} s "
             f"(export {report['timings'].get('export_s')} s)")
@@ -382,7 +392,7 @@ class Bench:
         shutil.rmtree(self.work, ignore_errors=True)
         self.buildah("rm", "--all", what="buildah rm --all", check=False)
         self.buildah("rmi", "--all", "--force", what="buildah rmi --all", check=False)
-        # containers/storage may leave its overlay home bind-mounted; release it
+        # containers/storage may leave its overlay home mounted; release anything left
         mounts = run(["findmnt", "-rn", "-o", "TARGET"], what="findmnt", check=False).stdout
         for target in sorted(mounts.split(), key=len, reverse=True):
             if target.startswith((str(self.buildah_root), str(self.runroot))):
@@ -391,21 +401,19 @@ class Bench:
         log(f"cleaned up: {self.work}, buildah images/containers; kept the stacks in {self.home}")
 
     # -- report ------------------------------------------------------------------------------
+    def ratio(self, a: str, b: str) -> float | None:
+        x, y = self.results[a].median, self.results[b].median
+        return round(x / y, 3) if x is not None and y else None
+
     def to_json(self) -> dict[str, Any]:
-        r = {k: v.to_json() for k, v in self.results.items()}
-
-        def ratio(a: str, b: str) -> float | None:
-            x, y = self.results[a].median, self.results[b].median
-            return round(x / y, 3) if x is not None and y else None
-
         return {
             "runs": self.args.runs,
-            "dockerfile": "multi-stage" if self.multi else "single-stage",
             "noops_home": str(self.home),
-            "results": r,
-            "ratios": {"cold": ratio("noops_cold", "buildah_cold"),
-                       "source_only": ratio("noops_source", "buildah_source")},
-            "targets": {"source_only_ratio": SOURCE_REBUILD_TARGET, "rebase_s": REBASE_TARGET_S},
+            "dockerfiles": DOCKERFILES,
+            "results": {k: v.to_json() for k, v in self.results.items()},
+            "ratios": {f"{phase}_vs_{v}_stage": self.ratio(f"noops_{phase}", f"buildah_{v}_{phase}")
+                       for phase in ("cold", "source") for v in DOCKERFILES},
+            "targets": {"source_ratio_max": SOURCE_REBUILD_TARGET, "rebase_s_max": REBASE_TARGET_S},
             "noops_phases": {kind: {k: v.to_json() for k, v in phases.items()}
                              for kind, phases in self.noops_phases.items()},
             "checks": self.checks,
@@ -415,35 +423,40 @@ class Bench:
         }
 
     def print_table(self) -> None:
-        def fmt(s: Samples) -> str:
+        r = self.results
+
+        def fmt(key: str) -> str:
+            s = r[key]
             if s.median is None:
                 return "n/a"
             spread = f" ({min(s.values):.2f}–{max(s.values):.2f})" if len(s.values) > 1 else ""
             return f"{s.median:.2f} s{spread}"
 
-        def ratio(a: str, b: str) -> str:
-            x, y = self.results[a].median, self.results[b].median
-            return f"{x / y:.2f}" if x is not None and y else "n/a"
+        def rat(a: str, b: str) -> str:
+            value = self.ratio(a, b)
+            return "n/a" if value is None else f"{value:.2f}"
 
-        r = self.results
         rows = [
-            ("cold build", fmt(r["noops_cold"]), fmt(r["buildah_cold"]),
-             ratio("noops_cold", "buildah_cold"), ""),
-            ("source-only rebuild", fmt(r["noops_source"]), fmt(r["buildah_source"]),
-             ratio("noops_source", "buildah_source"), f"ratio <= {SOURCE_REBUILD_TARGET}"),
-            ("rebase (buildah: rebuild on new base)", fmt(r["noops_rebase"]),
-             fmt(r["buildah_new_base"]), ratio("noops_rebase", "buildah_new_base"),
-             f"noops <= {REBASE_TARGET_S} s"),
-            ("(info) source edit, 1st build on new base", fmt(r["noops_source_new_base"]),
-             fmt(r["buildah_new_base"]), ratio("noops_source_new_base", "buildah_new_base"), ""),
+            ("cold build", fmt("noops_cold"), fmt("buildah_multi_cold"),
+             rat("noops_cold", "buildah_multi_cold"), fmt("buildah_single_cold"),
+             rat("noops_cold", "buildah_single_cold"), ""),
+            ("source-only rebuild", fmt("noops_source"), fmt("buildah_multi_source"),
+             rat("noops_source", "buildah_multi_source"), fmt("buildah_single_source"),
+             rat("noops_source", "buildah_single_source"), f"ratio <= {SOURCE_REBUILD_TARGET}"),
+            ("rebase (buildah: rebuild on new base)", fmt("noops_rebase"),
+             fmt("buildah_multi_new_base"), rat("noops_rebase", "buildah_multi_new_base"),
+             "n/a", "n/a", f"noops <= {REBASE_TARGET_S} s"),
+            ("(info) 1st source rebuild on new base", fmt("noops_source_new_base"),
+             fmt("buildah_multi_new_base"), rat("noops_source_new_base", "buildah_multi_new_base"),
+             "n/a", "n/a", ""),
         ]
-        head = ("phase", "noops median (min–max)", "buildah median (min–max)", "ratio", "target")
-        widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
-        print(f"noops vs buildah 1.28 (overlay, chroot isolation, --layers; "
-              f"{'multi' if self.multi else 'single'}-stage Dockerfile), Flask example, "
-              f"{self.args.runs} run(s) each")
+        head = ("phase", "noops median (min–max)", "buildah multi-stage", "ratio",
+                "buildah single-stage", "ratio", "target")
+        widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+        print(f"noops vs buildah 1.28 (overlay, chroot isolation, --layers), Flask example, "
+              f"{self.args.runs} run(s) each, medians")
         for row in [head, *rows]:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         print()
         for kind, label in (("cold", "cold"), ("source", "source-only")):
             phases = self.noops_phases[kind]
@@ -451,41 +464,50 @@ class Bench:
                 parts = ", ".join(f"{k.removesuffix('_s')} {v.median:.2f} s"
                                   for k, v in phases.items() if v.median is not None)
                 print(f"noops {label} phases (median, inside the process): {parts}")
-        startup = r["noops_cli_startup"].median
-        inside = r["noops_rebase_internal"].median
+        startup, inside = r["noops_cli_startup"].median, r["noops_rebase_internal"].median
         if startup is not None:
             print(f"noops CLI start-up (`noops --version`): {startup:.2f} s"
                   + (f"; rebase inside the process: {inside:.3f} s" if inside is not None else ""))
         print(f"checks: {json.dumps(self.checks)}")
-        print(f"load average (1/5/15 min) at each phase start: {json.dumps(self.load)}")
+        print(f"load average (1/5/15 min) at each phase start, {os.cpu_count()} CPUs: "
+              f"{json.dumps(self.load)}")
         for note in self.notes:
             print(f"note: {note}")
         print()
-        cold_n, cold_b = r["noops_cold"].median, r["buildah_cold"].median
-        src_n, src_b = r["noops_source"].median, r["buildah_source"].median
+        self.print_summary()
+
+    def print_summary(self) -> None:
+        r = self.results
+        for phase, label, target in (("cold", "cold build", ""),
+                                     ("source", "source-only rebuild",
+                                      f" (target <= {SOURCE_REBUILD_TARGET})")):
+            n, b = r[f"noops_{phase}"].median, r[f"buildah_multi_{phase}"].median
+            single = r[f"buildah_single_{phase}"].median
+            if n is None or not b:
+                continue
+            line = f"{label}: noops {n:.1f} s, buildah {b:.1f} s, ratio {n / b:.2f}{target}"
+            if single:
+                line += (f"  [multi-stage Dockerfile; single-stage: buildah {single:.1f} s, "
+                         f"ratio {n / single:.2f}]")
+            print(line)
         reb = r["noops_rebase"].median
-        if cold_n is not None and cold_b:
-            print(f"cold build: noops {cold_n:.1f} s, buildah {cold_b:.1f} s, "
-                  f"ratio {cold_n / cold_b:.2f}")
-        if src_n is not None and src_b:
-            print(f"source-only rebuild: noops {src_n:.1f} s, buildah {src_b:.1f} s, "
-                  f"ratio {src_n / src_b:.2f} (target <= {SOURCE_REBUILD_TARGET})")
         if reb is not None:
-            ref = r["buildah_new_base"].median
-            tail = f"; buildah rebuild on the new base {ref:.1f} s" if ref is not None else ""
+            ref = r["buildah_multi_new_base"].median
+            tail = (f"  [buildah rebuild on the new base: {ref:.1f} s]" if ref is not None else "")
             print(f"rebase: noops {reb:.2f} s (target <= {REBASE_TARGET_S} s){tail}")
 
     def add_notes(self) -> None:
         cold_new = self.checks["noops_cold_venv_new_blob"]
         if cold_new and not all(cold_new):
-            self.notes.append("noops' cold venv layer had the same diffID as an earlier build, so "
-                              "its blob was not compressed again (store not emptied between runs)")
-        if any(not ok for ok in self.checks["noops_source_venv_reused"]):
+            self.notes.append("noops reused an earlier venv blob in a cold build")
+        if not all(self.checks["noops_source_venv_reused"]):
             self.notes.append("noops did NOT reuse the venv layer on a source-only rebuild")
-        if any(h < 1 for h in self.checks["buildah_source_cache_hits"]):
-            self.notes.append("buildah did not use its layer cache on a source-only rebuild")
-        if any(h > 0 for h in self.checks["buildah_cold_cache_hits"]):
-            self.notes.append("buildah's cold build hit its cache: the cold numbers are not cold")
+        for variant in DOCKERFILES:
+            if any(h < 1 for h in self.checks[f"buildah_{variant}_source_cache_hits"]):
+                self.notes.append(f"buildah ({variant}-stage) did not use its layer cache on a "
+                                  "source-only rebuild")
+            if any(h > 0 for h in self.checks[f"buildah_{variant}_cold_cache_hits"]):
+                self.notes.append(f"buildah's ({variant}-stage) cold build hit its cache")
         busy = {k: v[0] for k, v in self.load.items() if v[0] > 0.5 * (os.cpu_count() or 1)}
         if busy:
             self.notes.append(f"the machine was busy (1-min load average {busy} on "
@@ -493,17 +515,13 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--keep", action="store_true", help="leave temp dirs and buildah images")
     parser.add_argument("--json", action="store_true", help="print a JSON document, no table")
     parser.add_argument("--home", default="/var/lib/noops-bench",
                         help="NOOPS_HOME for the benchmark (buildah storage goes in HOME/buildah)")
     parser.add_argument("--runroot", default="/run/noops-bench-buildah", help="buildah's runroot")
-    parser.add_argument("--single-stage", action="store_true",
-                        help="buildah: one stage on the build image (no run image, no rebase "
-                             "reference) instead of build stage + run image")
     parser.add_argument("--no-pyc-cache", action="store_true",
                         help="run noops with the caller's PYTHONDONTWRITEBYTECODE as is (by default "
                              "noops' bytecode is cached under HOME/cache/pycache)")
@@ -518,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.mark_load("cold")
         for i in range(args.runs):
             bench.cold(i)
+        bench.prime_buildah()
         bench.mark_load("source-only")
         for i in range(args.runs):
             bench.source_only(i)
