@@ -60,7 +60,8 @@ __all__ = [
 
 _PROC_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
 _PROC_TYPE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|K|M|G|k)?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -212,8 +213,9 @@ def _scale(name: str, value: Any, where: str) -> Scale:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
         return Scale(value)
     if isinstance(value, dict):
-        lo, hi = value.get("min", 1), value.get("max", value.get("min", 1))
-        cpu = value.get("cpu_percent", 80)
+        lo: Any = value.get("min", 1)
+        hi: Any = value.get("max", lo)
+        cpu: Any = value.get("cpu_percent", 80)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi, cpu)):
             raise UsageError(f"{where}: scale.{name} min/max/cpu_percent must be whole numbers")
         if not 0 <= lo <= hi <= 100 or not 1 <= cpu <= 100:
