@@ -1,0 +1,190 @@
+"""Instances: one runc container per instance, in its own network namespace, behind a monitor.
+
+Each instance gets a read-only root filesystem (the image's shared, once-unpacked layers under
+overlayfs; writes go nowhere the app can see: the root is mounted read-only in the container), a
+private ``/tmp``, the image's non-root user, memory/CPU/pids limits, and a network namespace with
+only loopback. Its monitor (:mod:`noops.runtime.monitor`) owns the Unix socket that bridges into
+that namespace and the instance's log file. Logs live under ``$NOOPS_HOME/logs/<app>/`` and are
+kept across deploys; runtime state lives under ``/run/noops/instances/<id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from noops.errors import ContainerError
+from noops.oci.bundle import ContainerSpec, Runc, write_config
+from noops.oci.image import Image
+from noops.oci.store import ImageStore
+from noops.oci.unpack import LayerCache, mount_rootfs, unmount
+from noops.runtime import netns
+from noops.runtime.local import _user
+from noops.runtime.monitor import MonitorSpec, read_status
+
+__all__ = ["Instance", "InstanceManager", "InstanceSpec"]
+
+RUN_ROOT = Path("/run/noops/instances")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    app: str
+    release: int
+    process_type: str
+    image_digest: str
+    env: dict[str, str] = field(default_factory=dict)
+    memory_bytes: int = 512 * 1024 * 1024
+    cpu_millis: int = 1000
+    port: int = 8080
+    grace_s: float = 30.0
+
+
+@dataclass
+class Instance:
+    id: str
+    spec: InstanceSpec
+    socket_path: str
+    log_path: str
+    dir: str
+    started_at: float
+    monitor_pid: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "spec": asdict(self.spec), "socket_path": self.socket_path,
+                "log_path": self.log_path, "dir": self.dir, "started_at": self.started_at,
+                "monitor_pid": self.monitor_pid}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Instance:
+        return cls(data["id"], InstanceSpec(**data["spec"]), data["socket_path"],
+                   data["log_path"], data["dir"], data["started_at"], data.get("monitor_pid"))
+
+    def status(self) -> dict[str, Any]:
+        return read_status(Path(self.dir) / "monitor.json")
+
+    def alive(self) -> bool:
+        pid = self.monitor_pid
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return self.status().get("state") != "exited"
+
+
+class InstanceManager:
+    def __init__(self, home: Path, store: ImageStore, runc: Runc,
+                 run_root: Path = RUN_ROOT) -> None:
+        self.home, self.store, self.runc = home, store, runc
+        self.layers = LayerCache(home / "layers", store)
+        self.run_root = run_root
+        self.run_root.mkdir(parents=True, exist_ok=True)
+
+    def start(self, spec: InstanceSpec) -> Instance:
+        image = self.store.image(spec.image_digest)
+        iid = f"{spec.app}-{spec.process_type}-{uuid.uuid4().hex[:8]}"
+        idir = self.run_root / iid
+        idir.mkdir(parents=True)
+        log_dir = self.home / "logs" / spec.app
+        log_dir.mkdir(parents=True, exist_ok=True)
+        instance = Instance(iid, spec, str(idir / "app.sock"),
+                            str(log_dir / f"{spec.process_type}-{iid}.log"), str(idir), time.time())
+        try:
+            ns = f"noops-{uuid.uuid4().hex[:12]}"
+            netns.create(ns)
+            (idir / "netns").write_text(ns)
+            rootfs = idir / "rootfs"
+            mount_rootfs(self.layers.ensure(image), rootfs, upper=idir / "upper")
+            write_config(idir / "bundle", rootfs, self._container_spec(image, spec, ns))
+            monitor = MonitorSpec(iid, str(idir / "bundle"), self.runc.binary,
+                                  str(self.runc.state_root), ns, instance.socket_path, spec.port,
+                                  instance.log_path, grace_s=spec.grace_s)
+            monitor.save(idir / "monitor.json")
+            (idir / "instance.json").write_text(json.dumps(instance.to_json()))
+            with open(idir / "monitor.log", "ab") as monitor_log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "noops.runtime.monitor", str(idir / "monitor.json")],
+                    stdin=subprocess.DEVNULL, stdout=monitor_log, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
+                )
+            instance.monitor_pid = proc.pid
+            (idir / "instance.json").write_text(json.dumps(instance.to_json()))
+            # the monitor outlives us; the kernel reaps it once we stop waiting for it
+            _detach(proc)
+        except BaseException:
+            self._cleanup(idir)
+            raise
+        return instance
+
+    def _container_spec(self, image: Image, spec: InstanceSpec, ns: str) -> ContainerSpec:
+        cfg = image.config.get("config") or {}
+        args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+        if spec.process_type != "web" or not args:
+            args = [f"/cnb/process/{spec.process_type}"]
+        env = dict(image.env)
+        env.update(spec.env)
+        env.update({"PORT": str(spec.port), "HOME": "/tmp"})
+        uid, gid = _user(image)
+        return ContainerSpec(args=args, env=env, cwd=cfg.get("WorkingDir") or "/", uid=uid,
+                             gid=gid, readonly_rootfs=True, netns_path=str(netns.path(ns)),
+                             hostname=spec.app[:63], memory_bytes=spec.memory_bytes,
+                             cpu_millis=spec.cpu_millis)
+
+    def stop(self, instance: Instance, *, wait_s: float | None = None) -> dict[str, Any]:
+        """SIGTERM → (grace) → SIGKILL through the monitor; then clean up. Returns the status."""
+        if instance.monitor_pid and instance.alive():
+            try:
+                os.kill(instance.monitor_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (wait_s if wait_s is not None else instance.spec.grace_s + 10)
+        while instance.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if instance.alive() and instance.monitor_pid:
+            self.runc.kill(instance.id, "KILL")
+            time.sleep(0.2)
+        status = instance.status()
+        self._cleanup(Path(instance.dir))
+        return status
+
+    def _cleanup(self, idir: Path) -> None:
+        self.runc.delete(idir.name)
+        unmount(idir / "rootfs")
+        ns_file = idir / "netns"
+        if ns_file.exists():
+            netns.delete(ns_file.read_text().strip())
+        shutil.rmtree(idir, ignore_errors=True)
+
+    def existing(self) -> list[Instance]:
+        """Instances found on disk (after a daemon restart): the caller decides to adopt or reap."""
+        found = []
+        for path in sorted(self.run_root.glob("*/instance.json")):
+            try:
+                found.append(Instance.from_json(json.loads(path.read_text())))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return found
+
+    def reap(self, instance: Instance) -> None:
+        """Remove what is left of an exited instance (mounts, namespace, runtime dir)."""
+        if instance.alive():
+            raise ContainerError(f"instance {instance.id} is still running; stop it first")
+        self._cleanup(Path(instance.dir))
+
+
+def _detach(proc: subprocess.Popen[bytes]) -> None:
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()

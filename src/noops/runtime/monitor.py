@@ -1,0 +1,210 @@
+"""The instance monitor: one small process per instance, like conmon for Podman.
+
+It runs ``runc run`` in the foreground (so it reaps the container and learns its exit code),
+drains the app's stdout/stderr into rotating, timestamped log files, and serves the instance's
+Unix socket: a bridge into the instance's network namespace, the only way in. It lives in its own
+session, so a crash or ``kill -9`` of the daemon leaves the app running, logging and reachable;
+the daemon re-adopts it from the status file on start.
+
+Run as ``python -m noops.runtime.monitor SPEC.json``. The status file (``status.json`` next to
+the spec) always holds the latest truth: ``{"monitor_pid", "state": starting|running|exited,
+"exit_code", "started_at", "finished_at"}``, written atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MonitorSpec", "main", "read_status"]
+
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    id: str
+    bundle: str
+    runc: str
+    runc_root: str
+    netns: str
+    socket: str
+    port: int
+    log_path: str
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 5
+    grace_s: float = 30.0
+
+    @classmethod
+    def load(cls, path: Path) -> MonitorSpec:
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        _atomic_json(path, self.__dict__)
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_status(spec_path: Path) -> dict[str, Any]:
+    path = spec_path.with_name("status.json")
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+class _Log:
+    """Line-oriented, timestamped, size-rotated log: ``<path>``, ``<path>.1`` … ``.<keep>``."""
+
+    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
+        self.fh = open(path, "ab")  # noqa: SIM115 - held for the monitor's life
+        self.size = self.fh.tell()
+
+    def write(self, stream: str, line: bytes) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        record = b"%s.%03dZ %s " % (stamp.encode(), int(time.time() * 1000) % 1000, stream.encode())
+        record += line if line.endswith(b"\n") else line + b"\n"
+        self.fh.write(record)
+        self.fh.flush()
+        self.size += len(record)
+        if self.size >= self.max_bytes:
+            self.rotate()
+
+    def rotate(self) -> None:
+        self.fh.close()
+        for n in range(self.keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.fh = open(self.path, "ab")  # noqa: SIM115
+        self.size = 0
+
+
+class Monitor:
+    def __init__(self, spec: MonitorSpec, spec_path: Path) -> None:
+        self.spec, self.spec_path = spec, spec_path
+        self.status_path = spec_path.with_name("status.json")
+        self.log = _Log(Path(spec.log_path), spec.log_max_bytes, spec.log_keep)
+        self.status: dict[str, Any] = {"monitor_pid": os.getpid(), "state": "starting",
+                                       "started_at": time.time()}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+
+    def _save(self) -> None:
+        _atomic_json(self.status_path, self.status)
+
+    async def _drain(self, reader: asyncio.StreamReader, stream: str) -> None:
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    self.log.write(stream, exc.partial)
+                return
+            except asyncio.LimitOverrunError:
+                line = await reader.read(_CHUNK)
+            self.log.write(stream, line)
+
+    async def _bridge(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            app_r, app_w = await asyncio.open_connection("127.0.0.1", self.spec.port)
+        except OSError:
+            client_w.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(_CHUNK):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                with contextlib.suppress(OSError, RuntimeError):
+                    if dst.can_write_eof():
+                        dst.write_eof()
+
+        await asyncio.gather(pipe(client_r, app_w), pipe(app_r, client_w))
+        for writer in (app_w, client_w):
+            writer.close()
+
+    def _terminate(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        asyncio.get_running_loop().create_task(self._stop())
+
+    async def _stop(self) -> None:
+        runc = [self.spec.runc, "--root", self.spec.runc_root]
+        subprocess.run([*runc, "kill", self.spec.id, "TERM"], capture_output=True, check=False)
+        deadline = time.monotonic() + self.spec.grace_s
+        while self.proc and self.proc.returncode is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if self.proc and self.proc.returncode is None:
+            subprocess.run([*runc, "kill", "--all", self.spec.id, "KILL"], capture_output=True,
+                           check=False)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._terminate)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spec.socket)
+        server = await asyncio.start_unix_server(self._bridge, path=self.spec.socket)
+        os.chmod(self.spec.socket, 0o600)
+        self.proc = await asyncio.create_subprocess_exec(
+            self.spec.runc, "--root", self.spec.runc_root, "run", "--bundle", self.spec.bundle,
+            self.spec.id, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.status.update(state="running", container_pid=None)
+        self._save()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        drains = [asyncio.create_task(self._drain(self.proc.stdout, "stdout")),
+                  asyncio.create_task(self._drain(self.proc.stderr, "stderr"))]
+        code = await self.proc.wait()
+        await asyncio.gather(*drains, return_exceptions=True)
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spec.socket)
+        subprocess.run([self.spec.runc, "--root", self.spec.runc_root, "delete", "--force",
+                        self.spec.id], capture_output=True, check=False)
+        exit_code = code if code >= 0 else 128 - code
+        self.status.update(state="exited", exit_code=exit_code, finished_at=time.time(),
+                           stopped=self.stopping)
+        self._save()
+        self.log.write("noops", f"instance exited with code {exit_code}".encode())
+        return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec_path = Path(args[0])
+    spec = MonitorSpec.load(spec_path)
+    from noops.runtime import netns
+
+    netns.enter(spec.netns)  # single-threaded here: the whole process joins the namespace
+    monitor = Monitor(spec, spec_path)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(monitor.run())
+    return int(uvloop.run(monitor.run()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
