@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import httpx
-
 from noops.appspec import Probe
 
 __all__ = ["ProbeResult", "probe_once", "wait_until"]
@@ -23,18 +21,26 @@ class ProbeResult:
 
 
 async def probe_once(socket_path: str, path: str, host: str, timeout_s: float) -> ProbeResult:
-    transport = httpx.AsyncHTTPTransport(uds=socket_path)
+    """One ``GET path`` over the instance socket; only the status line is read."""
+    writer: asyncio.StreamWriter | None = None
     try:
-        async with httpx.AsyncClient(transport=transport, timeout=timeout_s) as client:
-            resp = await client.get(f"http://{host}{path}",
-                                    headers={"User-Agent": "noops-health/1"})
-    except httpx.TimeoutException:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_unix_connection(socket_path)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: noops-health/1\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            status_line = await reader.readline()
+    except TimeoutError:
         return ProbeResult(False, f"GET {path} timed out after {timeout_s:g}s")
-    except httpx.HTTPError as exc:
-        return ProbeResult(False, f"GET {path} failed: {exc.__class__.__name__}")
-    if 200 <= resp.status_code < 400:
-        return ProbeResult(True, f"GET {path} → {resp.status_code}")
-    return ProbeResult(False, f"GET {path} → {resp.status_code}")
+    except OSError as exc:
+        return ProbeResult(False, f"GET {path} failed: {exc.strerror or exc.__class__.__name__}")
+    finally:
+        if writer is not None:
+            writer.close()
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return ProbeResult(False, f"GET {path}: no HTTP answer (the app closed the connection)")
+    status = int(parts[1])
+    return ProbeResult(200 <= status < 400, f"GET {path} → {status}")
 
 
 async def wait_until(socket_path: str, path: str, host: str, probe: Probe,
