@@ -74,3 +74,17 @@ def test_corrupt_blob_is_detected(tmp_path: Path) -> None:
     store.blob_path(digest).write_bytes(b"{}")
     with pytest.raises(ImageError, match="corrupt"):
         store.image(digest)
+
+
+def test_gc_keeps_tagged_and_pinned_images(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "s")
+    tagged = store.resolve(_image(store, tmp_path, b"tagged"))
+    pinned = store.resolve(_image(store, tmp_path, b"pinned"))
+    orphan = store.resolve(_image(store, tmp_path, b"orphan"))
+    store.tag("app:1", tagged)
+    assert store.gc(min_age_s=3600)[0] == []  # everything is too young to collect
+    removed, freed = store.gc({pinned.digest}, min_age_s=0)
+    assert orphan.digest in removed and freed > 0
+    assert store.image("app:1").digest == tagged.digest
+    assert store.image(pinned.digest).digest == pinned.digest
+    assert not store.has_blob(orphan.digest)

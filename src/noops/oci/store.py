@@ -220,6 +220,50 @@ class ImageStore:
             entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name]
             return len(entries) != before
 
+    # -- garbage collection --------------------------------------------------------------
+    def reachable(self, keep: set[str] | frozenset[str] = frozenset()) -> tuple[set[str], set[str]]:
+        """(blob digests, layer diffIDs) reachable from every tag plus the manifests in ``keep``."""
+        blobs: set[str] = set()
+        diff_ids: set[str] = set()
+        roots = {d.digest for _, d in self.tags()} | {k for k in keep if self.has_blob(k)}
+        for digest in roots:
+            manifest = self.read_json(digest)
+            blobs.add(digest)
+            config = Descriptor.from_json(manifest["config"])
+            blobs.add(config.digest)
+            blobs.update(Descriptor.from_json(layer).digest for layer in manifest.get("layers", []))
+            diff_ids.update(self.read_json(config.digest).get("rootfs", {}).get("diff_ids", []))
+        return blobs, diff_ids
+
+    def gc(self, keep: set[str] | frozenset[str] = frozenset(), *, dry_run: bool = False,
+           min_age_s: float = 3600.0) -> tuple[list[str], int]:
+        """Delete blobs no tag and no ``keep`` manifest reaches; return (digests, bytes freed).
+
+        Blobs younger than ``min_age_s`` are kept, so a build or pull running right now (whose
+        blobs are not tagged yet) is never robbed.
+        """
+        import time
+
+        live, _ = self.reachable(keep)
+        removed: list[str] = []
+        freed = 0
+        now = time.time()
+        with open(self._meta / "index.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for path in self._blobs.iterdir():
+                digest = "sha256:" + path.name
+                if path.name.startswith(".") or digest in live:
+                    continue
+                st = path.stat()
+                if now - st.st_mtime < min_age_s:
+                    continue
+                removed.append(digest)
+                freed += st.st_size
+                if not dry_run:
+                    path.unlink()
+                    (self._meta / "blob-diffids" / path.name).unlink(missing_ok=True)
+        return removed, freed
+
     # -- internals -----------------------------------------------------------------------
     def _read_index(self) -> list[Descriptor]:
         try:

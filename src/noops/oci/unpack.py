@@ -62,6 +62,22 @@ class LayerCache:
             )
         return [self._ensure_one(d, diff) for d, diff in zip(image.layers, image.diff_ids, strict=True)]
 
+    def gc(self, live_diff_ids: set[str]) -> tuple[list[str], int]:
+        """Remove unpacked layers no live image uses and no mounted root filesystem holds."""
+        mounts = Path("/proc/self/mounts").read_text() if Path("/proc/self/mounts").exists() else ""
+        live = {d.split(":", 1)[1] for d in live_diff_ids}
+        removed: list[str] = []
+        freed = 0
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for path in self.root.iterdir():
+                if path.name.startswith(".") or path.name in live or str(path) in mounts:
+                    continue
+                freed += sum(f.lstat().st_size for f in path.rglob("*"))
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append("sha256:" + path.name)
+        return removed, freed
+
     def _ensure_one(self, desc: Descriptor, diff_id: str) -> Path:
         target = self.path(diff_id)
         if target.is_dir():
