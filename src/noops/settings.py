@@ -78,9 +78,16 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
     ),
     Setting(
-        "launcher_go",
+        "state_url",
         lambda: "",
-        "Path of a Go toolchain used to build the launcher instead of the static build image.",
+        "Platform state: empty for SQLite under NOOPS_HOME, or postgresql://… to share it.",
+    ),
+    Setting("frontdoor_port", lambda: 8443, "HTTPS port of the front door (127.0.0.1).", int),
+    Setting(
+        "restart_backoff_s",
+        lambda: 10.0,
+        "First restart delay after a crash; doubles up to 300 s, resets after 10 min healthy.",
+        float,
     ),
 )
 

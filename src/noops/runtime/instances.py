@@ -10,6 +10,7 @@ kept across deploys; runtime state lives under ``/run/noops/instances/<id>/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -147,10 +148,8 @@ class InstanceManager:
     def stop(self, instance: Instance, *, wait_s: float | None = None) -> dict[str, Any]:
         """SIGTERM → (grace) → SIGKILL through the monitor; then clean up. Returns the status."""
         if instance.monitor_pid and instance.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(instance.monitor_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + (wait_s if wait_s is not None else instance.spec.grace_s + 10)
         while instance.alive() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,0 +1,250 @@
+"""The platform's HTTP API (JSON), served by the daemon on ``$NOOPS_HOME/noops.sock``.
+
+Routes (every error is ``{"error": message}`` with the error's HTTP status):
+
+=======  =====================================  ============================================
+GET      /api/health                             the daemon is up
+GET      /api/apps                               apps with their active release
+POST     /api/apps                               ``{"name"}`` → create
+GET      /api/apps/{app}                         one app: release, instances
+POST     /api/apps/{app}/deploy                  ``{"image"}`` or ``{"path"}`` (built first)
+GET      /api/apps/{app}/releases                releases, newest first
+POST     /api/apps/{app}/rollback                ``{"version"}`` (optional)
+GET      /api/apps/{app}/config                  config vars and secret *names*
+PATCH    /api/apps/{app}/config                  ``{"set": {}, "unset": []}`` → new release
+PATCH    /api/apps/{app}/secrets                 same, for secrets (values never returned)
+GET      /api/apps/{app}/ps                      instances with health and restarts
+POST     /api/apps/{app}/scale                   ``{"web": 3}`` → new release
+GET      /api/apps/{app}/logs                    ``?process=&lines=&follow=1`` (text stream)
+GET      /api/apps/{app}/export/kubernetes       manifests (JSON list)
+POST     /api/gc                                 remove unpinned images and layers
+GET      /api/events                             ``?app=&since=`` platform events
+=======  =====================================  ============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from noops.daemon import Platform, release_json
+from noops.errors import NoopsError, UsageError
+
+__all__ = ["make_app"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _errors(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except NoopsError as exc:
+            return JSONResponse({"error": str(exc), "kind": type(exc).__name__},
+                                status_code=exc.http_status)
+    return wrapped
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise UsageError("the request body must be JSON") from exc
+    if not isinstance(data, dict):
+        raise UsageError("the request body must be a JSON object")
+    return data
+
+
+def make_app(platform: Platform) -> Starlette:
+    state = platform.state
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"ok": True, "pid": __import__("os").getpid()})
+
+    async def apps(request: Request) -> Response:
+        if request.method == "POST":
+            body = await _body(request)
+            app = state.create_app(str(body.get("name", "")))
+            return JSONResponse({"name": app.name}, status_code=201)
+        out = []
+        for app in state.apps():
+            rel = state.active_release(app.name)
+            slots = platform.supervisor.for_app(app.name)
+            out.append({"name": app.name, "release": release_json(rel) if rel else None,
+                        "instances": len(slots), "ready": sum(1 for s in slots if s.ready),
+                        "url": f"https://{app.name}.localhost:8443/"})
+        return JSONResponse(out)
+
+    async def app_detail(request: Request) -> Response:
+        name = request.path_params["app"]
+        state.app(name)
+        rel = state.active_release(name)
+        return JSONResponse({"name": name, "release": release_json(rel) if rel else None,
+                             "instances": [s.to_json() for s in platform.supervisor.for_app(name)]})
+
+    async def deploy(request: Request) -> Response:
+        name = request.path_params["app"]
+        body = await _body(request)
+        state.app(name)
+        spec = None
+        if body.get("path"):
+            from noops.appspec import load_appspec
+            from noops.build.lifecycle import build_image
+
+            path = Path(str(body["path"]))
+            report = await asyncio.to_thread(build_image, platform.settings, path,
+                                             tag=f"{name}:latest")
+            image = report.digest
+            spec = load_appspec(path)
+        elif body.get("image"):
+            image = str(body["image"])
+        else:
+            raise UsageError("deploy needs {\"image\": NAME} or {\"path\": FOLDER}")
+        result = await platform.release_image(name, image, spec=spec,
+                                              description=str(body.get("description", "")))
+        return JSONResponse(result.to_json())
+
+    async def releases(request: Request) -> Response:
+        name = request.path_params["app"]
+        return JSONResponse([release_json(r) for r in state.releases(name)])
+
+    async def rollback(request: Request) -> Response:
+        body = await _body(request) if await request.body() else {}
+        version = body.get("version")
+        result = await platform.rollback(request.path_params["app"],
+                                         int(version) if version is not None else None)
+        return JSONResponse(result.to_json())
+
+    async def config(request: Request) -> Response:
+        name = request.path_params["app"]
+        if request.method == "PATCH":
+            body = await _body(request)
+            result = await platform.change_config(
+                name, set_={str(k): str(v) for k, v in (body.get("set") or {}).items()},
+                unset=[str(k) for k in body.get("unset") or []])
+            if result is None:
+                return JSONResponse({"changed": False})
+            return JSONResponse({"changed": True, **result.to_json()})
+        return JSONResponse({"config": state.config(name), "secrets": state.secret_keys(name),
+                             "version": state.config_version(name)})
+
+    async def secrets(request: Request) -> Response:
+        name = request.path_params["app"]
+        body = await _body(request)
+        result = await platform.change_config(
+            name, set_={str(k): str(v) for k, v in (body.get("set") or {}).items()},
+            unset=[str(k) for k in body.get("unset") or []], secrets=True)
+        return JSONResponse({"changed": result is not None, "secrets": state.secret_keys(name),
+                             **(result.to_json() if result else {})})
+
+    async def ps(request: Request) -> Response:
+        name = request.path_params["app"]
+        state.app(name)
+        return JSONResponse([s.to_json() for s in platform.supervisor.for_app(name)])
+
+    async def scale(request: Request) -> Response:
+        body = await _body(request)
+        counts = {}
+        for k, v in body.items():
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise UsageError(f"{k}: the count must be a whole number")
+            counts[str(k)] = v
+        result = await platform.scale(request.path_params["app"], counts)
+        return JSONResponse(result.to_json())
+
+    async def logs(request: Request) -> Response:
+        name = request.path_params["app"]
+        state.app(name)
+        process = request.query_params.get("process")
+        lines = int(request.query_params.get("lines", "100"))
+        follow = request.query_params.get("follow") in ("1", "true")
+        log_dir = platform.settings.home / "logs" / name
+        files = sorted((p for p in log_dir.glob("*.log")
+                        if not process or p.name.startswith(f"{process}-")),
+                       key=lambda p: p.stat().st_mtime)
+
+        async def stream() -> AsyncIterator[bytes]:
+            records: list[tuple[str, str]] = []
+            for path in files:
+                label = path.name.removesuffix(".log")
+                records += [(line, label) for line in path.read_text(errors="replace").splitlines()]
+            records.sort(key=lambda r: r[0][:24])
+            for line, label in records[-lines:]:
+                yield f"{label} {line}\n".encode()
+            if not follow:
+                return
+            offsets = {p: p.stat().st_size for p in files}
+            while True:
+                await asyncio.sleep(0.3)
+                for path in sorted(log_dir.glob("*.log")):
+                    if process and not path.name.startswith(f"{process}-"):
+                        continue
+                    size = path.stat().st_size
+                    start = offsets.get(path, 0)
+                    if size < start:
+                        start = 0
+                    if size > start:
+                        with open(path, "rb") as fh:
+                            fh.seek(start)
+                            chunk = fh.read(size - start).decode(errors="replace")
+                        offsets[path] = size
+                        label = path.name.removesuffix(".log")
+                        for line in chunk.splitlines():
+                            yield f"{label} {line}\n".encode()
+
+        return StreamingResponse(stream(), media_type="text/plain")
+
+    async def export_k8s(request: Request) -> Response:
+        from noops.runtime.kubernetes import ReleaseInfo, export_manifests
+
+        name = request.path_params["app"]
+        rel = state.active_release(name)
+        if rel is None:
+            raise UsageError(f"{name} has no release yet; deploy it first")
+        image = request.query_params.get("image") or rel.image_ref
+        if "@" not in image:
+            raise UsageError("Kubernetes needs a pushed image: push the release with "
+                             "`noops push` and pass --image REGISTRY/NAME@sha256:…")
+        info = ReleaseInfo(name, rel.version, image, platform._spec_of(rel), state.config(name),
+                           tuple(state.secret_keys(name)))
+        return JSONResponse(export_manifests(info, domain=request.query_params.get("domain")))
+
+    async def gc(_: Request) -> Response:
+        keep = state.pinned_digests()
+        removed, freed = await asyncio.to_thread(platform.store.gc, keep, min_age_s=0)
+        live_blobs, live_diffs = platform.store.reachable(keep)
+        layers, layer_bytes = await asyncio.to_thread(platform.manager.layers.gc, live_diffs)
+        return JSONResponse({"blobs_removed": len(removed), "bytes_freed": freed + layer_bytes,
+                             "layers_removed": len(layers), "pinned": sorted(keep)})
+
+    async def events(request: Request) -> Response:
+        app = request.query_params.get("app")
+        since = int(request.query_params.get("since", "0"))
+        return JSONResponse([{"id": e.id, "app": e.app, "kind": e.kind, "message": e.message,
+                              "data": e.data, "at": str(e.created_at)}
+                             for e in state.events(app, since_id=since)])
+
+    routes = [
+        Route("/api/health", _errors(health)),
+        Route("/api/apps", _errors(apps), methods=["GET", "POST"]),
+        Route("/api/apps/{app}", _errors(app_detail)),
+        Route("/api/apps/{app}/deploy", _errors(deploy), methods=["POST"]),
+        Route("/api/apps/{app}/releases", _errors(releases)),
+        Route("/api/apps/{app}/rollback", _errors(rollback), methods=["POST"]),
+        Route("/api/apps/{app}/config", _errors(config), methods=["GET", "PATCH"]),
+        Route("/api/apps/{app}/secrets", _errors(secrets), methods=["PATCH"]),
+        Route("/api/apps/{app}/ps", _errors(ps)),
+        Route("/api/apps/{app}/scale", _errors(scale), methods=["POST"]),
+        Route("/api/apps/{app}/logs", _errors(logs)),
+        Route("/api/apps/{app}/export/kubernetes", _errors(export_k8s)),
+        Route("/api/gc", _errors(gc), methods=["POST"]),
+        Route("/api/events", _errors(events)),
+    ]
+    return Starlette(routes=routes)

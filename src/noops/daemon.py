@@ -1,0 +1,360 @@
+"""``noops up``: the platform daemon, composed from the subsystems.
+
+The daemon owns the supervisor (instances, health, restarts), the state store, and the HTTP API
+on a Unix socket (``$NOOPS_HOME/noops.sock``, mode 0600) that the CLI and the console use. The
+front door runs as its own process, reading the routes the daemon publishes to
+``$NOOPS_HOME/run/routes.json``; instances run under their own monitors. So a crash or
+``kill -9`` of the daemon stops nothing that serves traffic, and on its next start the daemon
+re-adopts the running instances instead of starting duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from noops.appspec import AppSpec, parse_manifest
+from noops.errors import NoopsError, UsageError
+from noops.oci.bundle import Runc
+from noops.oci.store import ImageStore
+from noops.runtime.instances import InstanceManager
+from noops.runtime.rollout import DeployError, RolloutPlan, rollout
+from noops.runtime.supervisor import Supervisor
+from noops.settings import Settings
+from noops.state import StateStore, open_state
+from noops.state.model import Release, ReleaseStatus
+
+__all__ = ["Platform", "RoutesFile"]
+
+log = logging.getLogger("noops.daemon")
+
+
+class RoutesFile:
+    """The route table the front door reads: replaced atomically on every change.
+
+    Format: ``{"apps": {app: {"hosts": [...], "endpoints": [{"id", "socket_path", "ready",
+    "draining", "release"}]}}, "generation": n}``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.apps: dict[str, dict[str, Any]] = {}
+        self.generation = 0
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+                self.apps, self.generation = dict(data.get("apps", {})), int(data.get("generation", 0))
+            except (ValueError, OSError):
+                self.apps = {}
+
+    def publish(self, app: str, hosts: Sequence[str], endpoints: Sequence[dict[str, Any]]) -> None:
+        self.apps[app] = {"hosts": list(hosts), "endpoints": list(endpoints)}
+        self.generation += 1
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"apps": self.apps, "generation": self.generation}))
+        os.replace(tmp, self.path)
+
+    def remove(self, app: str) -> None:
+        if self.apps.pop(app, None) is not None:
+            self.publish_all()
+
+    def publish_all(self) -> None:
+        self.generation += 1
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"apps": self.apps, "generation": self.generation}))
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class DeployResult:
+    release: Release
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"app": self.release.app, "version": self.release.version,
+                "image": self.release.image_ref, "digest": self.release.image_digest,
+                "status": str(self.release.status), "seconds": round(self.seconds, 3)}
+
+
+def release_json(r: Release) -> dict[str, Any]:
+    return {"app": r.app, "version": r.version, "image": r.image_ref, "digest": r.image_digest,
+            "config_version": r.config_version, "formation": dict(r.formation),
+            "description": r.description, "status": str(r.status),
+            "created_at": r.created_at.isoformat() if hasattr(r.created_at, "isoformat")
+            else r.created_at}
+
+
+class Platform:
+    """Apps, releases, config and deploys on top of the supervisor and the state store."""
+
+    def __init__(self, settings: Settings, *, state: StateStore | None = None,
+                 backoff_s: float = 10.0) -> None:
+        self.settings = settings
+        home = settings.home
+        self.store = ImageStore(home / "images")
+        self.state = state or open_state(settings, home)
+        self.manager = InstanceManager(home, self.store, Runc(settings.get("runc")))
+        self.routes = RoutesFile(home / "run" / "routes.json")
+        self.supervisor = Supervisor(self.manager, self.routes, backoff_s=backoff_s,
+                                     on_event=self._event)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _event(self, app: str, kind: str, message: str, data: dict[str, Any]) -> None:
+        try:
+            self.state.add_event(app, kind, message, data)
+        except NoopsError:
+            log.exception("could not record event %s for %s", kind, app)
+
+    def lock(self, app: str) -> asyncio.Lock:
+        return self._locks.setdefault(app, asyncio.Lock())
+
+    # -- deploys -------------------------------------------------------------------------
+    def _spec_of(self, release: Release) -> AppSpec:
+        return parse_manifest(dict(release.spec), f"release v{release.version} noops.toml")
+
+    def _env(self, app: str, release: Release, spec: AppSpec) -> dict[str, str]:
+        env = dict(spec.env)
+        env.update(self.state.config(app, release.config_version))
+        env.update(self.state.secrets(app, release.config_version))
+        return env
+
+    async def _roll(self, release: Release, started: float) -> DeployResult:
+        spec = self._spec_of(release)
+        plan = RolloutPlan(release.app, release.version, release.image_digest, spec,
+                           dict(release.formation), self._env(release.app, release, spec))
+        try:
+            await rollout(self.supervisor, plan)
+        except DeployError as exc:
+            self.state.set_release_status(release.app, release.version, ReleaseStatus.FAILED)
+            self._event(release.app, "deploy-failed", f"v{release.version} failed",
+                        {"reason": str(exc)[:2000]})
+            raise
+        active = self.state.set_release_status(release.app, release.version, ReleaseStatus.ACTIVE)
+        self._event(release.app, "deploy", f"v{release.version} is live ({release.description})",
+                    {"version": release.version, "digest": release.image_digest})
+        return DeployResult(active, time.monotonic() - started)
+
+    async def release_image(self, app: str, image: str, *, spec: AppSpec | None = None,
+                            description: str = "", formation: dict[str, int] | None = None,
+                            config_version: int | None = None) -> DeployResult:
+        """A new release of ``app`` running ``image`` (a local name or digest), rolled out."""
+        started = time.monotonic()
+        async with self.lock(app):
+            self.state.app(app)
+            image_obj = self.store.image(image)
+            current = self.state.active_release(app)
+            if spec is None:
+                spec = self._spec_of(current) if current else AppSpec()
+            procs = _image_processes(image_obj.labels)
+            if formation is None:
+                formation = {p: spec.count(p) for p in procs} or {"web": 1}
+                for name, scale in spec.scale.items():
+                    formation[name] = scale.count
+            version = self.state.config_version(app) if config_version is None else config_version
+            release = self.state.create_release(
+                app, image_ref=image, image_digest=image_obj.digest, config_version=version,
+                formation=formation, spec=spec.raw, description=description or f"deploy {image}")
+            return await self._roll(release, started)
+
+    async def rollback(self, app: str, version: int | None = None) -> DeployResult:
+        started = time.monotonic()
+        async with self.lock(app):
+            releases = self.state.releases(app)
+            current = self.state.active_release(app)
+            if version is None:
+                older = [r for r in releases if current and r.version < current.version
+                         and r.status in (ReleaseStatus.SUPERSEDED, ReleaseStatus.ROLLED_BACK)]
+                if not older:
+                    raise UsageError(f"{app} has no earlier release to roll back to")
+                target = older[0]
+            else:
+                target = self.state.release(app, version)
+                if target.status == ReleaseStatus.FAILED:
+                    raise UsageError(f"v{version} of {app} failed its checks; pick another release")
+            if not self.store.has_blob(target.image_digest):
+                raise UsageError(f"the image of v{target.version} is gone from the store")
+            release = self.state.create_release(
+                app, image_ref=target.image_ref, image_digest=target.image_digest,
+                config_version=target.config_version, formation=dict(target.formation),
+                spec=dict(target.spec), description=f"rollback to v{target.version}")
+            return await self._roll(release, started)
+
+    async def change_config(self, app: str, *, set_: dict[str, str] | None = None,
+                            unset: list[str] | None = None, secrets: bool = False) -> DeployResult | None:
+        """New config version → new release of the current image → rolling restart."""
+        started = time.monotonic()
+        async with self.lock(app):
+            before = self.state.config_version(app)
+            if secrets:
+                after = self.state.set_secrets(app, set_ or {}, unset or [])
+            else:
+                after = self.state.set_config(app, set_ or {}, unset or [])
+            current = self.state.active_release(app)
+            if after == before or current is None:
+                return None
+            keys = sorted((set_ or {}).keys()) + [f"-{k}" for k in unset or []]
+            release = self.state.create_release(
+                app, image_ref=current.image_ref, image_digest=current.image_digest,
+                config_version=after, formation=dict(current.formation), spec=dict(current.spec),
+                description=f"{'secrets' if secrets else 'config'}: {', '.join(keys)}")
+            return await self._roll(release, started)
+
+    async def scale(self, app: str, counts: dict[str, int]) -> DeployResult:
+        started = time.monotonic()
+        async with self.lock(app):
+            current = self.state.active_release(app)
+            if current is None:
+                raise UsageError(f"{app} has no release yet; deploy it first")
+            formation = dict(current.formation)
+            for proc, n in counts.items():
+                if not 0 <= n <= 100:
+                    raise UsageError(f"{proc}={n}: scale counts go from 0 to 100")
+                formation[proc] = n
+            release = self.state.create_release(
+                app, image_ref=current.image_ref, image_digest=current.image_digest,
+                config_version=current.config_version, formation=formation,
+                spec=dict(current.spec),
+                description="scale " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            return await self._roll(release, started)
+
+    # -- start-up ------------------------------------------------------------------------
+    async def recover(self) -> dict[str, int]:
+        """Re-adopt running instances of active releases; reap the rest; start what is missing."""
+        adopted = reaped = started = 0
+        active = {a.name: self.state.active_release(a.name) for a in self.state.apps()}
+        counters: dict[tuple[str, str], int] = {}
+        for instance in self.manager.existing():
+            rel = active.get(instance.spec.app)
+            if rel is not None and instance.spec.release == rel.version and instance.alive():
+                key = (instance.spec.app, instance.spec.process_type)
+                if counters.get(key, 0) < rel.formation.get(instance.spec.process_type, 0):
+                    self.supervisor.adopt(instance, self._spec_of(rel), counters.get(key, 0))
+                    counters[key] = counters.get(key, 0) + 1
+                    adopted += 1
+                    continue
+                await asyncio.to_thread(self.manager.stop, instance)
+            else:
+                await asyncio.to_thread(self.manager.stop, instance, wait_s=5)
+            reaped += 1
+        for app, rel in active.items():
+            if rel is None:
+                continue
+            spec = self._spec_of(rel)
+            env = self._env(app, rel, spec)
+            for proc, want in rel.formation.items():
+                for index in range(counters.get((app, proc), 0), want):
+                    from noops.runtime.instances import InstanceSpec
+
+                    ispec = InstanceSpec(app, rel.version, proc, rel.image_digest, env,
+                                         spec.memory_bytes, spec.cpu_millis, grace_s=spec.grace_s)
+                    await self.supervisor.start(app, rel.version, proc, index, ispec, spec)
+                    started += 1
+            self.supervisor.publish(app)
+        return {"adopted": adopted, "reaped": reaped, "started": started}
+
+
+def _image_processes(labels: dict[str, str]) -> list[str]:
+    try:
+        build = json.loads(labels.get("io.buildpacks.build.metadata", "{}"))
+    except ValueError:
+        return ["web"]
+    return [p["type"] for p in build.get("processes", [])] or ["web"]
+
+
+def socket_path(settings: Settings) -> Path:
+    return settings.home / "noops.sock"
+
+
+def pid_path(settings: Settings) -> Path:
+    return settings.home / "run" / "noops.pid"
+
+
+async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
+    """Run the daemon until SIGTERM/SIGINT. Apps keep running after it stops."""
+    import signal
+
+    import uvicorn
+
+    from noops.api import make_app
+
+    platform = Platform(settings, backoff_s=backoff_s)
+    pid_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    pid_path(settings).write_text(str(os.getpid()))
+    summary = await platform.recover()
+    log.info("recovered: %s", summary)
+    frontdoor = start_frontdoor(settings)
+    sock = socket_path(settings)
+    sock.unlink(missing_ok=True)
+    config = uvicorn.Config(make_app(platform), uds=str(sock), log_level="warning",
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if sock.exists():
+        os.chmod(sock, 0o600)
+    await stop.wait()
+    server.should_exit = True
+    await task
+    for slot in list(platform.supervisor.slots.values()):
+        if slot.task is not None:
+            slot.task.cancel()
+    pid_path(settings).unlink(missing_ok=True)
+    if frontdoor is not None:
+        log.info("front door keeps running (pid %s)", frontdoor)
+    platform.state.close()
+
+
+def start_frontdoor(settings: Settings) -> int | None:
+    """Start the front door process unless one is running; return its pid."""
+    import subprocess
+    import sys
+
+    pid_file = settings.home / "run" / "frontdoor.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (ValueError, ProcessLookupError):
+            pid_file.unlink(missing_ok=True)
+    log_path = settings.home / "logs" / "frontdoor.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "noops.gate.frontdoor", "--home", str(settings.home),
+             "--port", str(settings.get("frontdoor_port"))],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_everything(settings: Settings) -> None:
+    """Stop every instance and the front door (``noops down --apps``)."""
+    import signal
+
+    manager = InstanceManager(settings.home, ImageStore(settings.home / "images"),
+                              Runc(settings.get("runc")))
+    for instance in manager.existing():
+        manager.stop(instance, wait_s=instance.spec.grace_s + 5)
+    pid_file = settings.home / "run" / "frontdoor.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            pass
+        pid_file.unlink(missing_ok=True)
