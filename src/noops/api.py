@@ -219,7 +219,7 @@ def make_app(platform: Platform) -> Starlette:
     async def gc(_: Request) -> Response:
         keep = state.pinned_digests()
         removed, freed = await asyncio.to_thread(platform.store.gc, keep, min_age_s=0)
-        live_blobs, live_diffs = platform.store.reachable(keep)
+        _, live_diffs = platform.store.reachable(keep)
         layers, layer_bytes = await asyncio.to_thread(platform.manager.layers.gc, live_diffs)
         return JSONResponse({"blobs_removed": len(removed), "bytes_freed": freed + layer_bytes,
                              "layers_removed": len(layers), "pinned": sorted(keep)})

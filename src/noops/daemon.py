@@ -11,6 +11,7 @@ re-adopts the running instances instead of starting duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -296,7 +297,8 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     config = uvicorn.Config(make_app(platform), uds=str(sock), log_level="warning",
                             lifespan="off")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn must not take over SIGTERM/SIGINT: the daemon stops in its own order
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -353,8 +355,6 @@ def stop_everything(settings: Settings) -> None:
         manager.stop(instance, wait_s=instance.spec.grace_s + 5)
     pid_file = settings.home / "run" / "frontdoor.pid"
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (ValueError, ProcessLookupError):
-            pass
         pid_file.unlink(missing_ok=True)

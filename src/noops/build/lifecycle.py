@@ -34,7 +34,7 @@ from noops.oci.store import ImageStore
 from noops.oci.unpack import LayerCache
 from noops.settings import Settings
 
-__all__ = ["BuildReport", "DetectReport", "build_image", "detect", "dpkg_status"]
+__all__ = ["BuildReport", "DetectReport", "build_image", "detect", "dpkg_status", "os_status"]
 
 Log = Callable[[str], None]
 
@@ -114,6 +114,24 @@ def _package_version(status: str, package: str) -> str:
         if fields.get("Package") == package:
             return fields.get("Version", "")
     return ""
+
+
+def os_status(settings: Settings, store: ImageStore, image: Image) -> str:
+    """The dpkg status of a base image, cached by digest (stack builds fill the cache)."""
+    cache = settings.home / "cache" / "os-status" / image.digest.split(":", 1)[1]
+    if cache.is_file():
+        return cache.read_text()
+    from noops.build.inspect import read_layer_file
+
+    text = ""
+    for diff in reversed(image.diff_ids):
+        found = read_layer_file(store, image, diff, "var/lib/dpkg/status")
+        if found is not None:
+            text = found.decode(errors="replace")
+            break
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(text)
+    return text
 
 
 class _Context:
@@ -240,8 +258,7 @@ def build_image(
         processes = _processes(output.processes, report.processes)
 
         t0 = time.monotonic()
-        run_dirs = layer_cache.ensure(run_image)
-        os_components = sbom.os_packages(dpkg_status(run_dirs))
+        os_components = sbom.os_packages(os_status(settings, store, run_image))
         plans, sboms, all_components = [], {}, list(os_components)
         for layer in output.layers:
             host = None if layer.reused else ctx.built.get(layer.name)

@@ -265,6 +265,10 @@ def build_stack(settings: Settings, store: ImageStore, stack_id: str,
             _mmdebstrap(settings, variant, packages, rootfs, cache, log)
             _finish_rootfs(rootfs, variant)
             results[kind] = _image_from_rootfs(store, rootfs, stack, kind, compression, epoch, work)
+            status = rootfs / "var/lib/dpkg/status"
+            cache = settings.home / "cache" / "os-status" / results[kind][1].split(":", 1)[1]
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(status.read_text(errors="replace") if status.is_file() else "")
             log(f"{kind} image {results[kind][0]} ({results[kind][1][:19]})")
         finally:
             shutil.rmtree(work, ignore_errors=True)

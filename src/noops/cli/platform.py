@@ -3,7 +3,6 @@ logs, gc, export. Each sends one request to the daemon and prints the answer."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -243,7 +242,12 @@ def secrets_set(ctx: Ctx, app: str, pairs: tuple[str, ...]) -> None:
 @pass_ctx
 def secrets_list(ctx: Ctx, app: str) -> None:
     data = Client(ctx.settings).call("GET", f"/api/apps/{app}/config")
-    emit(ctx, data["secrets"], lambda con: [con.print(k) for k in data["secrets"]] and None)
+
+    def human(con: Console) -> None:
+        for key in data["secrets"]:
+            con.print(key, markup=False)
+
+    emit(ctx, data["secrets"], human)
 
 
 @cli.command()
@@ -331,7 +335,3 @@ def export_kubernetes(ctx: Ctx, app: str, out_dir: Path | None, image: str | Non
         ctx.console.print(f"wrote {len(paths)} files to {out_dir}")
     else:
         click.echo(to_yaml(manifests), nl=False)
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, indent=2)

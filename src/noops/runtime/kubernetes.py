@@ -134,6 +134,10 @@ def export_manifests(release: ReleaseInfo, *, namespace: str | None = None,
             raise UsageError(f"{what} {value!r} is not a valid Kubernetes name: use lower-case "
                              "letters, digits and '-'")
     hosts = list(dict.fromkeys(spec.hosts))
+    for host in hosts:
+        if not _DNS1123_SUBDOMAIN.match(host):
+            raise UsageError(f"routes.hosts has {host!r}, which an Ingress cannot route: use "
+                             "lower-case DNS names without wildcards or ports")
     if domain is not None:
         host = f"{app}.{domain.lower().strip('.')}"
         if not _DNS1123_SUBDOMAIN.match(host):
@@ -190,15 +194,19 @@ def write_manifests(manifests: list[dict[str, Any]], out_dir: Path) -> list[Path
     that this export does not rewrite are removed, so ``kubectl apply -f out_dir`` never brings
     back an object the app no longer has. Any other file is left alone.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{i:02d}-{m['kind'].lower()}-{m['metadata']['name']}.yaml"
              for i, m in enumerate(manifests, 1)]
-    for old in sorted(out_dir.iterdir()):
-        if (old not in paths and old.is_file() and _WRITTEN_FILE.match(old.name)
-                and f"{_MANAGED}: noops" in old.read_text(errors="replace")):
-            old.unlink()
-    for path, manifest in zip(paths, manifests, strict=True):
-        path.write_text(to_yaml([manifest]))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in sorted(out_dir.iterdir()):
+            if (old not in paths and old.is_file() and _WRITTEN_FILE.match(old.name)
+                    and f"{_MANAGED}: noops" in old.read_text(errors="replace")):
+                old.unlink()
+        for path, manifest in zip(paths, manifests, strict=True):
+            path.write_text(to_yaml([manifest]))
+    except OSError as exc:
+        raise UsageError(f"cannot write the manifests to {out_dir}: {exc.strerror or exc}; "
+                         "choose a directory you can write") from exc
     return paths
 
 
