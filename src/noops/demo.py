@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from noops.build.lifecycle import build_image
 from noops.errors import NoopsError
@@ -29,7 +30,7 @@ def main() -> int:
             started = time.monotonic()
             console.print(f"[bold]building[/] examples/{name} …")
             report = build_image(settings, root / name, tag=f"noops-example/{name}",
-                                 log=lambda m: console.print(f"  [dim]{m}[/]", markup=False)
+                                 log=lambda m: console.print(Text(f"  {m}", style="dim"))
                                  if not m.startswith("   ") else None)
             reused = sum(1 for layer in report.layers if not layer["rebuilt"])
             console.print(f"  [green]✓[/] {report.name} {report.digest[:19]} "
