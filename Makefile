@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOOPS := $(VENV)/bin/noops
-APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry buildah python3-venv ca-certificates
+APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry buildah python3-venv ca-certificates \
+	iproute2 postgresql nginx wrk
 PYTEST_ARGS ?=
 
 .PHONY: deps demo test lint bench clean

@@ -15,7 +15,10 @@ wrong and what to do. Foreign exceptions are translated where they enter noops
     ├── BuildError                exit 6   detect / build / export failed
     │   └── DetectError           exit 7   no buildpack group matched the source
     ├── RebaseError               exit 8   rebase refused (validation) or failed
-    └── ContainerError            exit 9   runc failed to create or run a container
+    ├── ContainerError            exit 9   runc failed to create or run a container
+    ├── StateError                exit 10  the state store failed (noops.state.errors)
+    │   └── TransitionError       (409)    an illegal release status move
+    └── DeployError               exit 11  a release failed its checks (noops.runtime.rollout)
 """
 
 from __future__ import annotations

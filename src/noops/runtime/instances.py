@@ -11,6 +11,7 @@ kept across deploys; runtime state lives under ``/run/noops/instances/<id>/``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from noops.runtime.monitor import MonitorSpec, read_status
 __all__ = ["Instance", "InstanceManager", "InstanceSpec"]
 
 RUN_ROOT = Path("/run/noops/instances")
+
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,13 @@ class Instance:
 
 class InstanceManager:
     def __init__(self, home: Path, store: ImageStore, runc: Runc,
-                 run_root: Path = RUN_ROOT) -> None:
+                 run_root: Path | None = None) -> None:
         self.home, self.store, self.runc = home, store, runc
         self.layers = LayerCache(home / "layers", store)
-        self.run_root = run_root
+        # one runtime directory per home, so two homes (a user's, the tests') never adopt or
+        # reap each other's instances
+        home_key = hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:10]
+        self.run_root = run_root or RUN_ROOT / home_key
         self.run_root.mkdir(parents=True, exist_ok=True)
 
     def start(self, spec: InstanceSpec) -> Instance:

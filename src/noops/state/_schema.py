@@ -11,9 +11,11 @@ text. Config and secrets are full snapshots per config version.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "MIGRATIONS_TABLE"]
+from collections.abc import Mapping
 
-MIGRATIONS_TABLE = "noops_schema_migrations"
+from noops.state.errors import StateError
+
+__all__ = ["MIGRATIONS", "pending_migrations"]
 
 _V1 = [
     """CREATE TABLE apps (
@@ -82,3 +84,16 @@ _V1 = [
 ]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+
+
+def pending_migrations(applied: set[int], dialect: Mapping[str, str],
+                       where: str) -> list[tuple[int, list[str]]]:
+    """The migrations ``applied`` lacks, in order, with the dialect's types filled in."""
+    latest = MIGRATIONS[-1][0]
+    newer = sorted(n for n in applied if n > latest)
+    if newer:
+        raise StateError(f"the state database {where} has schema version {newer[-1]}, newer than "
+                         f"this noops knows ({latest}): upgrade noops, or point it at another "
+                         "database")
+    return [(n, [s.format(**dialect) for s in statements])
+            for n, statements in MIGRATIONS if n not in applied]

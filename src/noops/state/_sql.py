@@ -12,16 +12,18 @@ transaction: a rollback leaves no gap, two writers never get the same number.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Protocol
 
 from noops.errors import UsageError
+from noops.state.errors import StateError
 from noops.state.model import (
     App,
     Event,
@@ -39,11 +41,37 @@ from noops.state.secrets import SecretBox
 __all__ = ["Cursor", "SQLStateStore"]
 
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
-_RELEASE_COLUMNS = ("app, version, image_ref, image_digest, config_version, formation, spec, "
-                    "description, status, created_at")
-_INSTANCE_COLUMNS = ("id, app, release_version, process_type, container_id, state, pid, "
-                     "started_at, restarts, last_exit_code, last_exit_at, socket_path")
-_EVENT_COLUMNS = "id, app, kind, message, data, created_at"
+# Whole statements as literals: the column lists must match the row readers below.
+_SELECT_RELEASES = ("SELECT app, version, image_ref, image_digest, config_version, formation, spec, "
+                    "description, status, created_at FROM releases ")
+_INSERT_RELEASE = ("INSERT INTO releases (app, version, image_ref, image_digest, config_version, "
+                   "formation, spec, description, status, created_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_SELECT_INSTANCES = ("SELECT id, app, release_version, process_type, container_id, state, pid, "
+                     "started_at, restarts, last_exit_code, last_exit_at, socket_path "
+                     "FROM instances ")
+_UPSERT_INSTANCE = (
+    "INSERT INTO instances (id, app, release_version, process_type, container_id, state, pid, "
+    "started_at, restarts, last_exit_code, last_exit_at, socket_path, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET app = excluded.app, release_version = excluded.release_version, "
+    "process_type = excluded.process_type, container_id = excluded.container_id, "
+    "state = excluded.state, pid = excluded.pid, started_at = excluded.started_at, "
+    "restarts = excluded.restarts, last_exit_code = excluded.last_exit_code, "
+    "last_exit_at = excluded.last_exit_at, socket_path = excluded.socket_path, "
+    "updated_at = excluded.updated_at")
+_SELECT_EVENTS = "SELECT id, app, kind, message, data, created_at FROM events WHERE id > ? "
+# A new config version: copy the untouched table, insert the changed one (keyed by table).
+_COPY_VARS = {
+    "config_vars": "INSERT INTO config_vars (app, version, key, value) "
+                   "SELECT app, ?, key, value FROM config_vars WHERE app = ? AND version = ?",
+    "secret_vars": "INSERT INTO secret_vars (app, version, key, sealed) "
+                   "SELECT app, ?, key, sealed FROM secret_vars WHERE app = ? AND version = ?",
+}
+_INSERT_VARS = {
+    "config_vars": "INSERT INTO config_vars (app, version, key, value) VALUES (?, ?, ?, ?)",
+    "secret_vars": "INSERT INTO secret_vars (app, version, key, sealed) VALUES (?, ?, ?, ?)",
+}
 
 Row = tuple[Any, ...]
 
@@ -83,7 +111,7 @@ def _json(what: str, value: Mapping[str, Any]) -> str:
         raise UsageError(f"{what} is not JSON-serialisable: {exc}") from exc
 
 
-def _version(what: str, value: object) -> int:
+def _non_negative(what: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageError(f"{what} must be an integer >= 0, not {value!r}")
     return value
@@ -96,7 +124,7 @@ def _release(row: Row) -> Release:
                    created_at=from_micros(int(row[9])))
 
 
-def _micros_or_none(value: int | None) -> Any:
+def _micros_or_none(value: int | None) -> dt.datetime | None:
     return None if value is None else from_micros(int(value))
 
 
@@ -129,7 +157,7 @@ class SQLStateStore(ABC):
         Driver errors come out as :class:`StateError`; write transactions are durable on commit.
         """
 
-    def _serialize_events(self, cur: Cursor) -> None:
+    def _serialize_events(self, cur: Cursor) -> None:  # noqa: B027 (a hook; most need nothing)
         """Hold whatever lock makes event ids become visible in id order (until commit)."""
 
     @abstractmethod
@@ -146,8 +174,7 @@ class SQLStateStore(ABC):
         return row
 
     def _release_row(self, cur: Cursor, app: str, version: int, last: int) -> Release:
-        row = cur.one(f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE app = ? AND version = ?",
-                      (app, version))
+        row = cur.one(_SELECT_RELEASES + "WHERE app = ? AND version = ?", (app, version))
         if row is None:
             latest = f"the latest is v{last}" if last else "it has none yet"
             raise UsageError(f"app {app} has no release v{version} ({latest}); see "
@@ -158,7 +185,7 @@ class SQLStateStore(ABC):
     def _config_at(app: str, version: int | None, current: int) -> int:
         if version is None:
             return current
-        _version("config version", version)
+        _non_negative("config version", version)
         if version > current:
             raise UsageError(f"app {app} has no config version {version} (the current one is "
                              f"{current})")
@@ -196,11 +223,11 @@ class SQLStateStore(ABC):
         _text("image_ref", image_ref, empty=False)
         if not isinstance(image_digest, str) or not _DIGEST.match(image_digest):
             raise UsageError(f"image digest {image_digest!r} is not a digest like sha256:<64 hex>")
-        _version("config_version", config_version)
+        _non_negative("config_version", config_version)
         counts: dict[str, int] = {}
         for ptype, count in dict(formation).items():
             _text("process type", ptype, empty=False)
-            counts[ptype] = _version(f"formation count of {ptype}", count)
+            counts[ptype] = _non_negative(f"formation count of {ptype}", count)
         formation_json = _json("formation", counts)
         spec_json = _json("spec", spec)
         _text("description", description)
@@ -212,7 +239,7 @@ class SQLStateStore(ABC):
                              "RETURNING last_release", (app,))
             assert bumped is not None  # the row is locked and exists
             version = int(bumped[0])
-            cur.run(f"INSERT INTO releases ({_RELEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            cur.run(_INSERT_RELEASE,
                     (app, version, image_ref, image_digest, config_version, formation_json,
                      spec_json, description, ReleaseStatus.PENDING.value, now))
         return Release(app, version, image_ref, image_digest, config_version, counts,
@@ -221,14 +248,14 @@ class SQLStateStore(ABC):
     def release(self, app: str, version: int) -> Release:
         with self._transaction(write=False) as cur:
             row = self._app_row(cur, app)
-            return self._release_row(cur, app, _version("release version", version), int(row[2]))
+            return self._release_row(cur, app, _non_negative("release version", version), int(row[2]))
 
     def releases(self, app: str, limit: int | None = None) -> list[Release]:
-        sql = f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE app = ? ORDER BY version DESC"
+        sql = _SELECT_RELEASES + "WHERE app = ? ORDER BY version DESC"
         params: tuple[Any, ...] = (app,)
         if limit is not None:
             sql += " LIMIT ?"
-            params += (_version("limit", limit),)
+            params += (_non_negative("limit", limit),)
         with self._transaction(write=False) as cur:
             self._app_row(cur, app)
             rows = cur.all(sql, params)
@@ -237,7 +264,7 @@ class SQLStateStore(ABC):
     def active_release(self, app: str) -> Release | None:
         with self._transaction(write=False) as cur:
             self._app_row(cur, app)
-            row = cur.one(f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE app = ? AND status = ?",
+            row = cur.one(_SELECT_RELEASES + "WHERE app = ? AND status = ?",
                           (app, ReleaseStatus.ACTIVE.value))
         return None if row is None else _release(row)
 
@@ -250,7 +277,7 @@ class SQLStateStore(ABC):
             raise UsageError(f"{exc}; a release status is one of {names}") from exc
         if retired not in (ReleaseStatus.SUPERSEDED, ReleaseStatus.ROLLED_BACK):
             raise UsageError(f"retire_as must be superseded or rolled-back, not {retired}")
-        _version("release version", version)
+        _non_negative("release version", version)
         with self._transaction(write=True) as cur:
             row = self._app_row(cur, app, lock=True)
             release = self._release_row(cur, app, version, int(row[2]))
@@ -290,14 +317,10 @@ class SQLStateStore(ABC):
                          "RETURNING config_version", (app,))
         assert bumped is not None
         version = int(bumped[0])
-        changed, copied = (("secret_vars", "sealed"), ("config_vars", "value")) if secrets else \
-            (("config_vars", "value"), ("secret_vars", "sealed"))
-        cur.run(f"INSERT INTO {copied[0]} (app, version, key, {copied[1]}) "  # noqa: S608 (constants)
-                f"SELECT app, ?, key, {copied[1]} FROM {copied[0]} WHERE app = ? AND version = ?",
-                (version, app, current))
+        changed, copied = ("secret_vars", "config_vars") if secrets else ("config_vars", "secret_vars")
+        cur.run(_COPY_VARS[copied], (version, app, current))
         if rows:
-            cur.many(f"INSERT INTO {changed[0]} (app, version, key, {changed[1]}) "  # noqa: S608
-                     "VALUES (?, ?, ?, ?)", [(app, version, k, v) for k, v in sorted(rows.items())])
+            cur.many(_INSERT_VARS[changed], [(app, version, k, v) for k, v in sorted(rows.items())])
         return version
 
     def set_config(self, app: str, values: Mapping[str, str] | None = None,
@@ -310,9 +333,10 @@ class SQLStateStore(ABC):
                      if r[0] in new]
             if clash:
                 raise UsageError(f"{', '.join(clash)} is a secret of app {app}, not a config var: "
-                                 "unset the secret first, or set it as a secret")
-            config = dict(cur.all("SELECT key, value FROM config_vars WHERE app = ? AND "
-                                  "version = ?", (app, current)))
+                                 "set it as a secret, or unset the secret first")
+            rows = cur.all("SELECT key, value FROM config_vars WHERE app = ? AND version = ?",
+                           (app, current))
+            config = {str(k): str(v) for k, v in rows}
             wanted = {k: v for k, v in config.items() if k not in gone} | new
             if wanted == config:
                 return current
@@ -337,19 +361,26 @@ class SQLStateStore(ABC):
                      if r[0] in new]
             if clash:
                 raise UsageError(f"{', '.join(clash)} is a config var of app {app}, not a secret: "
-                                 "unset the config var first, or set it as config")
+                                 f"unset it first (`noops config unset {app} {' '.join(clash)}`), "
+                                 "or set it as config")
             sealed = {str(k): bytes(v) for k, v in cur.all(
                 "SELECT key, sealed FROM secret_vars WHERE app = ? AND version = ?", (app, current))}
             wanted = {k: v for k, v in sealed.items() if k not in gone}
             changed = len(wanted) != len(sealed)
             for key, value in new.items():
                 # Re-setting the same value keeps the old ciphertext: no change, no new version.
-                if key in wanted and self.secret_box.open(app, key, wanted[key]) == value:
+                if key in wanted and self._same_secret(app, key, wanted[key], value):
                     continue
                 wanted[key], changed = sealed_new[key], True
             if not changed:
                 return current
             return self._bump_config(cur, app, current, secrets=True, rows=wanted)
+
+    def _same_secret(self, app: str, key: str, sealed: bytes, value: str) -> bool:
+        try:
+            return self.secret_box.open(app, key, sealed) == value
+        except StateError:
+            return False  # unreadable (tampered, other key): setting it again repairs it
 
     def _sealed(self, app: str, version: int | None) -> list[Row]:
         with self._transaction(write=False) as cur:
@@ -373,30 +404,28 @@ class SQLStateStore(ABC):
             _text(what, value, empty=False)
         if record.socket_path is not None:
             _text("socket path", record.socket_path)
-        _version("restarts", record.restarts)
+        _non_negative("restarts", record.restarts)
+        for what, number in (("pid", record.pid), ("last exit code", record.last_exit_code)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+                raise UsageError(f"{what} must be an integer or None, not {number!r}")
         started = None if record.started_at is None else to_micros(record.started_at)
         exited = None if record.last_exit_at is None else to_micros(record.last_exit_at)
-        columns = _INSTANCE_COLUMNS.split(", ")
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
         with self._transaction(write=True) as cur:
             row = self._app_row(cur, record.app)
-            self._release_row(cur, record.app, _version("release version", record.release_version),
+            self._release_row(cur, record.app, _non_negative("release version", record.release_version),
                               int(row[2]))
-            cur.run(f"INSERT INTO instances ({_INSTANCE_COLUMNS}, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    f"ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+            cur.run(_UPSERT_INSTANCE,
                     (record.id, record.app, record.release_version, record.process_type,
                      record.container_id, record.state, record.pid, started, record.restarts,
                      record.last_exit_code, exited, record.socket_path, _now_us()))
 
     def instances(self, app: str | None = None) -> list[InstanceRecord]:
-        sql = f"SELECT {_INSTANCE_COLUMNS} FROM instances"
         with self._transaction(write=False) as cur:
             if app is None:
-                rows = cur.all(sql + " ORDER BY app, process_type, id")
+                rows = cur.all(_SELECT_INSTANCES + "ORDER BY app, process_type, id")
             else:
                 self._app_row(cur, app)
-                rows = cur.all(sql + " WHERE app = ? ORDER BY process_type, id", (app,))
+                rows = cur.all(_SELECT_INSTANCES + "WHERE app = ? ORDER BY process_type, id", (app,))
         return [_instance(r) for r in rows]
 
     def delete_instance(self, instance_id: str) -> bool:
@@ -422,22 +451,21 @@ class SQLStateStore(ABC):
         return Event(int(row[0]), app, kind, message, json.loads(payload), from_micros(now))
 
     def events(self, app: str | None = None, since_id: int = 0, limit: int = 100) -> list[Event]:
-        _version("since_id", since_id)
-        if _version("limit", limit) == 0:
+        _non_negative("since_id", since_id)
+        if _non_negative("limit", limit) == 0:
             return []
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ?"
-        params: tuple[Any, ...] = (since_id,)
+        sql = _SELECT_EVENTS
+        params: list[object] = [since_id]
         if app is not None:
-            validate_app_name(app)
-            sql, params = sql + " AND app = ?", (*params, app)
+            sql, params = sql + "AND app = ? ", [since_id, validate_app_name(app)]
         with self._transaction(write=False) as cur:
-            rows = cur.all(sql + " ORDER BY id LIMIT ?", (*params, limit))
+            rows = cur.all(sql + "ORDER BY id LIMIT ?", [*params, limit])
         return [_event(r) for r in rows]
 
     # garbage collection ---------------------------------------------------------------------
 
     def pinned_digests(self, keep_per_app: int = 10) -> set[str]:
-        _version("keep_per_app", keep_per_app)
+        _non_negative("keep_per_app", keep_per_app)
         with self._transaction(write=False) as cur:
             rows = cur.all(
                 "SELECT image_digest FROM (SELECT image_digest, status, ROW_NUMBER() OVER "
@@ -446,10 +474,3 @@ class SQLStateStore(ABC):
                 (keep_per_app, ReleaseStatus.ACTIVE.value, ReleaseStatus.PENDING.value))
         return {str(r[0]) for r in rows}
 
-
-def iter_statements(dialect: Mapping[str, str]) -> Iterator[tuple[int, list[str]]]:
-    """The migrations with the dialect's types filled in."""
-    from noops.state._schema import MIGRATIONS
-
-    for number, statements in MIGRATIONS:
-        yield number, [s.format(**dialect) for s in statements]
