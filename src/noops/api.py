@@ -101,7 +101,7 @@ def make_app(platform: Platform) -> Starlette:
             path = Path(str(body["path"]))
             report = await asyncio.to_thread(build_image, platform.settings, path,
                                              tag=f"{name}:latest")
-            image = report.digest
+            image = report.name
             spec = load_appspec(path)
         elif body.get("image"):
             image = str(body["image"])

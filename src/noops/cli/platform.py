@@ -50,14 +50,21 @@ def up(ctx: Ctx, detach: bool) -> None:
     if detach:
         log = settings.home / "logs" / "daemon.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        socket_path(settings).unlink(missing_ok=True)  # a stale one would look like "up"
         with open(log, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "noops", "--home", str(settings.home),
                                      "up"], stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not socket_path(settings).exists():
+        deadline = time.monotonic() + 120
+        while True:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise NoopsError(f"the daemon did not start; see {log}")
+            if socket_path(settings).exists():
+                try:
+                    Client(settings, timeout_s=2).call("GET", "/api/health")
+                    break
+                except NoopsError:
+                    pass
             time.sleep(0.1)
         ctx.console.print(f"noops is up (pid {proc.pid}); API on {socket_path(settings)}; "
                           f"log {log}")
