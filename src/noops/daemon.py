@@ -270,6 +270,15 @@ def _image_processes(labels: dict[str, str]) -> list[str]:
     return [p["type"] for p in build.get("processes", [])] or ["web"]
 
 
+def process_running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (a killed daemon may linger unreaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 def socket_path(settings: Settings) -> Path:
     return settings.home / "noops.sock"
 
@@ -329,10 +338,11 @@ def start_frontdoor(settings: Settings) -> int | None:
     if pid_file.exists():
         try:
             pid = int(pid_file.read_text())
-            os.kill(pid, 0)
+        except ValueError:
+            pid = 0
+        if pid and process_running(pid):
             return pid
-        except (ValueError, ProcessLookupError):
-            pid_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
     log_path = settings.home / "logs" / "frontdoor.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:

@@ -36,17 +36,15 @@ def _pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
 @pass_ctx
 def up(ctx: Ctx, detach: bool) -> None:
     """Start the platform daemon (API on a Unix socket; apps, health, restarts, front door)."""
-    from noops.daemon import pid_path, serve, socket_path
+    from noops.daemon import pid_path, process_running, serve, socket_path
 
     settings = ctx.settings
     pid_file = pid_path(settings)
     if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text()), 0)
-            raise NoopsError(f"noops is already running (pid {pid_file.read_text()}); "
-                             "`noops down` stops it")
-        except (ValueError, ProcessLookupError):
-            pid_file.unlink()
+        text = pid_file.read_text().strip()
+        if text.isdigit() and process_running(int(text)):
+            raise NoopsError(f"noops is already running (pid {text}); `noops down` stops it")
+        pid_file.unlink()
     if detach:
         log = settings.home / "logs" / "daemon.log"
         log.parent.mkdir(parents=True, exist_ok=True)

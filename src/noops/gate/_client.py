@@ -1,0 +1,740 @@
+"""Client side: one accepted connection, its requests, and how each is carried to an app.
+
+Per connection, requests are handled one at a time (pipelined requests wait, parsed, in a
+queue, with reading paused). For each request the head is checked and rebuilt (:mod:`_http`),
+an endpoint picked (:meth:`Core.pick`), an idle upstream connection taken from its pool (or a
+new one opened), and bytes streamed both ways with backpressure: a full buffer on one side
+pauses reading on the other, so a body never sits whole in memory.
+
+Output to the client is gathered in ``self.out`` while a parser runs and written with one
+``writelines`` afterwards (one syscall for head + small body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import cast
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from noops.gate._core import Core
+from noops.gate._http import BadRequest, error_response, scan_request, scan_response, status_line
+from noops.gate._tunnel import Tunnel, TunnelInfo
+from noops.gate._upstream import HeadDone, Pool, Upstream
+from noops.gate.endpoints import Endpoint
+
+__all__ = ["ClientConnection"]
+
+log = logging.getLogger("noops.gate")
+
+# Why reading from the client is paused (a bit each; reading resumes when none is left).
+_P_PIPELINE, _P_UPSTREAM, _P_WAIT, _P_UPGRADE = 1, 2, 4, 8
+# What the connection's single deadline means.
+_D_NONE, _D_IDLE, _D_HEAD, _D_BODY, _D_UPSTREAM, _D_SEND = range(6)
+_WAIT_LIMIT = 256 * 1024  # request body held while no upstream connection is attached
+_RETRY_SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+_VIA = b"Via: 1.1 noops\r\n"
+
+
+class _UpstreamProtocolError(Exception):
+    """The app sent something that is not a valid answer to this request."""
+
+
+class Exchange:
+    """One request and its response.
+
+    No ``__slots__``: most fields keep their class-level default for the whole exchange, so
+    creating one sets four attributes instead of thirty.
+    """
+
+    accept = b""
+    chunked = False
+    has_body = False
+    http10 = False
+    is_head = False
+    keep_alive = True
+    websocket = False
+    retry_safe = False
+    complete = False  # the whole request has been read from the client
+    done = False  # finished (answered or abandoned)
+    local_status = 0  # proxy answer deferred to the end of a bodiless request
+    eps: Sequence[Endpoint] = ()
+    tried: set[str] | None = None
+    pool: Pool | None = None
+    up: Upstream | None = None
+    reused = False
+    fresh = False
+    retried = False
+    response_started = False
+    client_chunked = False
+    client_keep = False
+    close_delimited = False
+    up_keep = False
+    pending_bytes = 0
+
+    def __init__(self, head: bytes, host: str, request_id: bytes) -> None:
+        self.head = head
+        self.host = host
+        self.request_id = request_id
+        self.pending: list[bytes] = []  # body bytes (already framed) not yet written upstream
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection (plain or TLS)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        cfg = self.cfg = core.config
+        self.t_head = cfg.header_timeout_s
+        self.t_keep = cfg.keepalive_timeout_s
+        self.t_client = cfg.client_timeout_s
+        self.t_up = cfg.upstream_timeout_s
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.peer = "unknown"
+        self.fwd = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.in_head = False  # between the first byte of a request and the end of its head
+        self.fed = 0
+        self.parsing: Exchange | None = None  # request whose body the parser is reading
+        self.active: Exchange | None = None  # request being served
+        self.queue: deque[Exchange] = deque()
+        self.ws_pending: Exchange | None = None
+        self.upgrade_buf: list[bytes] | None = None
+        self.tunnel: Tunnel | None = None
+        self.out: list[bytes] = []
+        self.paused = 0
+        self.write_paused = False
+        self.deadline = 0.0
+        self.dkind = _D_NONE
+        self.closed = False
+        self.eof = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0])
+        self.fwd = b"X-Forwarded-For: " + self.peer.encode() + b"\r\n" + self.core.proto_line + _VIA
+        core = self.core
+        core.conns.add(self)
+        core.connections_total += 1
+        if core.draining:
+            self.close()
+            return
+        self._arm(_D_HEAD, self.t_head)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.to_upstream(data)
+            return
+        if self.upgrade_buf is not None:  # waiting for the app to accept a WebSocket
+            self.upgrade_buf.append(data)
+            if sum(map(len, self.upgrade_buf)) > _WAIT_LIMIT:
+                self._pause(_P_UPGRADE)
+            return
+        if self.closed:
+            return
+        if self.dkind == _D_BODY:
+            self.deadline = self.core.clock + self.t_client
+        was_in_head = self.in_head
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._parser_upgrade(data[exc.args[0]:])
+        except HttpParserCallbackError as exc:
+            err = exc.__context__
+            if isinstance(err, BadRequest):
+                self._reject(err.status)
+            else:
+                log.error("front door: unexpected error on a request", exc_info=err)  # noqa: TRY400 - not in an except block of err
+                self._reject(500)
+            return
+        except HttpParserError:
+            self._reject(400)
+            return
+        if was_in_head and self.in_head:  # the whole read was head bytes: bound the buffering
+            self.fed += len(data)
+            if self.fed > self.cfg.max_header_bytes:
+                self._reject(400)
+                return
+        ex = self.active
+        if ex is not None and ex.up is not None and ex.pending:
+            self._send_pending(ex, ex.up)
+        self.flush()
+
+    def eof_received(self) -> bool:
+        ex = self.active
+        if ex is not None and ex.complete and self.tunnel is None and not self.core.tls:
+            self.eof = True  # a half-closed client still gets its response
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.core.conns.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            return
+        ex = self.active
+        if ex is not None and not ex.done:
+            self._abandon(ex)
+        self.active = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self._current_upstream()
+        if up is not None:
+            up.pause_reading()
+        if self.active is not None:
+            self._arm(_D_SEND, self.t_client)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self._current_upstream()
+        if up is not None:
+            up.resume_reading()
+        if self.dkind == _D_SEND:
+            self._arm(_D_UPSTREAM, self.t_up)
+
+    # -- request parser callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        self.in_head = True
+        if self.dkind == _D_IDLE:
+            self.dkind = _D_HEAD
+            self.deadline = self.core.clock + self.t_head
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > self.cfg.max_header_bytes:
+            raise BadRequest
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.cfg.max_header_bytes:
+            raise BadRequest
+        if self.in_head:  # trailers of a chunked body are read and dropped
+            headers = self.headers
+            headers.append((name, value))
+            if len(headers) > self.cfg.max_headers:
+                raise BadRequest
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.fed = 0
+        if self.closed:
+            return
+        parser = self.parser
+        version = parser.get_http_version()
+        http10 = version == "1.0"
+        if not http10 and version != "1.1":
+            raise BadRequest
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise BadRequest
+        out = [b""]  # [0]: request line and Host, known after the scan
+        host_raw, length, chunked, close, upgrade, _expect, accept = scan_request(self.headers, http10, out)
+        target = self.url
+        if target[:1] != b"/":
+            target = _origin_form(target, method, host_raw)
+        if b"#" in target:
+            raise BadRequest
+        core = self.core
+        host = core.route_key(host_raw)
+        if host is None:
+            raise BadRequest
+        has_body = chunked or (length is not None and length != b"0")
+        websocket = False
+        if upgrade is not None:
+            if has_body:
+                raise BadRequest  # an upgrade carrying a body is ambiguous framing
+            # Only WebSocket is tunnelled; any other protocol (h2c...) would let a client talk
+            # past the gateway, so its Upgrade is dropped and the request served as plain HTTP.
+            websocket = method == b"GET" and upgrade.lower() == b"websocket"
+        if chunked:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        elif length is not None:
+            out += (b"Content-Length: ", length, b"\r\n")
+        if websocket:
+            out += (b"Connection: upgrade\r\nUpgrade: ", upgrade or b"", b"\r\n")
+        rid = core.request_id()
+        out[0] = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host_raw)
+        out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
+        ex = Exchange(b"".join(out), host, rid)
+        if accept:
+            ex.accept = accept
+        if has_body:
+            ex.has_body = True
+            ex.chunked = chunked
+        else:
+            ex.retry_safe = method in _RETRY_SAFE
+        if http10:
+            ex.http10 = True
+        if method == b"HEAD":
+            ex.is_head = True
+        # A refused upgrade leaves the parser in upgrade mode: close after that response.
+        if close or websocket or not parser.should_keep_alive():
+            ex.keep_alive = False
+        self.parsing = ex
+        if websocket:
+            ex.websocket = True
+            self.ws_pending = ex
+        if self.active is None:
+            self._begin(ex)
+        else:
+            self.queue.append(ex)
+            self._pause(_P_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None or ex.done:
+            return
+        if ex.chunked:
+            ex.pending += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            ex.pending.append(body)
+        if ex.up is None:
+            ex.pending_bytes += len(body)
+            if ex.pending_bytes > _WAIT_LIMIT:
+                self._pause(_P_WAIT)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is None:
+            return
+        ex.complete = True
+        if ex.done:
+            return
+        if ex.chunked:
+            ex.pending.append(b"0\r\n\r\n")
+        if ex.local_status:
+            self._respond_local(ex, ex.local_status)
+        elif self.dkind == _D_BODY and ex is self.active:
+            self._arm(_D_UPSTREAM, self.t_up)
+
+    # -- routing -------------------------------------------------------------------------------
+    def _begin(self, ex: Exchange) -> None:
+        self.active = ex
+        core = self.core
+        core.requests += 1
+        eps = core.registry.endpoints(ex.host)
+        if not eps:
+            self._local(ex, 503 if core.registry.knows(ex.host) else 404)
+            return
+        ex.eps = eps
+        self._route(ex)
+
+    def _route(self, ex: Exchange) -> None:
+        pool = self.core.pick(ex.eps, ex.tried)
+        if pool is None:
+            self._local(ex, 502 if ex.tried else 503)
+            return
+        pool.outstanding += 1
+        ex.pool = pool
+        up = None if ex.fresh else pool.take()
+        if up is not None:
+            self.core.upstream_reuses += 1
+            ex.reused = True
+            self._attach(ex, up)
+        else:
+            ex.reused = False
+            self._arm(_D_UPSTREAM, self.t_up)
+            self.core.spawn(self._connect(ex, pool))
+
+    async def _connect(self, ex: Exchange, pool: Pool) -> None:
+        core = self.core
+        try:
+            _, up = await core.loop.create_unix_connection(lambda: Upstream(pool), pool.path)
+        except OSError:
+            core.connect_failures += 1
+            pool.down_until = core.clock + self.cfg.connect_cooloff_s
+            if ex.done:
+                return
+            self._release_pool(ex)
+            if ex.tried is None:
+                ex.tried = set()
+            ex.tried.add(pool.path)  # nothing was sent: another endpoint may take it
+            self._route(ex)
+            self.flush()
+            return
+        core.upstream_connects += 1
+        if ex.done or self.closed:
+            pool.put(up, core.clock)
+            return
+        self._attach(ex, up)
+
+    def _attach(self, ex: Exchange, up: Upstream) -> None:
+        ex.up = up
+        up.client = self
+        up.got_bytes = False
+        if self.write_paused:
+            up.pause_reading()
+        assert up.transport is not None
+        if ex.pending:
+            ex.pending.insert(0, ex.head)
+            self._send_pending(ex, up)
+        else:
+            up.transport.write(ex.head)
+        ex.pending_bytes = 0
+        self._resume(_P_WAIT)
+        if ex.complete:
+            self.dkind = _D_UPSTREAM
+            self.deadline = self.core.clock + self.t_up
+        else:
+            self.dkind = _D_BODY
+            self.deadline = self.core.clock + self.t_client
+
+    def _send_pending(self, ex: Exchange, up: Upstream) -> None:
+        assert up.transport is not None
+        up.transport.writelines(ex.pending)
+        ex.pending.clear()
+
+    # -- response (called by Upstream) -----------------------------------------------------------
+    def upstream_activity(self) -> None:
+        if self.dkind == _D_UPSTREAM:
+            self.deadline = self.core.clock + self.t_up
+
+    def response_head(self, up: Upstream, status: int) -> None:
+        ex = self.active
+        if ex is None or ex.up is not up:
+            raise _UpstreamProtocolError
+        if status < 200:
+            if status == 101:
+                if not ex.websocket:
+                    raise _UpstreamProtocolError
+                return  # HttpParserUpgrade follows: see upgraded()
+            up.interim = True
+            if not ex.http10:
+                out = [status_line(status)]
+                scan_response(up.headers, out)
+                out.append(b"\r\n")
+                self.out.append(b"".join(out))
+            up.headers = []
+            up.in_head = True
+            return
+        out = [status_line(status)]  # joined below: one buffer, not one iovec per piece
+        length, te, close, _upgrade = scan_response(up.headers, out)
+        ex.response_started = True
+        ex.up_keep = not close and up.keep_alive()
+        keep = ex.keep_alive and ex.complete and not self.core.draining and not self.eof
+        if ex.is_head or status == 204 or status == 304:
+            if length is not None:
+                out += (b"Content-Length: ", length, b"\r\n")
+        elif te is None and length is not None:
+            out += (b"Content-Length: ", length, b"\r\n")
+        else:
+            ex.close_delimited = te is None or not te.lower().endswith(b"chunked")
+            if ex.http10:
+                keep = False  # no chunked framing for HTTP/1.0: the close ends the body
+            else:
+                ex.client_chunked = True
+                if te is None:
+                    out.append(b"Transfer-Encoding: chunked\r\n")
+                elif ex.close_delimited:
+                    out += (b"Transfer-Encoding: ", te, b", chunked\r\n")
+                else:
+                    out += (b"Transfer-Encoding: ", te, b"\r\n")
+        out.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
+        self.out.append(b"".join(out))
+        ex.client_keep = keep
+        if ex.is_head:
+            raise HeadDone
+
+    def response_body(self, body: bytes) -> None:
+        ex = self.active
+        if ex is None or not body:
+            return
+        if ex.client_chunked:
+            self.out += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            self.out.append(body)
+
+    def response_end(self, up: Upstream, reusable: bool) -> None:
+        ex = self.active
+        if ex is None or ex.up is not up:
+            up.close()
+            return
+        if ex.client_chunked:
+            self.out.append(b"0\r\n\r\n")
+        ex.up = None
+        up.client = None
+        up.headers = []
+        up.in_head = True
+        pool = ex.pool
+        if reusable and ex.up_keep and ex.complete and not ex.pending and pool is not None:
+            up.resume_reading()
+            pool.put(up, self.core.clock)
+        else:
+            up.close()
+        self._finish(ex, close=not ex.client_keep)
+
+    def upgraded(self, up: Upstream, rest: bytes) -> None:
+        """The app answered 101: from now on this connection is a byte tunnel."""
+        ex = self.active
+        if ex is None or ex.up is not up or not ex.websocket or ex.pool is None:
+            self.upstream_failed(up, None)
+            return
+        out = [status_line(101)]
+        upgrade = scan_response(up.headers, out)[3]
+        out += (b"Connection: upgrade\r\nUpgrade: ", upgrade or b"websocket", b"\r\n\r\n")
+        self.out.append(b"".join(out))
+        if rest:
+            self.out.append(rest)
+        endpoint = ex.pool.endpoint
+        info = TunnelInfo(request_id=ex.request_id.decode(), app=endpoint.app, host=ex.host,
+                          endpoint_id=endpoint.id, client=self.peer, opened_at=time.time())
+        tunnel = Tunnel(self.core, self, up, info)
+        self.tunnel = up.tunnel = tunnel
+        up.client = None
+        ex.up = None
+        ex.response_started = True
+        self._release_pool(ex)
+        ex.done = True
+        self.active = None
+        self.core.responses += 1
+        self.deadline, self.dkind = 0.0, _D_NONE  # tunnels have no idle timeout
+        buffered, self.upgrade_buf = self.upgrade_buf, None
+        if buffered:
+            assert up.transport is not None
+            up.transport.writelines(buffered)
+        self._resume(_P_UPGRADE)
+
+    def upstream_failed(self, up: Upstream, err: BaseException | None) -> None:
+        """The app sent an invalid response."""
+        if err is not None and not isinstance(err, (HttpParserError, _UpstreamProtocolError)):
+            log.error("front door: unexpected error on a response", exc_info=err)
+        ex = self.active
+        up.client = None
+        up.abort()
+        if ex is None or ex.up is not up:
+            return
+        ex.up = None
+        self._upstream_error(ex, 502)
+
+    def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
+        """The app's connection closed while bound to a request."""
+        ex = self.active
+        up.client = None
+        if ex is None or ex.up is not up:
+            return
+        ex.up = None
+        if ex.response_started and ex.close_delimited and exc is None:
+            if ex.client_chunked:
+                self.out.append(b"0\r\n\r\n")
+            self._finish(ex, close=not ex.client_keep)
+            return
+        if (not ex.response_started and ex.reused and ex.retry_safe and not up.got_bytes
+                and not ex.retried):
+            # A kept-alive connection the app closed as we reused it: the request cannot have
+            # been processed (no byte came back) and is safe to repeat, on a new connection.
+            self.core.retries += 1
+            ex.retried = ex.fresh = True
+            self._release_pool(ex)
+            self._route(ex)
+            self.flush()
+            return
+        self._upstream_error(ex, 502)
+
+    # -- endings ----------------------------------------------------------------------------------
+    def _upstream_error(self, ex: Exchange, status: int) -> None:
+        self.core.errors += 1
+        if ex.response_started:  # too late for an error page: cut the response short
+            self._release_pool(ex)
+            ex.done = True
+            self.active = None
+            self.flush()
+            self.close()
+        else:
+            self._respond_local(ex, status)
+        self.flush()
+
+    def _local(self, ex: Exchange, status: int) -> None:
+        """Answer ``ex`` from the proxy (404, 502, 503)."""
+        if status >= 500:
+            self.core.errors += 1
+        if not ex.complete and not ex.has_body:
+            ex.local_status = status  # the end of the head is the end of the request: answer then
+        else:
+            self._respond_local(ex, status)
+
+    def _respond_local(self, ex: Exchange, status: int) -> None:
+        if ex.up is not None:
+            ex.up.client = None
+            ex.up.abort()
+            ex.up = None
+        close = not (ex.keep_alive and ex.complete) or self.core.draining or self.eof
+        as_json = b"application/json" in ex.accept.lower()
+        retry = self.cfg.retry_after_s if status == 503 else None
+        self.out.append(error_response(status, as_json=as_json, request_id=ex.request_id,
+                                       close=close, retry_after_s=retry))
+        self._finish(ex, close)
+
+    def _finish(self, ex: Exchange, close: bool) -> None:
+        self._release_pool(ex)
+        ex.done = True
+        self.active = None
+        self.core.responses += 1
+        self.flush()
+        if close or self.core.draining or self.eof:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if not self.queue:
+                self._resume(_P_PIPELINE)
+            self._begin(nxt)
+        elif self.in_head:
+            self._arm(_D_HEAD, self.t_head)
+        else:
+            self.dkind = _D_IDLE
+            self.deadline = self.core.clock + self.t_keep
+
+    def _abandon(self, ex: Exchange) -> None:
+        if ex.up is not None:
+            ex.up.client = None
+            ex.up.abort()
+            ex.up = None
+        self._release_pool(ex)
+        ex.done = True
+
+    def _release_pool(self, ex: Exchange) -> None:
+        pool = ex.pool
+        if pool is not None:
+            pool.outstanding -= 1
+            ex.pool = None
+
+    def _reject(self, status: int) -> None:
+        """A protocol violation by the client: answer ``status`` if nothing else is in flight,
+        then close."""
+        self.core.rejected += 1
+        ex = self.active
+        if ex is not None and not ex.done:
+            self._abandon(ex)
+            self.active = None
+            self.abort()
+            return
+        self.out.append(error_response(status, as_json=False, request_id=b"", close=True))
+        self.flush()
+        self.close()
+
+    def on_timeout(self) -> None:
+        kind, self.dkind, self.deadline = self.dkind, _D_NONE, 0.0
+        self.core.timeouts += 1
+        ex = self.active
+        if kind == _D_IDLE or (kind == _D_HEAD and not self.in_head and ex is None):
+            self.close()
+        elif kind == _D_HEAD and ex is None:
+            self.out.append(error_response(408, as_json=False, request_id=b"", close=True))
+            self.flush()
+            self.close()
+        elif ex is not None and not ex.response_started and kind in (_D_BODY, _D_UPSTREAM):
+            if kind == _D_BODY:
+                ex.complete = False
+                self._respond_local(ex, 408)
+            else:
+                self._upstream_error(ex, 504)
+        else:
+            if ex is not None:
+                self._abandon(ex)
+                self.active = None
+            self.abort()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _parser_upgrade(self, rest: bytes) -> None:
+        ex, self.ws_pending = self.ws_pending, None
+        if ex is not None and not ex.done:
+            self.upgrade_buf = [rest] if rest else []  # held until the app answers
+            return
+        # No upgrade was asked of the app (or it is already answered): keep parsing HTTP.
+        self.parser = HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    def _current_upstream(self) -> Upstream | None:
+        if self.tunnel is not None:
+            return self.tunnel.upstream
+        ex = self.active
+        return ex.up if ex is not None else None
+
+    def pause_for_upstream(self) -> None:
+        self._pause(_P_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self._resume(_P_UPSTREAM)
+
+    def _pause(self, flag: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= flag
+
+    def _resume(self, flag: int) -> None:
+        if self.paused & flag:
+            self.paused &= ~flag
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        self.dkind = kind
+        self.deadline = self.core.clock + seconds
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            if not self.closed and self.transport is not None:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+            out.clear()
+
+    def close(self) -> None:
+        """Close after the buffered output is written."""
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.out.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _origin_form(target: bytes, method: bytes, host: bytes) -> bytes:
+    """The path-and-query of an absolute-form target naming ``host``; ``*`` for OPTIONS."""
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise BadRequest
+        return target
+    low = target[:8].lower()
+    if low.startswith(b"http://"):
+        rest = target[7:]
+    elif low.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        raise BadRequest
+    cut = len(rest)
+    for sep in (b"/", b"?"):
+        at = rest.find(sep)
+        if 0 <= at < cut:
+            cut = at
+    authority, path = rest[:cut], rest[cut:]
+    if b"@" in authority or authority.lower() != host.lower():
+        raise BadRequest
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path

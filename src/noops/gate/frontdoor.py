@@ -1,0 +1,102 @@
+"""The front door as its own process: ``python -m noops.gate.frontdoor --home H --port P``.
+
+It serves HTTPS on 127.0.0.1 with the certificate noops generates for ``localhost`` and
+``*.localhost`` (``$NOOPS_HOME/tls``), and routes by reading the table the daemon publishes at
+``$NOOPS_HOME/run/routes.json`` (checked every ``poll_s``; replaced atomically by the writer).
+Being a separate process is what lets apps keep answering while the daemon restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from noops.gate.endpoints import Endpoint, StaticEndpointRegistry
+from noops.gate.proxy import run_forever
+from noops.gate.tls import localhost_certificate, server_context
+
+__all__ = ["RoutesWatcher", "main"]
+
+log = logging.getLogger("noops.frontdoor")
+
+
+class RoutesWatcher:
+    """Keeps a :class:`StaticEndpointRegistry` in step with the routes file."""
+
+    def __init__(self, path: Path, registry: StaticEndpointRegistry, poll_s: float = 0.1) -> None:
+        self.path, self.registry, self.poll_s = path, registry, poll_s
+        self._seen: tuple[int, int] | None = None
+        self._apps: set[str] = set()
+
+    def load(self) -> bool:
+        """Apply the file if it changed; True when something was applied."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp == self._seen:
+            return False
+        try:
+            data: dict[str, Any] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False  # a writer replaces the file atomically; try again next tick
+        self._seen = stamp
+        apps = data.get("apps", {})
+        for app, entry in apps.items():
+            endpoints = [Endpoint(e["id"], app, e["socket_path"], bool(e.get("ready")),
+                                  bool(e.get("draining"))) for e in entry.get("endpoints", [])]
+            try:
+                self.registry.set(app, entry.get("hosts", []), endpoints)
+            except Exception:  # noqa: BLE001 - one bad app must not stop the others routing
+                log.exception("routes for %s rejected", app)
+        for gone in self._apps - set(apps):
+            self.registry.remove(gone)
+        self._apps = set(apps)
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.load()
+            time.sleep(self.poll_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="noops-frontdoor")
+    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--plain", action="store_true", help="HTTP instead of HTTPS (tests)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    registry = StaticEndpointRegistry()
+    watcher = RoutesWatcher(args.home / "run" / "routes.json", registry)
+    watcher.load()
+    stop = threading.Event()
+    threading.Thread(target=watcher.run, args=(stop,), daemon=True, name="routes").start()
+    tls = None
+    if not args.plain:
+        cert, key = localhost_certificate(args.home / "tls")
+        tls = server_context(cert, key)
+    pid_file = args.home / "run" / "frontdoor.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(str(os.getpid()))
+    try:
+        run_forever(registry, host=args.host, port=args.port, tls=tls,
+                    on_started=lambda door: log.info("front door on %s:%s", args.host, door.port))
+    finally:
+        stop.set()
+        if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
+            pid_file.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The front door: an HTTP/1.1 reverse proxy from clients to app instances on Unix sockets.
+
+Built on asyncio protocols (not streams) with httptools parsing both directions; run it on
+uvloop (:func:`run_forever` does). Every request is routed by its ``Host`` through an
+:class:`~noops.gate.endpoints.EndpointRegistry` to a ``ready`` and not ``draining`` endpoint,
+over a kept-alive connection from that endpoint's pool.
+
+Behaviour in short (details where the code lives):
+
+* keep-alive both sides; bodies streamed with backpressure (Content-Length, chunked,
+  close-delimited); ``Expect: 100-continue`` forwarded and the app's ``100`` relayed; HEAD; 1xx.
+* WebSocket upgrades become byte tunnels, listed by :meth:`FrontDoor.tunnels` and closed by
+  :meth:`FrontDoor.close_tunnels` (revocation). Other upgrades (h2c...) are not tunnelled.
+* balancing: least outstanding requests, round-robin among equals (:meth:`Core.pick`); a refused
+  connection moves the request to another endpoint (nothing was sent yet); a kept-alive
+  connection the app closed under a safe, bodiless request (no byte back) is retried once.
+* header hygiene and smuggling defences: :mod:`noops.gate._http`.
+* proxy answers: 400 malformed, 404 unknown host, 408 slow client, 502 app failed, 503 (with
+  ``Retry-After``) nothing ready, 504 app too slow; HTML, or JSON for ``Accept:
+  application/json``; never an exception text or a socket path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from collections.abc import Callable
+
+from noops.gate._client import ClientConnection
+from noops.gate._core import Core, FrontDoorConfig
+from noops.gate._errors import GateError
+from noops.gate._tunnel import TunnelInfo
+from noops.gate.endpoints import EndpointRegistry
+
+__all__ = ["FrontDoor", "FrontDoorConfig", "TunnelInfo", "run_forever"]
+
+
+class FrontDoor:
+    """One listening socket and everything behind it.
+
+    Every method runs on the event loop that called :meth:`start`; from another thread use
+    ``loop.call_soon_threadsafe`` (or ``asyncio.run_coroutine_threadsafe`` for :meth:`stop`).
+    """
+
+    def __init__(self, registry: EndpointRegistry, config: FrontDoorConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or FrontDoorConfig()
+        self._core: Core | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._address: tuple[str, int] | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8443,
+                    tls: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (``port=0`` picks a free one; see :attr:`port`), HTTPS when
+        ``tls`` is given. Raises :class:`GateError` if the address cannot be bound."""
+        if self._server is not None:
+            raise GateError("the front door is already started; stop() it first.")
+        core = Core(self.registry, self.config, tls is not None)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: ClientConnection(core), host, port, ssl=tls, backlog=self.config.backlog,
+                reuse_address=True,
+                ssl_handshake_timeout=self.config.tls_handshake_timeout_s if tls else None)
+        except OSError as exc:
+            raise GateError(f"the front door cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                            "choose another port or stop what holds it.") from exc
+        sock = server.sockets[0].getsockname()
+        self._address = (str(sock[0]), int(sock[1]))
+        self._core, self._server = core, server
+        self._sweeper = loop.create_task(self._sweep(core))
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful after ``start(port=0)``)."""
+        if self._address is None:
+            raise GateError("the front door is not started.")
+        return self._address[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self._address is None:
+            raise GateError("the front door is not started.")
+        return self._address
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish for up to ``drain_s`` seconds, then
+        close every connection (idle keep-alive ones at once, tunnels after the drain) and the
+        upstream pools. Idempotent."""
+        core, server = self._core, self._server
+        if core is None or server is None:
+            return
+        self._server = None
+        server.close()
+        core.draining = True
+        for conn in list(core.conns):
+            if conn.active is None and conn.tunnel is None and not conn.in_head:
+                conn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while loop.time() < deadline and any(c.active is not None or c.in_head for c in core.conns
+                                             if c.tunnel is None):
+            await asyncio.sleep(0.02)
+        for tunnel in list(core.tunnels.values()):
+            tunnel.close()
+        for conn in list(core.conns):
+            conn.abort()
+        for pool in core.pools.values():
+            pool.close_idle()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(core.tasks):
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._core = None
+        self._address = None
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: connections, requests, responses, errors (5xx the proxy sent or
+        responses cut short), rejected (malformed requests), timeouts, upstream connects/reuses,
+        connect failures, retries, tunnels."""
+        core = self._core
+        if core is None:
+            return {}
+        return {
+            "connections_open": len(core.conns),
+            "connections_total": core.connections_total,
+            "requests": core.requests,
+            "responses": core.responses,
+            "errors": core.errors,
+            "rejected": core.rejected,
+            "timeouts": core.timeouts,
+            "upstream_connects": core.upstream_connects,
+            "upstream_reuses": core.upstream_reuses,
+            "upstream_idle": sum(len(p.idle) for p in core.pools.values()),
+            "connect_failures": core.connect_failures,
+            "retries": core.retries,
+            "tunnels_open": len(core.tunnels),
+            "tunnels_total": core.tunnels_total,
+        }
+
+    def tunnels(self) -> list[TunnelInfo]:
+        """The open tunnels (WebSockets), oldest first."""
+        core = self._core
+        return [] if core is None else sorted((t.info for t in core.tunnels.values()),
+                                              key=lambda i: i.opened_at)
+
+    def close_tunnels(self, predicate: Callable[[TunnelInfo], bool]) -> int:
+        """Close every open tunnel whose info satisfies ``predicate`` (e.g. all of an app, or of a
+        revoked user's requests); both sides are closed at once. Returns how many were closed."""
+        core = self._core
+        if core is None:
+            return 0
+        chosen = [t for t in core.tunnels.values() if predicate(t.info)]
+        for tunnel in chosen:
+            tunnel.close()
+        return len(chosen)
+
+    async def _sweep(self, core: Core) -> None:
+        cfg = self.config
+        shortest = min(cfg.header_timeout_s, cfg.keepalive_timeout_s, cfg.client_timeout_s,
+                       cfg.upstream_timeout_s, cfg.upstream_idle_s)
+        interval = max(0.02, min(0.5, shortest / 4))
+        while True:
+            await asyncio.sleep(interval)
+            core.sweep()
+
+
+def run_forever(registry: EndpointRegistry, *, host: str = "127.0.0.1", port: int = 8443,
+                tls: ssl.SSLContext | None = None, config: FrontDoorConfig | None = None,
+                drain_s: float = 10.0,
+                on_started: Callable[[FrontDoor], None] | None = None) -> None:
+    """Serve on uvloop until SIGINT or SIGTERM, then :meth:`FrontDoor.stop` with ``drain_s``.
+
+    ``on_started`` is called on the loop once listening (e.g. to print the port).
+    """
+    import uvloop
+
+    async def main() -> None:
+        door = FrontDoor(registry, config)
+        await door.start(host, port, tls)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        if on_started is not None:
+            on_started(door)
+        await stopping.wait()
+        await door.stop(drain_s)
+
+    uvloop.run(main())

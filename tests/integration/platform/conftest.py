@@ -1,0 +1,69 @@
+"""A real platform for tests: ``noops up -d`` on the test home, front door on a free port."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import free_port
+
+
+@dataclass
+class Daemon:
+    home: Path
+    port: int
+    env: dict[str, str]
+
+    def noops(self, *args: str, check: bool = True, timeout: float = 600,
+              input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "noops", "--home", str(self.home), *args],
+                                capture_output=True, text=True, env=self.env, timeout=timeout,
+                                input=input, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"noops {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        transport = httpx.HTTPTransport(uds=str(self.home / "noops.sock"))
+        with httpx.Client(transport=transport, base_url="http://noops", timeout=600) as client:
+            return client.request(method, path, **kwargs)
+
+    @property
+    def ca(self) -> ssl.SSLContext:
+        """Trusts only the certificate noops generated for its front door."""
+        return ssl.create_default_context(cafile=str(self.home / "tls" / "localhost.crt"))
+
+    def get(self, app: str, path: str = "/") -> httpx.Response:
+        with httpx.Client(verify=self.ca, timeout=10) as client:
+            return client.get(f"https://127.0.0.1:{self.port}{path}",
+                              headers={"Host": f"{app}.localhost"})
+
+    def start(self) -> None:
+        self.noops("up", "-d")
+
+    def kill9(self) -> None:
+        pid = int((self.home / "run" / "noops.pid").read_text())
+        os.kill(pid, 9)
+
+
+@pytest.fixture(scope="session")
+def daemon(noops_home: Path) -> Iterator[Daemon]:
+    port = free_port()
+    env = dict(os.environ, NOOPS_HOME=str(noops_home), NOOPS_FRONTDOOR_PORT=str(port),
+               NOOPS_RESTART_BACKOFF_S="1")
+    env.pop("SOURCE_DATE_EPOCH", None)
+    d = Daemon(noops_home, port, env)
+    d.noops("down", "--apps", check=False)
+    d.start()
+    yield d
+    d.noops("down", "--apps", check=False)
