@@ -217,12 +217,7 @@ def make_app(platform: Platform) -> Starlette:
         return JSONResponse(export_manifests(info, domain=request.query_params.get("domain")))
 
     async def gc(_: Request) -> Response:
-        keep = state.pinned_digests()
-        removed, freed = await asyncio.to_thread(platform.store.gc, keep, min_age_s=0)
-        _, live_diffs = platform.store.reachable(keep)
-        layers, layer_bytes = await asyncio.to_thread(platform.manager.layers.gc, live_diffs)
-        return JSONResponse({"blobs_removed": len(removed), "bytes_freed": freed + layer_bytes,
-                             "layers_removed": len(layers), "pinned": sorted(keep)})
+        return JSONResponse(await platform.collect_garbage())
 
     async def events(request: Request) -> Response:
         app = request.query_params.get("app")

@@ -108,7 +108,7 @@ class Platform:
                                      on_event=self._event)
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _event(self, app: str, kind: str, message: str, data: dict[str, Any]) -> None:
+    def _event(self, app: str | None, kind: str, message: str, data: dict[str, Any]) -> None:
         try:
             self.state.add_event(app, kind, message, data)
         except NoopsError:
@@ -142,6 +142,27 @@ class Platform:
         self._event(release.app, "deploy", f"v{release.version} is live ({release.description})",
                     {"version": release.version, "digest": release.image_digest})
         return DeployResult(active, time.monotonic() - started)
+
+    async def collect_garbage(self) -> dict[str, Any]:
+        """Delete images and unpacked layers that no retained release pins (bounded disk)."""
+        keep = self.state.pinned_digests()
+        # blobs younger than 10 minutes may belong to a build still running: never taken
+        removed, freed = await asyncio.to_thread(self.store.gc, keep, min_age_s=600.0)
+        _, live_diffs = await asyncio.to_thread(self.store.reachable, keep)
+        layers, layer_bytes = await asyncio.to_thread(self.manager.layers.gc, live_diffs)
+        result = {"blobs_removed": len(removed), "bytes_freed": freed + layer_bytes,
+                  "layers_removed": len(layers), "pinned": sorted(keep)}
+        if removed or layers:
+            self._event(None, "gc", f"freed {(freed + layer_bytes) / 1e6:.1f} MB", result)
+        return result
+
+    async def gc_forever(self, every_s: float = 3600.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.collect_garbage()
+            except NoopsError:
+                log.exception("automatic gc failed")
 
     async def release_image(self, app: str, image: str, *, spec: AppSpec | None = None,
                             description: str = "", formation: dict[str, int] | None = None,
@@ -300,6 +321,7 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     pid_path(settings).write_text(str(os.getpid()))
     summary = await platform.recover()
     log.info("recovered: %s", summary)
+    gc_task = asyncio.create_task(platform.gc_forever(), name="gc")
     frontdoor = start_frontdoor(settings)
     sock = socket_path(settings)
     sock.unlink(missing_ok=True)
@@ -320,6 +342,7 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     await stop.wait()
     server.should_exit = True
     await task
+    gc_task.cancel()
     for slot in list(platform.supervisor.slots.values()):
         if slot.task is not None:
             slot.task.cancel()
