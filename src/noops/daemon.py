@@ -177,7 +177,10 @@ class Platform:
                 spec = self._spec_of(current) if current else AppSpec()
             procs = _image_processes(image_obj.labels)
             if formation is None:
-                formation = {p: spec.count(p) for p in procs} or {"web": 1}
+                # counts carry over from the running release (like `heroku ps:scale`); new
+                # process types start at their default; [scale] in noops.toml always wins
+                previous = dict(current.formation) if current else {}
+                formation = {p: previous.get(p, spec.count(p)) for p in procs} or {"web": 1}
                 for name, scale in spec.scale.items():
                     formation[name] = scale.count
             version = self.state.config_version(app) if config_version is None else config_version

@@ -213,3 +213,29 @@ def test_kubernetes_export(daemon, tmp_path, unique) -> None:  # type: ignore[no
         kubernetes_validate.validate(obj, "1.30", strict=True)
         kinds.append(obj["kind"])
     assert {"Deployment", "Service", "ConfigMap"} <= set(kinds)
+
+
+def test_scale_ps_and_logs_across_deploys(daemon, tmp_path, unique) -> None:  # type: ignore[no-untyped-def]
+    app = f"sc{unique}"
+    daemon.noops("apps", "create", app)
+    daemon.noops("deploy", str(_app_copy(tmp_path, "1.0.0")), "--app", app)
+    assert daemon.get(app, "/").status_code == 200
+    daemon.noops("scale", app, "web=3")
+    ps = json.loads(daemon.noops("ps", app, "--json").stdout)
+    assert len(ps) == 3 and all(s["state"] == "ready" for s in ps)
+    seen = set()
+    for _ in range(30):
+        seen.add(daemon.get(app, "/healthz").status_code)
+    assert seen == {200}
+    daemon.noops("deploy", str(_app_copy(tmp_path, "2.0.0")), "--app", app)
+    ps = json.loads(daemon.noops("ps", app, "--json").stdout)
+    assert len(ps) == 3, "a deploy keeps the scaled formation"
+    daemon.get(app, "/")
+    logs = daemon.noops("logs", app, "-n", "1000").stdout
+    releases_logged = {line.split("-web-")[0] for line in logs.splitlines() if "-web-" in line}
+    assert releases_logged, logs[-500:]
+    instances = {line.split()[0] for line in logs.splitlines() if line.startswith("web-")}
+    assert len(instances) >= 4, "logs of the retired release's instances are kept"
+    assert "GET / 200" in logs
+    bad = daemon.noops("scale", app, "web=lots", check=False)
+    assert bad.returncode == 2 and "whole number" in bad.stderr
