@@ -239,3 +239,15 @@ def test_scale_ps_and_logs_across_deploys(daemon, tmp_path, unique) -> None:  # 
     assert "GET / 200" in logs
     bad = daemon.noops("scale", app, "web=lots", check=False)
     assert bad.returncode == 2 and "whole number" in bad.stderr
+
+
+@pytest.mark.parametrize("example", ["flask", "fastapi", "express", "go", "static"])
+def test_every_example_answers_through_the_front_door(daemon, unique, example) -> None:  # type: ignore[no-untyped-def]
+    app = f"ex{example}{unique}"
+    daemon.noops("apps", "create", app)
+    out = daemon.noops("deploy", str(EXAMPLES / example), "--app", app, "--json").stdout
+    assert json.loads(out)["version"] == 1
+    resp = daemon.get(app, "/")
+    assert resp.status_code == 200 and f"noops example: {example}" in resp.text
+    [slot] = json.loads(daemon.noops("ps", app, "--json").stdout)
+    assert slot["state"] == "ready" and slot["release"] == 1
