@@ -64,6 +64,7 @@ async def _body(request: Request) -> dict[str, Any]:
 
 def make_app(platform: Platform) -> Starlette:
     state = platform.state
+    port = platform.settings.get("frontdoor_port")
 
     async def health(_: Request) -> Response:
         return JSONResponse({"ok": True, "pid": __import__("os").getpid()})
@@ -79,7 +80,7 @@ def make_app(platform: Platform) -> Starlette:
             slots = platform.supervisor.for_app(app.name)
             out.append({"name": app.name, "release": release_json(rel) if rel else None,
                         "instances": len(slots), "ready": sum(1 for s in slots if s.ready),
-                        "url": f"https://{app.name}.localhost:8443/"})
+                        "url": f"https://{app.name}.localhost:{port}/"})
         return JSONResponse(out)
 
     async def app_detail(request: Request) -> Response:

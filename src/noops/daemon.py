@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from noops.appspec import AppSpec, parse_manifest
 from noops.errors import NoopsError, UsageError
 from noops.oci.bundle import Runc
+from noops.oci.image import Image
 from noops.oci.store import ImageStore
 from noops.runtime.instances import InstanceManager
 from noops.runtime.rollout import DeployError, RolloutPlan, rollout
@@ -143,6 +145,21 @@ class Platform:
                     {"version": release.version, "digest": release.image_digest})
         return DeployResult(active, time.monotonic() - started)
 
+    def _spec_in_image(self, image: Image) -> AppSpec:
+        """The ``noops.toml`` baked into an image's app layer (defaults when it has none)."""
+        from noops.build.inspect import read_layer_file
+
+        lifecycle = image.label_json("io.buildpacks.lifecycle.metadata") or {}
+        for layer in lifecycle.get("app", []):
+            data = read_layer_file(self.store, image, layer["sha"], "workspace/noops.toml")
+            if data is not None:
+                try:
+                    raw = tomllib.loads(data.decode())
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                    raise UsageError(f"the image's noops.toml is not valid TOML: {exc}") from exc
+                return parse_manifest(raw, "noops.toml in the image")
+        return AppSpec()
+
     async def collect_garbage(self) -> dict[str, Any]:
         """Delete images and unpacked layers that no retained release pins (bounded disk)."""
         keep = self.state.pinned_digests()
@@ -174,7 +191,7 @@ class Platform:
             image_obj = self.store.image(image)
             current = self.state.active_release(app)
             if spec is None:
-                spec = self._spec_of(current) if current else AppSpec()
+                spec = await asyncio.to_thread(self._spec_in_image, image_obj)
             procs = _image_processes(image_obj.labels)
             if formation is None:
                 # counts carry over from the running release (like `heroku ps:scale`); new

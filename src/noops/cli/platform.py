@@ -148,7 +148,7 @@ def deploy(ctx: Ctx, target: str, app_name: str | None) -> None:
     data = client.call("POST", f"/api/apps/{name}/deploy", body)
     emit(ctx, data, lambda con: con.print(
         f"[bold green]deployed[/] {name} v{data['version']} in {data['seconds']:.1f}s → "
-        f"https://{name}.localhost:8443/"))
+        f"https://{name}.localhost:{ctx.settings.get('frontdoor_port')}/"))
 
 
 @cli.command()

@@ -55,7 +55,7 @@ class RoutesWatcher:
                                   bool(e.get("draining"))) for e in entry.get("endpoints", [])]
             try:
                 self.registry.set(app, entry.get("hosts", []), endpoints)
-            except Exception:  # noqa: BLE001 - one bad app must not stop the others routing
+            except Exception:
                 log.exception("routes for %s rejected", app)
         for gone in self._apps - set(apps):
             self.registry.remove(gone)

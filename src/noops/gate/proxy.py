@@ -144,6 +144,17 @@ class FrontDoor:
             "tunnels_total": core.tunnels_total,
         }
 
+    def in_flight(self, socket_path: str) -> int:
+        """Requests sent (or being sent) to the endpoint at ``socket_path`` and not finished.
+
+        Draining an endpoint: mark it ``draining`` in the registry, wait until this is 0 (ask on
+        the loop thread, so no routing decision is half-made), then remove it and stop the
+        instance. Open tunnels are not counted (see :meth:`close_tunnels`).
+        """
+        core = self._core
+        pool = None if core is None else core.pools.get(socket_path)
+        return 0 if pool is None else pool.outstanding
+
     def tunnels(self) -> list[TunnelInfo]:
         """The open tunnels (WebSockets), oldest first."""
         core = self._core

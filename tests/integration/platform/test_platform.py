@@ -251,3 +251,15 @@ def test_every_example_answers_through_the_front_door(daemon, unique, example) -
     assert resp.status_code == 200 and f"noops example: {example}" in resp.text
     [slot] = json.loads(daemon.noops("ps", app, "--json").stdout)
     assert slot["state"] == "ready" and slot["release"] == 1
+
+
+def test_image_deploy_uses_the_noops_toml_inside_the_image(daemon, tmp_path, unique) -> None:  # type: ignore[no-untyped-def]
+    app = f"img{unique}"
+    source = _app_copy(tmp_path, "3.0.0")
+    (source / "noops.toml").write_text(FAST_TOML + "\n[scale]\nweb = 2\n")
+    daemon.noops("build", str(source), "-t", f"t-{unique}/img")
+    daemon.noops("apps", "create", app)
+    daemon.noops("deploy", f"t-{unique}/img", "--app", app)
+    ps = json.loads(daemon.noops("ps", app, "--json").stdout)
+    assert len(ps) == 2 and all(s["state"] == "ready" for s in ps)
+    assert daemon.get(app, "/version").text.strip() == "3.0.0"
