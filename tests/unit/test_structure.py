@@ -9,7 +9,7 @@ import sys
 import pytest
 
 SUBSYSTEMS = ["noops.oci", "noops.build", "noops.runtime", "noops.errors", "noops.settings",
-              "noops.appspec", "noops.state"]
+              "noops.appspec", "noops.state", "noops.gate"]
 
 
 @pytest.mark.parametrize("name", SUBSYSTEMS)
@@ -30,6 +30,7 @@ def test_all_names_exist_and_have_one_home(name: str) -> None:
     ("noops.settings", ("noops.oci", "noops.build")),
     ("noops.state", ("noops.build", "noops.runtime", "noops.gate", "noops.cli", "noops.daemon")),
     ("noops.runtime", ("noops.gate", "noops.state", "noops.daemon")),
+    ("noops.gate", ("noops.runtime", "noops.build", "noops.cli", "noops.state", "noops.daemon")),
 ])
 def test_dependencies_point_one_way(module: str, forbidden: tuple[str, ...]) -> None:
     code = (f"import sys, {module}; "

@@ -142,7 +142,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed:
             return
-        if self.dkind == _D_BODY:
+        if self.parsing is None:
+            if self.active is None and not self.in_head:  # these bytes start a request head
+                self.in_head = True
+                if self.dkind == _D_IDLE:
+                    self.dkind = _D_HEAD
+                    self.deadline = self.core.clock + self.t_head
+        elif self.dkind == _D_BODY:
             self.deadline = self.core.clock + self.t_client
         was_in_head = self.in_head
         try:
@@ -168,7 +174,8 @@ class ClientConnection(asyncio.Protocol):
         ex = self.active
         if ex is not None and ex.up is not None and ex.pending:
             self._send_pending(ex, ex.up)
-        self.flush()
+        if self.out:
+            self.flush()
 
     def eof_received(self) -> bool:
         ex = self.active
@@ -206,15 +213,6 @@ class ClientConnection(asyncio.Protocol):
             self._arm(_D_UPSTREAM, self.t_up)
 
     # -- request parser callbacks -------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.head_size = 0
-        self.in_head = True
-        if self.dkind == _D_IDLE:
-            self.dkind = _D_HEAD
-            self.deadline = self.core.clock + self.t_head
-
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_size += len(url)
@@ -225,13 +223,17 @@ class ClientConnection(asyncio.Protocol):
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.cfg.max_header_bytes:
             raise BadRequest
-        if self.in_head:  # trailers of a chunked body are read and dropped
+        if self.parsing is None:  # else: trailers of a chunked body, read and dropped
             headers = self.headers
             headers.append((name, value))
             if len(headers) > self.cfg.max_headers:
                 raise BadRequest
 
     def on_headers_complete(self) -> None:
+        # No on_message_begin callback (httptools skips undefined ones; each costs a Python
+        # call): the state of the next head is reset here, as soon as this one is read.
+        headers, target = self.headers, self.url
+        self.headers, self.url, self.head_size = [], b"", 0
         self.in_head = False
         self.fed = 0
         if self.closed:
@@ -244,15 +246,15 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise BadRequest
-        out = [b""]  # [0]: request line and Host, known after the scan
-        host_raw, length, chunked, close, upgrade, _expect, accept = scan_request(self.headers, http10, out)
-        target = self.url
-        if target[:1] != b"/":
-            target = _origin_form(target, method, host_raw)
+        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [4]: Host, below
+        host_raw, length, chunked, close, upgrade, _expect, accept = scan_request(headers, http10, out)
+        out[4] = host_raw
         if b"#" in target:
             raise BadRequest
+        if target[:1] != b"/":
+            out[2] = _origin_form(target, method, host_raw)
         core = self.core
-        host = core.route_key(host_raw)
+        host = core.hosts.get(host_raw) or core.route_key(host_raw)
         if host is None:
             raise BadRequest
         has_body = chunked or (length is not None and length != b"0")
@@ -270,7 +272,6 @@ class ClientConnection(asyncio.Protocol):
         if websocket:
             out += (b"Connection: upgrade\r\nUpgrade: ", upgrade or b"", b"\r\n")
         rid = core.request_id()
-        out[0] = b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host_raw)
         out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
         ex = Exchange(b"".join(out), host, rid)
         if accept:
@@ -338,8 +339,18 @@ class ClientConnection(asyncio.Protocol):
         self._route(ex)
 
     def _route(self, ex: Exchange) -> None:
-        pool = self.core.pick(ex.eps, ex.tried)
+        eps = ex.eps
+        if len(eps) == 1 and ex.tried is None:  # the common case, without the balancing loop
+            ep = eps[0]
+            pool = self.core.pools.get(ep.socket_path) if ep.ready and not ep.draining else None
+            if pool is None or pool.endpoint is not ep:
+                pool = self.core.pick(eps, None)
+        else:
+            pool = self.core.pick(eps, ex.tried)
         if pool is None:
+            if ex.tried:
+                log.warning("front door: 502 %s: every endpoint of %s refused", ex.request_id.decode(),
+                            ex.host)
             self._local(ex, 502 if ex.tried else 503)
             return
         pool.outstanding += 1
@@ -356,8 +367,28 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, ex: Exchange, pool: Pool) -> None:
         core = self.core
+        delay, waited = 0.002, 0.0
         try:
-            _, up = await core.loop.create_unix_connection(lambda: Upstream(pool), pool.path)
+            while True:
+                try:
+                    _, up = await core.loop.create_unix_connection(lambda: Upstream(pool), pool.path)
+                    break
+                except BlockingIOError:
+                    # EAGAIN: the app's accept queue is full. It is busy, not gone, and nothing
+                    # was sent: wait a little (or for a pooled connection to come back).
+                    if ex.done or waited >= self.cfg.connect_busy_s:
+                        raise
+                    await asyncio.sleep(delay)
+                    waited += delay
+                    delay = min(delay * 2, 0.05)
+                    if ex.done:
+                        return
+                    idle = pool.take()
+                    if idle is not None:
+                        core.upstream_reuses += 1
+                        ex.reused = True
+                        self._attach(ex, idle)
+                        return
         except OSError:
             core.connect_failures += 1
             pool.down_until = core.clock + self.cfg.connect_cooloff_s
@@ -403,10 +434,6 @@ class ClientConnection(asyncio.Protocol):
         ex.pending.clear()
 
     # -- response (called by Upstream) -----------------------------------------------------------
-    def upstream_activity(self) -> None:
-        if self.dkind == _D_UPSTREAM:
-            self.deadline = self.core.clock + self.t_up
-
     def response_head(self, up: Upstream, status: int) -> None:
         ex = self.active
         if ex is None or ex.up is not up:
@@ -415,7 +442,8 @@ class ClientConnection(asyncio.Protocol):
             if status == 101:
                 if not ex.websocket:
                     raise _UpstreamProtocolError
-                return  # HttpParserUpgrade follows: see upgraded()
+                up.interim = True  # its message end is not the exchange's end:
+                return  # HttpParserUpgrade follows, see upgraded()
             up.interim = True
             if not ex.http10:
                 out = [status_line(status)]
@@ -457,10 +485,13 @@ class ClientConnection(asyncio.Protocol):
         ex = self.active
         if ex is None or not body:
             return
+        out = self.out
         if ex.client_chunked:
-            self.out += (b"%x\r\n" % len(body), body, b"\r\n")
+            out += (b"%x\r\n" % len(body), body, b"\r\n")
+        elif out and len(body) < 4096 and len(out[-1]) < 16384:
+            out[-1] += body  # head and a small body leave in one write(), not a writev()
         else:
-            self.out.append(body)
+            out.append(body)
 
     def response_end(self, up: Upstream, reusable: bool) -> None:
         ex = self.active
@@ -496,6 +527,7 @@ class ClientConnection(asyncio.Protocol):
         endpoint = ex.pool.endpoint
         info = TunnelInfo(request_id=ex.request_id.decode(), app=endpoint.app, host=ex.host,
                           endpoint_id=endpoint.id, client=self.peer, opened_at=time.time())
+        up.interim = False
         tunnel = Tunnel(self.core, self, up, info)
         self.tunnel = up.tunnel = tunnel
         up.client = None
@@ -522,7 +554,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is None or ex.up is not up:
             return
         ex.up = None
-        self._upstream_error(ex, 502)
+        self._upstream_error(ex, 502, "invalid response")
 
     def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
         """The app's connection closed while bound to a request."""
@@ -546,10 +578,14 @@ class ClientConnection(asyncio.Protocol):
             self._route(ex)
             self.flush()
             return
-        self._upstream_error(ex, 502)
+        self._upstream_error(ex, 502, f"connection lost ({exc or 'closed'}; reused={ex.reused}, "
+                                      f"bytes back={up.got_bytes})")
 
     # -- endings ----------------------------------------------------------------------------------
-    def _upstream_error(self, ex: Exchange, status: int) -> None:
+    def _upstream_error(self, ex: Exchange, status: int, why: str) -> None:
+        pool = ex.pool
+        log.warning("front door: %s %s on %s: %s", status, ex.request_id.decode(),
+                    pool.endpoint.id if pool is not None else "-", why)
         self.core.errors += 1
         if ex.response_started:  # too late for an error page: cut the response short
             self._release_pool(ex)
@@ -622,10 +658,13 @@ class ClientConnection(asyncio.Protocol):
         self.core.rejected += 1
         ex = self.active
         if ex is not None and not ex.done:
+            # e.g. a broken chunked body: the app saw a truncated request, its connection goes
             self._abandon(ex)
             self.active = None
-            self.abort()
-            return
+            if ex.response_started:
+                self.abort()
+                return
+            self.out.clear()
         self.out.append(error_response(status, as_json=False, request_id=b"", close=True))
         self.flush()
         self.close()
@@ -645,7 +684,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.complete = False
                 self._respond_local(ex, 408)
             else:
-                self._upstream_error(ex, 504)
+                self._upstream_error(ex, 504, "timed out")
         else:
             if ex is not None:
                 self._abandon(ex)

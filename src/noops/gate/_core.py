@@ -48,6 +48,8 @@ class FrontDoorConfig:
     """Most request header fields; more is a 400."""
     retry_after_s: int = 5
     """``Retry-After`` of the 503 sent when no endpoint is ready."""
+    connect_busy_s: float = 1.0
+    """How long to retry a connect refused with EAGAIN (the app's accept queue is full)."""
     connect_cooloff_s: float = 1.0
     """An endpoint that refused a connection is tried last for this long."""
     tls_handshake_timeout_s: float = 10.0
@@ -69,7 +71,7 @@ class Core:
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.rr = 0
-        self._hosts: dict[bytes, str | None] = {}
+        self.hosts: dict[bytes, str] = {}  # raw Host value -> routing key ("" = invalid)
         self._rid_prefix = os.urandom(6).hex().encode() + b"-"
         self._rid = 0
         self.proto_line = b"X-Forwarded-Proto: https\r\n" if tls else b"X-Forwarded-Proto: http\r\n"
@@ -91,18 +93,17 @@ class Core:
         return self._rid_prefix + b"%08x" % self._rid
 
     def route_key(self, host: bytes) -> str | None:
-        """Normalised host for a raw ``Host`` value (cached), None when invalid."""
-        try:
-            return self._hosts[host]
-        except KeyError:
-            pass
+        """Normalised host for a raw ``Host`` value (cached in :attr:`hosts`), None when invalid."""
+        cached = self.hosts.get(host)
+        if cached is not None:
+            return cached or None
         try:
             key = normalize_host(host.decode("ascii"))
         except UnicodeDecodeError:
             key = None
-        if len(self._hosts) > 4096:
-            self._hosts.clear()
-        self._hosts[host] = key
+        if len(self.hosts) > 4096:
+            self.hosts.clear()
+        self.hosts[host] = key or ""
         return key
 
     def pick(self, endpoints: Sequence[Endpoint], exclude: set[str] | None) -> Pool | None:

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["MonitorSpec", "main", "read_status"]
 
@@ -95,6 +95,86 @@ class _Log:
         self.size = 0
 
 
+class _Pipe(asyncio.Protocol):
+    """One direction-agnostic half of a byte bridge, with back-pressure to its peer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self.pending: list[bytes] = []
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self.pending.append(data)
+            assert self.transport is not None
+            self.transport.pause_reading()
+            return
+        peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        peer = self.peer
+        self.eof = True
+        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+            return True  # keep our write side open for the answer
+        return False
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+    def attach(self, peer: _Pipe) -> None:
+        """Connect to ``peer`` and flush what arrived before it existed."""
+        self.peer, peer.peer = peer, self
+        assert peer.transport is not None and self.transport is not None
+        for chunk in self.pending:
+            peer.transport.write(chunk)
+        self.pending.clear()
+        if self.eof and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        self.transport.resume_reading()
+
+
+class _ClientSide(_Pipe):
+    """A connection on the instance socket: bridged to 127.0.0.1:PORT in the namespace."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        asyncio.get_running_loop().create_task(self._dial())
+
+    async def _dial(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, app = await loop.create_connection(_Pipe, "127.0.0.1", self.port)
+        except OSError:
+            if self.transport is not None:
+                self.transport.close()  # the app is not listening (yet): the caller retries
+            return
+        if self.transport is None or self.transport.is_closing():
+            if app.transport is not None:
+                app.transport.close()
+            return
+        self.attach(app)
+
+
 class Monitor:
     def __init__(self, spec: MonitorSpec, spec_path: Path) -> None:
         self.spec, self.spec_path = spec, spec_path
@@ -120,29 +200,6 @@ class Monitor:
                 line = await reader.read(_CHUNK)
             self.log.write(stream, line)
 
-    async def _bridge(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            app_r, app_w = await asyncio.open_connection("127.0.0.1", self.spec.port)
-        except OSError:
-            client_w.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(_CHUNK):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                with contextlib.suppress(OSError, RuntimeError):
-                    if dst.can_write_eof():
-                        dst.write_eof()
-
-        await asyncio.gather(pipe(client_r, app_w), pipe(app_r, client_w))
-        for writer in (app_w, client_w):
-            writer.close()
-
     def _terminate(self) -> None:
         if self.stopping:
             return
@@ -165,7 +222,8 @@ class Monitor:
             loop.add_signal_handler(sig, self._terminate)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.spec.socket)
-        server = await asyncio.start_unix_server(self._bridge, path=self.spec.socket)
+        server = await loop.create_unix_server(
+            lambda: _ClientSide(self.spec.port), path=self.spec.socket)
         os.chmod(self.spec.socket, 0o600)
         self.proc = await asyncio.create_subprocess_exec(
             self.spec.runc, "--root", self.spec.runc_root, "run", "--bundle", self.spec.bundle,
