@@ -49,7 +49,7 @@ def main() -> int:
         console.print(f"[red]Error:[/] {exc}")
         return exc.exit_code
     port = settings.get("frontdoor_port")
-    cert = settings.home / "tls" / "localhost.crt"
+    cert = settings.home / "tls" / "ca.crt"
     console.print("\n[bold]The example apps, behind the front door (HTTPS, noops' own CA):[/]")
     for name in EXAMPLES:
         console.print(f"  https://{name}.localhost:{port}/")

@@ -82,16 +82,16 @@ def down(ctx: Ctx, stop_apps: bool) -> None:
     from noops.daemon import pid_path
 
     pid_file = pid_path(ctx.settings)
-    if not pid_file.exists():
+    if not pid_file.exists() and not stop_apps:
         raise NoopsError("noops is not running")
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pid_file.unlink()
-    deadline = time.monotonic() + 30
-    while pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            pid_file.unlink()
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     if stop_apps:
         from noops.daemon import stop_everything
 

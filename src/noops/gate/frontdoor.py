@@ -1,7 +1,8 @@
 """The front door as its own process: ``python -m noops.gate.frontdoor --home H --port P``.
 
-It serves HTTPS on 127.0.0.1 with the certificate noops generates for ``localhost`` and
-``*.localhost`` (``$NOOPS_HOME/tls``), and routes by reading the table the daemon publishes at
+It serves HTTPS on 127.0.0.1 with certificates from noops' local CA
+(``$NOOPS_HOME/tls/ca.crt``: trust it once; each ``APP.localhost`` gets its own leaf by SNI),
+and routes by reading the table the daemon publishes at
 ``$NOOPS_HOME/run/routes.json`` (checked every ``poll_s``; replaced atomically by the writer).
 Being a separate process is what lets apps keep answering while the daemon restarts.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from noops.gate.endpoints import Endpoint, StaticEndpointRegistry
 from noops.gate.proxy import run_forever
-from noops.gate.tls import localhost_certificate, server_context
+from noops.gate.tls import LocalCA
 
 __all__ = ["RoutesWatcher", "main"]
 
@@ -81,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     watcher.load()
     stop = threading.Event()
     threading.Thread(target=watcher.run, args=(stop,), daemon=True, name="routes").start()
-    tls = None
-    if not args.plain:
-        cert, key = localhost_certificate(args.home / "tls")
-        tls = server_context(cert, key)
+    tls = None if args.plain else LocalCA(args.home / "tls").sni_context()
     pid_file = args.home / "run" / "frontdoor.pid"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))

@@ -167,11 +167,27 @@ class InstanceManager:
 
     def _cleanup(self, idir: Path) -> None:
         self.runc.delete(idir.name)
+        self._keep_monitor_log(idir)
         unmount(idir / "rootfs")
         ns_file = idir / "netns"
         if ns_file.exists():
             netns.delete(ns_file.read_text().strip())
         shutil.rmtree(idir, ignore_errors=True)
+
+    @staticmethod
+    def _keep_monitor_log(idir: Path) -> None:
+        """The monitor's own errors (rare) go to the app's log, so `noops logs` shows them."""
+        monitor_log, spec = idir / "monitor.log", idir / "instance.json"
+        try:
+            text = monitor_log.read_text(errors="replace").strip()
+            app_log = json.loads(spec.read_text())["log_path"]
+        except (OSError, ValueError, KeyError):
+            return
+        if text:
+            with open(app_log, "a") as fh:
+                for line in text.splitlines():
+                    fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.000Z "
+                             f"noops-monitor {line}\n")
 
     def existing(self) -> list[Instance]:
         """Instances found on disk (after a daemon restart): the caller decides to adopt or reap."""

@@ -257,11 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
     netns.enter(spec.netns)  # single-threaded here: the whole process joins the namespace
     monitor = Monitor(spec, spec_path)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(monitor.run())
-    return int(uvloop.run(monitor.run()))
+    # the stdlib loop, not uvloop: under load uvloop's Unix transports crashed this process
+    # ("double free or corruption") while bridging; a monitor must never die
+    return asyncio.run(monitor.run())
 
 
 if __name__ == "__main__":

@@ -41,7 +41,23 @@ class Daemon:
     @property
     def ca(self) -> ssl.SSLContext:
         """Trusts only the certificate noops generated for its front door."""
-        return ssl.create_default_context(cafile=str(self.home / "tls" / "localhost.crt"))
+        return ssl.create_default_context(cafile=str(self.home / "tls" / "ca.crt"))
+
+    def get_by_name(self, app: str, path: str = "/") -> httpx.Response:
+        """Through the front door by host name (SNI ``APP.localhost``), as a browser would."""
+        import socket
+
+        real = socket.getaddrinfo
+
+        def resolve(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return real("127.0.0.1" if host.endswith(".localhost") else host, *args, **kwargs)
+
+        socket.getaddrinfo = resolve  # type: ignore[assignment]
+        try:
+            with httpx.Client(verify=self.ca, timeout=10) as client:
+                return client.get(f"https://{app}.localhost:{self.port}{path}")
+        finally:
+            socket.getaddrinfo = real  # type: ignore[assignment]
 
     def get(self, app: str, path: str = "/") -> httpx.Response:
         with httpx.Client(verify=self.ca, timeout=10) as client:
@@ -57,13 +73,18 @@ class Daemon:
 
 
 @pytest.fixture(scope="session")
-def daemon(noops_home: Path) -> Iterator[Daemon]:
+def daemon(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A platform with its own state, logs and certificates for this test session, sharing the
+    machine's test image store (stacks, layers, caches) so nothing is built twice."""
+    home = tmp_path_factory.mktemp("platform-home")
+    for shared in ("images", "layers", "cache"):
+        (noops_home / shared).mkdir(parents=True, exist_ok=True)
+        (home / shared).symlink_to(noops_home / shared)
     port = free_port()
-    env = dict(os.environ, NOOPS_HOME=str(noops_home), NOOPS_FRONTDOOR_PORT=str(port),
+    env = dict(os.environ, NOOPS_HOME=str(home), NOOPS_FRONTDOOR_PORT=str(port),
                NOOPS_RESTART_BACKOFF_S="1")
     env.pop("SOURCE_DATE_EPOCH", None)
-    d = Daemon(noops_home, port, env)
-    d.noops("down", "--apps", check=False)
+    d = Daemon(home, port, env)
     d.start()
     yield d
     d.noops("down", "--apps", check=False)

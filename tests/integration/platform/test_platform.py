@@ -191,9 +191,10 @@ def test_rollback_gc_and_secrets(daemon, tmp_path, unique) -> None:  # type: ign
         f"/api/apps/{app}", f"/api/apps/{app}/config", "/api/events")]
     for text in outputs:
         assert secret not in text
-    for path in daemon.home.rglob("*"):
-        if path.is_file() and path.stat().st_size < 50_000_000 and "layers" not in path.parts:
-            assert secret.encode() not in path.read_bytes(), path
+    for folder in ("state", "logs", "run", "tls"):
+        for path in (daemon.home / folder).rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
 
 
 def test_kubernetes_export(daemon, tmp_path, unique) -> None:  # type: ignore[no-untyped-def]
@@ -263,3 +264,18 @@ def test_image_deploy_uses_the_noops_toml_inside_the_image(daemon, tmp_path, uni
     ps = json.loads(daemon.noops("ps", app, "--json").stdout)
     assert len(ps) == 2 and all(s["state"] == "ready" for s in ps)
     assert daemon.get(app, "/version").text.strip() == "3.0.0"
+
+
+def test_front_door_certificates_verify_by_app_name(daemon, tmp_path, unique) -> None:  # type: ignore[no-untyped-def]
+    app = f"tls{unique}"
+    daemon.noops("apps", "create", app)
+    daemon.noops("deploy", str(_app_copy(tmp_path)), "--app", app)
+    resp = daemon.get_by_name(app, "/")
+    assert resp.status_code == 200 and "noops example: flask" in resp.text
+    import subprocess
+
+    curl = subprocess.run(["curl", "-sS", "--cacert", str(daemon.home / "tls" / "ca.crt"),
+                           "--resolve", f"{app}.localhost:{daemon.port}:127.0.0.1",
+                           f"https://{app}.localhost:{daemon.port}/"],
+                          capture_output=True, text=True, check=False)
+    assert curl.returncode == 0 and "noops example: flask" in curl.stdout, curl.stderr
