@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,12 @@ def flask_image(noops_settings: Settings, unique: str) -> str:
 
 
 @pytest.fixture
-def manager(noops_settings: Settings, tmp_path: Path) -> InstanceManager:
+def manager(noops_settings: Settings, tmp_path: Path) -> Iterator[InstanceManager]:
     store = ImageStore(noops_settings.home / "images")
-    return InstanceManager(noops_settings.home, store, Runc(), run_root=tmp_path / "run")
+    mgr = InstanceManager(noops_settings.home, store, Runc(), run_root=tmp_path / "run")
+    yield mgr
+    for leftover in mgr.existing():  # a failed test must not leave containers running
+        mgr.stop(leftover, wait_s=10)
 
 
 def _container_pid(instance_id: str) -> int:
