@@ -60,10 +60,7 @@ class RoutesFile:
 
     def publish(self, app: str, hosts: Sequence[str], endpoints: Sequence[dict[str, Any]]) -> None:
         self.apps[app] = {"hosts": list(hosts), "endpoints": list(endpoints)}
-        self.generation += 1
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"apps": self.apps, "generation": self.generation}))
-        os.replace(tmp, self.path)
+        self.publish_all()
 
     def remove(self, app: str) -> None:
         if self.apps.pop(app, None) is not None:
