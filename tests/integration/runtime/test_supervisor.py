@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,10 @@ def flask_image(noops_settings: Settings, unique: str) -> str:
 @pytest.fixture
 def manager(noops_settings: Settings, tmp_path: Path) -> Iterator[InstanceManager]:
     store = ImageStore(noops_settings.home / "images")
-    mgr = InstanceManager(noops_settings.home, store, Runc(), run_root=tmp_path / "run")
+    # runtime dirs (with overlay mounts) live outside pytest's tmp dirs: a mount left by a
+    # crashed run must never make pytest's own clean-up fail
+    run_root = Path("/run/noops-tests") / tmp_path.name / uuid.uuid4().hex[:8]
+    mgr = InstanceManager(noops_settings.home, store, Runc(), run_root=run_root)
     yield mgr
     for leftover in mgr.existing():  # a failed test must not leave containers running
         mgr.stop(leftover, wait_s=10)
