@@ -18,7 +18,13 @@ wrong and what to do. Foreign exceptions are translated where they enter noops
     ├── ContainerError            exit 9   runc failed to create or run a container
     ├── StateError                exit 10  the state store failed (noops.state.errors)
     │   └── TransitionError       (409)    an illegal release status move
-    └── DeployError               exit 11  a release failed its checks (noops.runtime.rollout)
+    ├── DeployError               exit 11  a release failed its checks (noops.runtime.rollout)
+    └── GateError                 exit 10  gateway configuration (noops.gate)
+        ├── PkiError              exit 12  the built-in CA (noops.gate.pki)
+        │   └── CertificateRejected  (403)  a client or server certificate failed validation
+        ├── IdentityError         (400)    users, TOTP, sessions, OIDC (noops.gate.identity)
+        ├── TrustConfigError, PolicyError  exit 2   invalid trust or policy files
+        └── AuditError            exit 12  the audit log cannot be written or read
 """
 
 from __future__ import annotations

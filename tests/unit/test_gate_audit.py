@@ -1,0 +1,181 @@
+"""noops.gate.audit: hash-chained decision records, redaction, escaping, rotation, verify, query."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from noops.gate.audit import RECORD_FIELDS, AuditError, AuditLog, canonical_json, verify
+from noops.gate.trust import Contribution
+
+T0 = datetime(2026, 5, 6, 10, 0, tzinfo=UTC)
+
+
+def record(i: int, outcome: str = "allow", user: str = "alice", **extra: object) -> dict[str, object]:
+    return {"time": T0 + timedelta(seconds=i), "request_id": f"r{i}", "user": user, "device": "d1",
+            "route": "site", "method": "GET", "path": f"/p/{i}", "policy_version": "sha256:ab",
+            "contributions": [Contribution("auth", "verified", 30, "totp 1 min ago")], "score": 30,
+            "outcome": outcome, "reasons": [] if outcome == "allow" else ["score_below_min"],
+            "client_ip": "10.0.0.1", **extra}
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_same_fields_for_allow_and_deny_and_chain(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    a = log.append(record(0))
+    b = log.append({"outcome": "deny", "reasons": ["no_route"]})
+    log.close()
+    allow, deny = lines(tmp_path / "audit.jsonl")
+    assert allow.keys() == deny.keys() == {*RECORD_FIELDS, "seq", "prev_hash", "hash"}
+    assert deny["user"] is None
+    assert (a.seq, b.seq, b.prev_hash) == (0, 1, a.hash)
+    assert allow["contributions"] == [{"signal": "auth", "source": "verified", "points": 30,
+                                       "reason": "totp 1 min ago"}]
+    assert allow["time"] == "2026-05-06T10:00:00.000000+00:00"
+    assert verify(tmp_path / "audit.jsonl").ok
+    assert verify(tmp_path).records == 2
+
+
+def test_secrets_are_never_logged(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append(record(0, headers={"Authorization": "Bearer abc.def", "Cookie": "sid=s3cr3t",
+                                  "X-Auth-Token": "tok", "user-agent": "curl"},
+                      password="hunter2", totp="123456", client_secret="cs", session_id="sess",
+                      note="sent Bearer eyJhbGciOi.x.y by mistake", path="/login?token=leaky"))
+    log.close()
+    text = (tmp_path / "audit.jsonl").read_text()
+    for secret in ("abc.def", "s3cr3t", "tok\"", "hunter2", "123456", "\"cs\"", "sess\"", "eyJhbGciOi",
+                   "leaky"):
+        assert secret not in text, secret
+    entry = lines(tmp_path / "audit.jsonl")[0]
+    assert entry["extra"]["headers"]["user-agent"] == "curl"   # type: ignore[index]
+    assert entry["extra"]["headers"]["Authorization"] == "[redacted]"   # type: ignore[index]
+    assert entry["path"] == "/login?[redacted]"
+    assert verify(tmp_path / "audit.jsonl").ok
+
+
+def test_control_characters_are_escaped(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    forged = 'alice\r\n{"user":"admin","outcome":"allow"}\x1b[2J\u2028\u202e'
+    written = log.append(record(0, user=forged, **{"bad\nkey": "x"}))
+    log.close()
+    raw = (tmp_path / "audit.jsonl").read_bytes()
+    assert raw.count(b"\n") == 1
+    entry = lines(tmp_path / "audit.jsonl")[0]
+    assert entry["user"] == 'alice\\x0d\\x0a{"user":"admin","outcome":"allow"}\\x1b[2J\\u2028\\u202e'
+    assert entry["extra"] == {"bad\\x0akey": "x"}
+    assert written.fields["user"] == entry["user"]
+    assert all(ord(c) >= 0x20 for c in str(entry["user"]))
+
+
+def test_verify_detects_edit_delete_insert_reorder(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for i in range(5):
+            log.append(record(i))
+    good = path.read_text().splitlines(keepends=True)
+
+    def check(new: list[str]) -> tuple[bool, int | None]:
+        path.write_text("".join(new))
+        result = verify(path)
+        return result.ok, result.first_bad_index
+
+    assert check(good) == (True, None)
+    flipped = good[2].replace('"outcome":"allow"', '"outcome":"deny"')
+    assert check([*good[:2], flipped, *good[3:]]) == (False, 2)
+    assert check([*good[:1], *good[2:]]) == (False, 1)
+    assert check([*good[:3], good[1], *good[3:]]) == (False, 3)
+    assert check([good[0], good[2], good[1], *good[3:]]) == (False, 1)
+    # re-hashing an edited record does not help: the next record's prev_hash breaks
+    edited = json.loads(good[1])
+    edited["user"] = "mallory"
+    del edited["hash"]
+    edited["hash"] = hashlib.sha256(canonical_json(edited).encode()).hexdigest()
+    assert check([good[0], canonical_json(edited) + "\n", *good[2:]]) == (False, 2)
+    # truncating the tail is visible only against a head kept elsewhere
+    path.write_text("".join(good[:4]))
+    assert verify(path).ok
+    head = json.loads(good[4])["hash"]
+    assert not verify(path, expected_head=head).ok
+
+
+def test_rotation_keeps_the_chain_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=2048) as log:
+        for i in range(20):
+            log.append(record(i))
+    rotated = sorted(tmp_path.glob("audit.jsonl.*"))
+    assert len(rotated) >= 3
+    assert all(p.stat().st_size <= 2048 for p in [*rotated, path])
+    result = verify(path)
+    assert (result.ok, result.records) == (True, 20)
+    # a reopened log continues the chain
+    with AuditLog(path, max_bytes=2048) as log:
+        assert log.append(record(20)).seq == 20
+    assert verify(tmp_path).records == 21
+    # deleting a whole rotated file is detected
+    rotated[1].unlink()
+    assert not verify(path).ok
+
+
+def test_reopen_cuts_an_unacknowledged_partial_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        log.append(record(0))
+    with path.open("a") as f:
+        f.write('{"seq":1,"half')
+    assert not verify(path).ok
+    with AuditLog(path) as log:
+        assert log.append(record(1)).seq == 1
+    assert verify(path).ok
+
+
+def test_query(tmp_path: Path) -> None:
+    with AuditLog(tmp_path / "a.jsonl", max_bytes=4096) as log:
+        for i in range(30):
+            log.append(record(i, outcome="deny" if i % 3 == 0 else "allow", user="bob" if i % 2 else "alice"))
+        denied_bob = log.query(user="bob", outcome="deny")
+        assert [r["request_id"] for r in denied_bob] == ["r27", "r21", "r15", "r9", "r3"]
+        assert len(log.query(limit=4)) == 4
+        assert [r["request_id"] for r in log.query(since=T0 + timedelta(seconds=28))] == ["r29", "r28"]
+
+
+def test_errors_say_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(AuditError, match="check the path"):
+        AuditLog(tmp_path / "file" / "audit.jsonl")
+    with AuditLog(tmp_path / "a.jsonl") as log, pytest.raises(AuditError, match="timezone-aware"):
+        log.append({"time": datetime(2026, 1, 1)})
+    (tmp_path / "b.jsonl").write_text("")
+    with pytest.raises(AuditError, match="exactly one audit log"):
+        verify(tmp_path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=6), st.data())
+def test_any_single_byte_change_is_detected(count: int, data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.jsonl"
+        with AuditLog(path) as log:
+            for i in range(count):
+                log.append(record(i, user=data.draw(st.text(max_size=8))))
+        raw = bytearray(path.read_bytes())
+        starts = [0, *[i + 1 for i, b in enumerate(raw) if b == 0x0A][:-1]]
+        index = data.draw(st.integers(min_value=0, max_value=count - 1))
+        end = starts[index + 1] if index + 1 < count else len(raw)
+        offset = data.draw(st.integers(min_value=starts[index], max_value=end - 1))
+        raw[offset] = data.draw(st.integers(min_value=0, max_value=255).filter(lambda b: b != raw[offset]))
+        path.write_bytes(bytes(raw))
+        result = verify(path)
+        assert not result.ok
+        assert result.first_bad_index == index
