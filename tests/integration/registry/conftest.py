@@ -314,7 +314,7 @@ def make_image() -> Callable[..., Descriptor]:
 def skopeo() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run ``skopeo ARGS...``; the result is returned, not checked."""
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed (apt-get install -y skopeo)")
+        pytest.fail("skopeo is not installed: run `make deps` (apt-get install -y skopeo)")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)

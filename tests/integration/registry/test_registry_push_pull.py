@@ -47,7 +47,7 @@ def test_pushed_image_copies_and_unpacks_with_skopeo_and_umoci(
     registry, store, make_image, skopeo, tmp_path
 ):
     if shutil.which("umoci") is None:
-        pytest.skip("umoci is not installed (apt-get install -y umoci)")
+        pytest.fail("umoci is not installed: run `make deps` (apt-get install -y umoci)")
     make_image(store, "app:1", FILES, LABELS)
     push(store, "app:1", f"{registry.host}/app:v1", insecure=True)
 
