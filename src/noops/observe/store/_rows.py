@@ -1,0 +1,152 @@
+"""Rows in, rows out: exporter-named mappings to Arrow tables and back (shared by backends)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from noops.observe.store.base import HistogramBin, Row, SlowTrace, StoreUsageError, TimeseriesPoint
+from noops.observe.store.rollup import estimate_quantiles
+from noops.observe.store.schema import Column
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ns(value: int | datetime) -> int:
+    """Nanoseconds since the epoch for an ``int`` (already ns) or a datetime (naive = UTC)."""
+    if isinstance(value, int):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def ch_arrow_type(ch: str) -> pa.DataType:
+    """The Arrow type a ClickHouse column type is shipped as."""
+    if ch.startswith("Array("):
+        return pa.list_(ch_arrow_type(ch[6:-1]))
+    if ch.startswith("Map("):
+        return pa.map_(pa.string(), pa.string())
+    return {
+        "String": pa.string(), "LowCardinality(String)": pa.string(),
+        "DateTime64(9)": pa.timestamp("ns"), "DateTime": pa.timestamp("s"),
+        "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt32": pa.uint32(),
+        "UInt64": pa.uint64(), "Int32": pa.int32(), "Float64": pa.float64(), "Bool": pa.bool_(),
+    }[ch]
+
+
+def _zero(ch: str) -> Any:
+    if ch.startswith("Array("):
+        return []
+    if ch.startswith("Map("):
+        return {}
+    if "String" in ch:
+        return ""
+    if ch == "Bool":
+        return False
+    return 0
+
+
+def to_arrow(table: str, columns: Sequence[Column], rows: Sequence[Row]) -> pa.Table:
+    """Build an Arrow table with every column of ``columns`` from exporter-named rows."""
+    known = {name for name, _ in columns}
+    for row in rows[:1]:
+        extra = set(row) - known
+        if extra:
+            raise StoreUsageError(f"{table} has no column(s) {sorted(extra)}; "
+                                  f"use the OTel ClickHouse exporter column names")
+    arrays: list[pa.Array] = []
+    for name, ch in columns:
+        zero = _zero(ch)
+        values = [row.get(name, zero) for row in rows]
+        if ch == "DateTime64(9)":
+            values = [v if type(v) is int else to_ns(v) for v in values]
+        elif ch == "Array(DateTime64(9))":
+            values = [[t if type(t) is int else to_ns(t) for t in v] for v in values]
+        try:
+            arrays.append(pa.array(values, type=ch_arrow_type(ch)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
+            raise StoreUsageError(f"{table}.{name}: values do not fit {ch}: {exc}") from exc
+    return pa.Table.from_arrays(arrays, names=[name for name, _ in columns])
+
+
+def from_arrow(tbl: pa.Table) -> list[dict[str, Any]]:
+    """Arrow result to plain dicts: timestamps as ``int`` ns, maps as ``dict``."""
+    cols: dict[str, list[Any]] = {}
+    for name, col in zip(tbl.column_names, tbl.columns, strict=True):
+        t = col.type
+        if pa.types.is_timestamp(t):
+            cols[name] = col.cast(pa.timestamp("ns", tz=t.tz)).cast(pa.int64()).to_pylist()
+        elif pa.types.is_list(t) and pa.types.is_timestamp(t.value_type):
+            cols[name] = col.cast(pa.list_(pa.timestamp("ns", tz=t.value_type.tz))).cast(
+                pa.list_(pa.int64())).to_pylist()
+        elif pa.types.is_map(t):
+            cols[name] = [dict(v) if v is not None else {} for v in col.to_pylist()]
+        elif pa.types.is_list(t) and pa.types.is_map(t.value_type):
+            cols[name] = [[dict(m) for m in v] for v in col.to_pylist()]
+        else:
+            cols[name] = col.to_pylist()
+    names = list(cols)
+    return [dict(zip(names, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+
+
+def window_ns(start: datetime, end: datetime) -> tuple[int, int, float]:
+    """``[start, end)`` as ns ints plus its length in seconds; an empty window is an error."""
+    s, e = to_ns(start), to_ns(end)
+    if e <= s:
+        raise StoreUsageError(f"empty time window: end {end} is not after start {start}")
+    return s, e, (e - s) / 1e9
+
+
+def stats(name: str, count: int, errors: int, qs: Sequence[float | None], window_s: float
+          ) -> dict[str, Any]:
+    """The service/endpoint figures from a count, an error count and p50/p95/p99 in ns."""
+    p50, p95, p99 = ((q or 0.0) / 1e6 for q in qs)
+    return {
+        "service": name, "count": int(count), "rate_per_s": count / window_s,
+        "error_pct": 100.0 * errors / count if count else 0.0,
+        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+    }
+
+
+def severity_floor(severity: str) -> int:
+    from noops.observe.store.schema import SEVERITY_FLOOR
+
+    try:
+        return SEVERITY_FLOOR[severity.lower()]
+    except KeyError:
+        raise StoreUsageError(f"unknown severity {severity!r}; use one of "
+                              f"{', '.join(SEVERITY_FLOOR)}") from None
+
+
+def bins(bounds: Sequence[float], rows: Sequence[tuple[Any, ...]]) -> list[HistogramBin]:
+    counts = dict(rows)
+    edges = [*bounds, float("inf")]
+    return [HistogramBin(le_ms=b, count=int(counts.get(i, 0))) for i, b in enumerate(edges)]
+
+
+def slow(r: Sequence[Any]) -> SlowTrace:
+    return SlowTrace(trace_id=r[0], span_id=r[1], endpoint=r[2], timestamp_ns=int(r[3]),
+                     duration_ms=int(r[4]) / 1e6, status_code=r[5])
+
+
+def points(rows: Sequence[Sequence[Any]]) -> list[TimeseriesPoint]:
+    """Rollup rows ``(minute_ns, bucket, count, errors, min_ns, max_ns)`` to minute points."""
+    by_minute: dict[int, list[Sequence[Any]]] = defaultdict(list)
+    for r in rows:
+        by_minute[int(r[0])].append(r)
+    out: list[TimeseriesPoint] = []
+    for minute in sorted(by_minute):
+        group = by_minute[minute]
+        qs = estimate_quantiles([(int(r[1]), int(r[2])) for r in group], (0.5, 0.95, 0.99),
+                                min(float(r[4]) for r in group), max(float(r[5]) for r in group))
+        out.append(TimeseriesPoint(
+            minute_ns=minute, count=sum(int(r[2]) for r in group),
+            errors=sum(int(r[3]) for r in group),
+            p50_ms=qs[0] / 1e6, p95_ms=qs[1] / 1e6, p99_ms=qs[2] / 1e6))
+    return out

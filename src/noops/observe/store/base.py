@@ -1,0 +1,193 @@
+"""The ``TelemetryStore`` Protocol: what the OTLP receiver and the APM API need from storage.
+
+The consumer owns this interface; DuckDB (:mod:`.duckdb`, the default, one file) and ClickHouse
+(:mod:`.clickhouse`, embedded chdb or a server) implement it, and
+``tests/integration/observe/test_store_conformance.py`` holds every backend to it.
+
+Contract
+--------
+Rows
+    Each row is a mapping keyed by **exactly** the column names of the OTel Collector ClickHouse
+    exporter tables (:mod:`.schema`), e.g. ``Timestamp``, ``TraceId``, ``SpanAttributes``,
+    ``Events.Name``. Missing keys take the column's zero value (``''``, ``0``, ``{}``, ``[]``);
+    unknown keys are an error. Time columns take ``int`` nanoseconds since the Unix epoch (UTC) or
+    an aware :class:`~datetime.datetime`; ``Duration`` is ``int`` nanoseconds; maps are
+    ``dict[str, str]``.
+Durability
+    An ``insert_*`` call that returned has committed: the rows, the trace-id lookup rows and the
+    minute rollup rows are visible to every later query and survive a process crash. A call
+    that raised wrote nothing (DuckDB: one transaction) or, on ClickHouse, possibly a prefix of
+    whole parts; the caller may retry (duplicates are then possible, as with the exporter).
+Ordering
+    Rows need not arrive in time order. Queries order their results explicitly (documented per
+    method); no query depends on insert order.
+Windows
+    ``start``/``end`` are aware datetimes (naive means UTC) and form the half-open window
+    ``[start, end)`` on the span/log start ``Timestamp``.
+Returned data
+    Plain ``dict``/``list`` values owned by the caller; times come back as ``int`` ns.
+Errors
+    Every failure is a :class:`StoreError` (``NoopsError``, exit 13) with the backend's message;
+    a bad argument (unknown signal, metric kind or column) is a :class:`StoreUsageError`.
+Concurrency
+    One store object per process owns its file or session; methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypedDict, runtime_checkable
+
+from noops.errors import NoopsError
+from noops.observe.store.schema import MetricKind, Signal
+
+__all__ = [
+    "Edge",
+    "EndpointStats",
+    "HistogramBin",
+    "Row",
+    "ServiceStats",
+    "SlowTrace",
+    "StoreError",
+    "StoreUsageError",
+    "TelemetryStore",
+    "TimeseriesPoint",
+]
+
+Row = Mapping[str, Any]
+
+
+class StoreError(NoopsError):
+    """The telemetry store failed to write, read or expire data."""
+
+    exit_code = 13
+    http_status = 503
+
+
+class StoreUsageError(StoreError):
+    """A caller passed something the store cannot take (unknown column, signal, kind)."""
+
+    http_status = 400
+
+
+class ServiceStats(TypedDict):
+    service: str
+    count: int
+    rate_per_s: float
+    error_pct: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+class EndpointStats(ServiceStats):
+    endpoint: str
+
+
+class HistogramBin(TypedDict):
+    le_ms: float  # upper bound, inclusive; ``inf`` for the last bin
+    count: int
+
+
+class SlowTrace(TypedDict):
+    trace_id: str
+    span_id: str
+    endpoint: str
+    timestamp_ns: int
+    duration_ms: float
+    status_code: str
+
+
+class Edge(TypedDict):
+    client: str
+    server: str
+    calls: int
+    errors: int
+    p95_ms: float
+
+
+class TimeseriesPoint(TypedDict):
+    minute_ns: int
+    count: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@runtime_checkable
+class TelemetryStore(Protocol):
+    """Storage for spans, logs and metrics in the OTel exporter schema. See the module contract."""
+
+    # -- writes -------------------------------------------------------------------------------
+    def insert_spans(self, rows: Sequence[Row]) -> int:
+        """Insert ``otel_traces`` rows; also maintain the trace-id table and minute rollup.
+        Returns the number of spans written."""
+        ...
+
+    def insert_logs(self, rows: Sequence[Row]) -> int:
+        """Insert ``otel_logs`` rows. Returns the number written."""
+        ...
+
+    def insert_metrics(self, kind: MetricKind, rows: Sequence[Row]) -> int:
+        """Insert ``otel_metrics_{kind}`` rows (``gauge``, ``sum``, ``histogram``)."""
+        ...
+
+    # -- APM reads (entry spans: SpanKind Server or Consumer) --------------------------------
+    def services(self, start: datetime, end: datetime) -> list[ServiceStats]:
+        """Per service: entry-span count, rate (count / window seconds), error % (StatusCode
+        'Error') and exact p50/p95/p99 (linear interpolation). Sorted by service name."""
+        ...
+
+    def endpoints(self, service: str, start: datetime, end: datetime) -> list[EndpointStats]:
+        """The same figures per entry-span name of one service, sorted by count desc, name."""
+        ...
+
+    def latency_histogram(
+        self, service: str, endpoint: str | None, start: datetime, end: datetime,
+        buckets_ms: Sequence[float],
+    ) -> list[HistogramBin]:
+        """Entry-span durations counted into ``(prev, le]`` bins of ascending ``buckets_ms``
+        plus a final ``inf`` bin; ``endpoint=None`` takes every endpoint of the service."""
+        ...
+
+    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
+                       ) -> list[SlowTrace]:
+        """The service's slowest entry spans, by Duration desc then TraceId."""
+        ...
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """Every span of one trace (all exporter columns), by Timestamp then SpanId; ``[]`` if
+        unknown. Bounded by ``otel_traces_trace_id_ts`` so it never scans all time."""
+        ...
+
+    def logs(
+        self, query: str | None = None, service: str | None = None, severity: str | None = None,
+        start: datetime | None = None, end: datetime | None = None, trace_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Log rows, newest first. ``query`` is a case-insensitive substring of Body;
+        ``severity`` ('info', 'warn', 'error', …) keeps that level and above by SeverityNumber."""
+        ...
+
+    def service_map(self, start: datetime, end: datetime) -> list[Edge]:
+        """Edges from a Client span in service A to its child Server span in service B != A,
+        client span in the window. ``errors`` counts pairs where either span has status Error;
+        ``p95_ms`` is over the client-side durations. Sorted by client, server."""
+        ...
+
+    def timeseries(self, service: str, start: datetime, end: datetime,
+                   endpoint: str | None = None) -> list[TimeseriesPoint]:
+        """Per-minute entry-span count, errors and estimated percentiles, read from the minute
+        rollup only (percentiles within ±4.4 %, see :mod:`.rollup`). Sorted by minute."""
+        ...
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def retention(self, signal: Signal, max_age: timedelta, now: datetime | None = None) -> None:
+        """Delete ``signal`` rows older than ``now - max_age`` for good and reclaim space so the
+        store stops growing under a steady insert/expire cycle."""
+        ...
+
+    def close(self) -> None:
+        ...

@@ -1,0 +1,404 @@
+"""``ClickHouseStore``: the scale-out telemetry store, in the exporter's own tables.
+
+The DDL is the OTel Collector ClickHouse exporter's (``reference/observability.md`` §3): MergeTree,
+``PARTITION BY toDate(Timestamp)``, ``ORDER BY (ServiceName, SpanName, toDateTime(Timestamp),
+Timestamp)``, the same codecs and skip indexes, so a Collector with ``create_schema: false`` can
+write into the same database. The trace-id table and the minute rollup are materialized views:
+ClickHouse maintains them on every insert, whoever inserts.
+
+Two ways to reach ClickHouse, behind :class:`Executor`:
+
+* :meth:`ClickHouseStore.embedded` — chdb (in-process ClickHouse) with a data directory. This is
+  what the conformance suite runs.
+* :meth:`ClickHouseStore.server` — a real server through ``clickhouse-connect`` (HTTP).
+  **Not exercised by the tests**: Debian's clickhouse-server (18.16) predates ``Map`` and cannot
+  hold this schema; point it at ClickHouse >= 23 to use it.
+"""
+
+# SQL text is assembled only from schema constants and fixed clauses; every value is a bound
+# parameter (DuckDB ?, ClickHouse {name:Type}), so S608 does not apply here.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from noops.observe.store import schema
+from noops.observe.store._rows import (
+    bins,
+    from_arrow,
+    points,
+    severity_floor,
+    slow,
+    stats,
+    to_arrow,
+    to_ns,
+    window_ns,
+)
+from noops.observe.store.base import (
+    Edge,
+    EndpointStats,
+    HistogramBin,
+    Row,
+    ServiceStats,
+    SlowTrace,
+    StoreError,
+    StoreUsageError,
+    TimeseriesPoint,
+)
+from noops.observe.store.rollup import BUCKETS_PER_OCTAVE, MAX_BUCKET
+
+__all__ = ["ClickHouseStore", "Executor", "create_statements"]
+
+_ENTRY: Final = "SpanKind IN ('Server', 'Consumer')"
+_WIN: Final = ("Timestamp >= fromUnixTimestamp64Nano({s:Int64}) "
+               "AND Timestamp < fromUnixTimestamp64Nano({e:Int64})")
+_CODEC: Final = {"Timestamp": "CODEC(Delta(8), ZSTD(1))", "Duration": "CODEC(T64, ZSTD(1))"}
+_MAP_INDEXES: Final = {
+    "otel_traces": ("ResourceAttributes", "SpanAttributes"),
+    "otel_logs": ("ResourceAttributes", "ScopeAttributes", "LogAttributes"),
+}
+
+
+class Executor(Protocol):
+    """The three things the store asks of a ClickHouse connection."""
+
+    def command(self, sql: str) -> None: ...
+    def arrow(self, sql: str, params: dict[str, Any]) -> pa.Table: ...
+    def insert_arrow(self, table: str, batch: pa.Table) -> None: ...
+
+
+_SESSIONS: dict[str, Any] = {}
+
+
+class _Chdb:
+    """chdb runs one embedded server per process with one data path; stores share its session
+    and keep apart by database (every statement is prefixed with ``USE``)."""
+
+    def __init__(self, data_path: Path, database: str) -> None:
+        from chdb import session  # ~180 MB: only loaded when the embedded backend is chosen
+
+        if not database.isidentifier():
+            raise StoreUsageError(f"invalid ClickHouse database name {database!r}")
+        key = str(data_path)
+        if key not in _SESSIONS:
+            _SESSIONS[key] = session.Session(key)  # type: ignore[no-untyped-call]
+        self._s = _SESSIONS[key]
+        self._s.query(f"CREATE DATABASE IF NOT EXISTS {database}")
+        self._use = f"USE {database}; "
+
+    def command(self, sql: str) -> None:
+        self._s.query(self._use + sql)
+
+    def arrow(self, sql: str, params: dict[str, Any]) -> pa.Table:
+        result: pa.Table = self._s.query(self._use + sql, "ArrowTable", params=params)
+        return result
+
+    def insert_arrow(self, table: str, batch: pa.Table) -> None:
+        cols = ", ".join(f"`{c}`" for c in batch.column_names)
+        # chdb's Python() table function reads the local variable ``batch`` zero-copy.
+        self._s.query(f"{self._use}INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(batch)")
+
+
+class _Server:  # pragma: no cover - needs a ClickHouse >= 23 server, see the module docstring
+    def __init__(self, **kwargs: Any) -> None:
+        import clickhouse_connect  # type: ignore[import-not-found,unused-ignore]
+
+        self._c = clickhouse_connect.get_client(**kwargs)
+
+    def command(self, sql: str) -> None:
+        self._c.command(sql)
+
+    def arrow(self, sql: str, params: dict[str, Any]) -> pa.Table:
+        result: pa.Table = self._c.query_arrow(sql, parameters=params)
+        return result
+
+    def insert_arrow(self, table: str, batch: pa.Table) -> None:
+        self._c.insert_arrow(table, batch)
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _column_ddl(table: str, columns: Sequence[schema.Column]) -> list[str]:
+    out: list[str] = []
+    nested: dict[str, list[str]] = {}
+    for name, ch in columns:
+        if "." in name:
+            parent, field = name.split(".", 1)
+            if parent not in nested:
+                nested[parent] = []
+                out.append(parent)  # placeholder, keeps the column order
+            nested[parent].append(f"{field} {ch[6:-1]}")
+            continue
+        codec = _CODEC.get(name, "CODEC(ZSTD(1))") if table in _MAP_INDEXES else ""
+        out.append(f"`{name}` {ch} {codec}".rstrip())
+    return [f"`{c}` Nested({', '.join(nested[c])})" if c in nested else c for c in out]
+
+
+def create_statements(ttl_days: int | None = None) -> list[str]:
+    """The exporter's tables (plus noops' rollup and both views) as ``CREATE … IF NOT EXISTS``."""
+    def ttl(col: str) -> str:
+        return f"TTL toDateTime({col}) + toIntervalDay({ttl_days}) " if ttl_days else ""
+
+    def cols(table: str, extra: Sequence[str] = ()) -> str:
+        return ",\n  ".join([*_column_ddl(table, schema.TABLES[table]), *extra])
+
+    def map_idx(table: str) -> list[str]:
+        return [f"INDEX idx_{c}_{part} map{part.title()}s({c}) TYPE bloom_filter(0.01) GRANULARITY 1"
+                for c in _MAP_INDEXES[table] for part in ("key", "value")]
+
+    trace_idx = "INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1"
+    stmts = [
+        f"""CREATE TABLE IF NOT EXISTS otel_traces (
+  {cols("otel_traces", [trace_idx, *map_idx("otel_traces"),
+                        "INDEX idx_duration Duration TYPE minmax GRANULARITY 1",
+                        "INDEX idx_lower_span_name lower(SpanName) TYPE tokenbf_v1(32768, 3, 0) "
+                        "GRANULARITY 8"])}
+) ENGINE = MergeTree PARTITION BY toDate(Timestamp)
+PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
+{ttl("Timestamp")}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1""",
+        f"""CREATE TABLE IF NOT EXISTS otel_traces_trace_id_ts (
+  {cols("otel_traces_trace_id_ts", [trace_idx])}
+) ENGINE = MergeTree PARTITION BY toDate(Start) ORDER BY (TraceId, Start)
+{ttl("Start")}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS otel_traces_trace_id_ts_mv
+TO otel_traces_trace_id_ts AS SELECT TraceId, toDateTime(min(Timestamp)) AS Start,
+  toDateTime(max(Timestamp)) AS End FROM otel_traces WHERE TraceId != '' GROUP BY TraceId""",
+        f"""CREATE TABLE IF NOT EXISTS otel_logs (
+  {cols("otel_logs", [trace_idx, *map_idx("otel_logs"),
+                      "INDEX idx_lower_body lower(Body) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8"])}
+) ENGINE = MergeTree PARTITION BY toDate(Timestamp)
+ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
+{ttl("Timestamp")}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1""",
+    ]
+    for kind in schema.METRICS:
+        table = schema.metric_table(kind)
+        stmts.append(f"""CREATE TABLE IF NOT EXISTS {table} (
+  {cols(table, ["INDEX idx_time TimeUnix TYPE minmax GRANULARITY 1"])}
+) ENGINE = MergeTree PARTITION BY toDate(TimeUnix)
+ORDER BY (ServiceName, MetricName, toStartOfHour(TimeUnix), cityHash64(Attributes), TimeUnix)
+{ttl("TimeUnix")}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1""")
+    agg = {"Count": "sum", "ErrorCount": "sum", "DurationSum": "sum",
+           "DurationMin": "min", "DurationMax": "max"}
+    rollup_cols = ",\n  ".join(
+        f"`{n}` SimpleAggregateFunction({agg[n]}, {t})" if n in agg else f"`{n}` {t}"
+        for n, t in schema.ROLLUP)
+    stmts += [
+        f"""CREATE TABLE IF NOT EXISTS otel_traces_rollup_1m (
+  {rollup_cols}
+) ENGINE = AggregatingMergeTree PARTITION BY toDate(Minute)
+ORDER BY (ServiceName, SpanName, SpanKind, Minute, Bucket)""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS otel_traces_rollup_1m_mv
+TO otel_traces_rollup_1m AS SELECT ServiceName, SpanName, SpanKind,
+  toDateTime(toStartOfMinute(Timestamp)) AS Minute,
+  toUInt16(least(floor({BUCKETS_PER_OCTAVE} * log2(greatest(Duration, 1))), {MAX_BUCKET})) AS Bucket,
+  count() AS Count, countIf(StatusCode = 'Error') AS ErrorCount, sum(Duration) AS DurationSum,
+  min(Duration) AS DurationMin, max(Duration) AS DurationMax
+FROM otel_traces GROUP BY ServiceName, SpanName, SpanKind, Minute, Bucket""",
+    ]
+    return stmts
+
+
+class ClickHouseStore:
+    """A :class:`~noops.observe.store.base.TelemetryStore` on ClickHouse. Build it with
+    :meth:`embedded` (chdb) or :meth:`server` (clickhouse-connect); ``ttl_days`` adds the
+    exporter's table TTL on top of :meth:`retention`."""
+
+    def __init__(self, executor: Executor, ttl_days: int | None = None) -> None:
+        self._x = executor
+        self._lock = threading.Lock()
+        with self._guard():
+            for sql in create_statements(ttl_days):
+                self._x.command(sql)
+
+    @classmethod
+    def embedded(cls, data_path: Path, database: str = "noops", ttl_days: int | None = None
+                 ) -> ClickHouseStore:
+        """chdb in this process. chdb allows a single ``data_path`` per process; several stores
+        share it through distinct ``database`` names."""
+        try:
+            return cls(_Chdb(data_path, database), ttl_days)
+        except ImportError as exc:
+            raise StoreError("the embedded ClickHouse backend needs chdb: pip install 'chdb>=3.0'"
+                             ) from exc
+
+    @classmethod
+    def server(cls, ttl_days: int | None = None, **client_kwargs: Any
+               ) -> ClickHouseStore:  # pragma: no cover
+        """``client_kwargs`` go to ``clickhouse_connect.get_client`` (host, port, username, …)."""
+        return cls(_Server(**client_kwargs), ttl_days)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        with self._lock:
+            try:
+                yield
+            except StoreError:
+                raise
+            except Exception as exc:  # chdb and clickhouse-connect raise assorted types
+                raise StoreError(f"telemetry store (ClickHouse): {exc}") from exc
+
+    def _q(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self._guard():
+            tbl = self._x.arrow(sql, params)
+        return from_arrow(tbl)
+
+    def _tuples(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r.values()) for r in self._q(sql, **params)]
+
+    # -- writes -------------------------------------------------------------------------------
+    def _insert(self, table: str, columns: Sequence[schema.Column], rows: Sequence[Row]) -> int:
+        if not rows:
+            return 0
+        batch = to_arrow(table, columns, rows)
+        with self._guard():
+            self._x.insert_arrow(table, batch)
+        return len(rows)
+
+    def insert_spans(self, rows: Sequence[Row]) -> int:
+        return self._insert("otel_traces", schema.TRACES, rows)
+
+    def insert_logs(self, rows: Sequence[Row]) -> int:
+        return self._insert("otel_logs", schema.LOGS, rows)
+
+    def insert_metrics(self, kind: schema.MetricKind, rows: Sequence[Row]) -> int:
+        if kind not in schema.METRICS:
+            raise StoreUsageError(f"unknown metric kind {kind!r}; use gauge, sum or histogram")
+        return self._insert(schema.metric_table(kind), schema.METRICS[kind], rows)
+
+    # -- reads --------------------------------------------------------------------------------
+    def _stats(self, key: str, where: str, **params: Any) -> list[tuple[Any, ...]]:
+        return self._tuples(
+            f"SELECT toString({key}) AS k, count() AS n, countIf(StatusCode = 'Error') AS x, "
+            "quantilesExactInclusive(0.5, 0.95, 0.99)(toFloat64(Duration)) AS q "
+            f"FROM otel_traces WHERE {_WIN} AND {_ENTRY} {where} GROUP BY k ORDER BY k", **params)
+
+    def services(self, start: datetime, end: datetime) -> list[ServiceStats]:
+        s, e, win = window_ns(start, end)
+        return [ServiceStats(**stats(n, c, x, q, win))  # type: ignore[typeddict-item]
+                for n, c, x, q in self._stats("ServiceName", "", s=s, e=e)]
+
+    def endpoints(self, service: str, start: datetime, end: datetime) -> list[EndpointStats]:
+        s, e, win = window_ns(start, end)
+        rows = self._stats("SpanName", "AND ServiceName = {svc:String}", s=s, e=e, svc=service)
+        out = [EndpointStats(**stats(service, c, x, q, win), endpoint=n)  # type: ignore[typeddict-item]
+               for n, c, x, q in rows]
+        return sorted(out, key=lambda r: (-r["count"], r["endpoint"]))
+
+    def latency_histogram(self, service: str, endpoint: str | None, start: datetime,
+                          end: datetime, buckets_ms: Sequence[float]) -> list[HistogramBin]:
+        s, e, _ = window_ns(start, end)
+        bounds = [float(b) for b in buckets_ms]
+        extra = "AND SpanName = {ep:String}" if endpoint is not None else ""
+        rows = self._tuples(
+            "SELECT arrayCount(b -> b < Duration / 1e6, {bounds:Array(Float64)}) AS bin, "
+            f"count() AS n FROM otel_traces WHERE {_WIN} AND {_ENTRY} "
+            f"AND ServiceName = {{svc:String}} {extra} GROUP BY bin",
+            s=s, e=e, svc=service, bounds=bounds, ep=endpoint or "")
+        return bins(bounds, rows)
+
+    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
+                       ) -> list[SlowTrace]:
+        s, e, _ = window_ns(start, end)
+        rows = self._tuples(
+            "SELECT TraceId, SpanId, toString(SpanName), toUnixTimestamp64Nano(Timestamp) AS t, "
+            f"Duration, toString(StatusCode) FROM otel_traces WHERE {_WIN} AND {_ENTRY} "
+            "AND ServiceName = {svc:String} ORDER BY Duration DESC, TraceId LIMIT {n:UInt32}",
+            s=s, e=e, svc=service, n=int(limit))
+        return [slow(r) for r in rows]
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        lo, hi, n = self._tuples(
+            "SELECT toUnixTimestamp(min(Start)) AS lo, toUnixTimestamp(max(End)) AS hi, "
+            "count() AS n FROM otel_traces_trace_id_ts WHERE TraceId = {t:String}", t=trace_id)[0]
+        if not n:
+            return []
+        return self._q(
+            "SELECT * FROM otel_traces WHERE TraceId = {t:String} "
+            "AND Timestamp >= toDateTime({lo:UInt32}) AND Timestamp < toDateTime({hi:UInt32} + 1) "
+            "ORDER BY Timestamp, SpanId", t=trace_id, lo=int(lo), hi=int(hi))
+
+    def logs(self, query: str | None = None, service: str | None = None,
+             severity: str | None = None, start: datetime | None = None,
+             end: datetime | None = None, trace_id: str | None = None, limit: int = 100,
+             ) -> list[dict[str, Any]]:
+        where, params = ["1"], dict[str, Any]()
+        if query:
+            where.append("positionCaseInsensitiveUTF8(Body, {q:String}) > 0")
+            params["q"] = query
+        if service is not None:
+            where.append("ServiceName = {svc:String}")
+            params["svc"] = service
+        if severity is not None:
+            where.append("SeverityNumber >= {sev:UInt8}")
+            params["sev"] = severity_floor(severity)
+        if start is not None:
+            where.append("Timestamp >= fromUnixTimestamp64Nano({s:Int64})")
+            params["s"] = to_ns(start)
+        if end is not None:
+            where.append("Timestamp < fromUnixTimestamp64Nano({e:Int64})")
+            params["e"] = to_ns(end)
+        if trace_id is not None:
+            where.append("TraceId = {t:String}")
+            params["t"] = trace_id
+        return self._q(f"SELECT * FROM otel_logs WHERE {' AND '.join(where)} "
+                       "ORDER BY Timestamp DESC, SpanId LIMIT {n:UInt32}", n=int(limit), **params)
+
+    def service_map(self, start: datetime, end: datetime) -> list[Edge]:
+        s, e, _ = window_ns(start, end)
+        # The server span starts after its client span; an hour of slack bounds the scan.
+        rows = self._tuples(
+            "SELECT toString(c.ServiceName) AS a, toString(v.ServiceName) AS b, count() AS n, "
+            "countIf(c.StatusCode = 'Error' OR v.StatusCode = 'Error') AS x, "
+            "quantileExactInclusive(0.95)(toFloat64(c.Duration)) AS p "
+            "FROM (SELECT TraceId, SpanId, ServiceName, StatusCode, Duration FROM otel_traces "
+            f"WHERE SpanKind = 'Client' AND {_WIN}) AS c "
+            "INNER JOIN (SELECT TraceId, ParentSpanId, ServiceName, StatusCode FROM otel_traces "
+            "WHERE SpanKind = 'Server' AND Timestamp >= fromUnixTimestamp64Nano({s:Int64}) "
+            "AND Timestamp < fromUnixTimestamp64Nano({e:Int64}) + INTERVAL 1 HOUR) AS v "
+            "ON v.TraceId = c.TraceId AND v.ParentSpanId = c.SpanId "
+            "WHERE a != b GROUP BY a, b ORDER BY a, b", s=s, e=e)
+        return [Edge(client=a, server=b, calls=int(n), errors=int(x), p95_ms=float(p) / 1e6)
+                for a, b, n, x, p in rows]
+
+    def timeseries(self, service: str, start: datetime, end: datetime,
+                   endpoint: str | None = None) -> list[TimeseriesPoint]:
+        s, e, _ = window_ns(start, end)
+        extra = "AND SpanName = {ep:String}" if endpoint is not None else ""
+        rows = self._tuples(
+            "SELECT toUnixTimestamp(Minute) * 1000000000 AS m, Bucket, sum(Count) AS n, "
+            "sum(ErrorCount) AS x, min(DurationMin) AS lo, max(DurationMax) AS hi "
+            "FROM otel_traces_rollup_1m WHERE Minute >= toDateTime(intDiv({s:Int64}, 1000000000)) "
+            "AND Minute < fromUnixTimestamp64Nano({e:Int64}) "
+            f"AND {_ENTRY} AND ServiceName = {{svc:String}} {extra} GROUP BY Minute, Bucket",
+            s=s, e=e, svc=service, ep=endpoint or "")
+        return points(rows)
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def retention(self, signal: schema.Signal, max_age: timedelta, now: datetime | None = None
+                  ) -> None:
+        if signal not in schema.SIGNAL_TABLES:
+            raise StoreUsageError(f"unknown signal {signal!r}; use {', '.join(schema.SIGNAL_TABLES)}")
+        cutoff = to_ns(now or datetime.now(UTC)) - max_age // timedelta(microseconds=1) * 1000
+        with self._guard():
+            for table in schema.SIGNAL_TABLES[signal]:
+                # A synchronous mutation: parts are rewritten without the rows before returning.
+                self._x.command(
+                    f"ALTER TABLE {table} DELETE WHERE `{schema.TIME_COLUMN[table]}` < "
+                    f"fromUnixTimestamp64Nano(toInt64({cutoff})) SETTINGS mutations_sync = 2")
+
+    def close(self) -> None:
+        # The embedded chdb session lives as long as the process (it cannot be reopened elsewhere).
+        with self._lock:
+            close = getattr(self._x, "close", None)
+            if close is not None:
+                close()

@@ -1,0 +1,228 @@
+"""One conformance suite for every TelemetryStore backend (see conftest.BACKENDS/OPT_OUTS).
+
+Every figure a query returns is recomputed here in Python from the same synthetic rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from conftest import NS, T0, Dataset, describe, expected_type, load, make_dataset, opt_out
+from noops.observe.store import StoreError, StoreUsageError, TelemetryStore, schema
+from noops.observe.store.rollup import bucket_of
+
+START, END = T0, T0 + timedelta(minutes=10)
+WINDOW_S = 600.0
+ENTRY = {"Server", "Consumer"}
+
+
+def q(values: list[float], p: float) -> float:
+    """Linear-interpolation quantile (R-7), the definition both backends use."""
+    v = sorted(values)
+    h = (len(v) - 1) * p
+    lo = math.floor(h)
+    return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (h - lo)
+
+
+def entry(ds: Dataset, service: str | None = None) -> list[dict[str, Any]]:
+    return [s for s in ds.spans if s["SpanKind"] in ENTRY
+            and (service is None or s["ServiceName"] == service)]
+
+
+def check_stats(got: dict[str, Any], spans: list[dict[str, Any]]) -> None:
+    durs = [s["Duration"] / 1e6 for s in spans]
+    assert got["count"] == len(spans)
+    assert got["rate_per_s"] == pytest.approx(len(spans) / WINDOW_S)
+    errors = sum(s["StatusCode"] == "Error" for s in spans)
+    assert got["error_pct"] == pytest.approx(100 * errors / len(spans))
+    for key, p in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+        assert got[key] == pytest.approx(q(durs, p), rel=1e-6), key
+
+
+def test_is_a_telemetry_store(loaded: tuple[str, TelemetryStore]) -> None:
+    assert isinstance(loaded[1], TelemetryStore)
+
+
+@pytest.mark.parametrize("table", sorted(schema.TABLES))
+def test_columns_match_exporter_schema(loaded: tuple[str, TelemetryStore], table: str) -> None:
+    backend, store = loaded
+    got = describe(backend, store, table)
+    want = {n: expected_type(backend)(t) for n, t in schema.TABLES[table]}
+    if table == "otel_traces_rollup_1m" and backend == "chdb":
+        # AggregatingMergeTree wraps the measures: SimpleAggregateFunction(sum, UInt64).
+        got = {n: t.split(", ")[-1].rstrip(")") if t.startswith("Simple") else t
+               for n, t in got.items()}
+    assert got == want
+
+
+def test_services(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    got = loaded[1].services(START, END)
+    assert [r["service"] for r in got] == ["api", "db", "frontend"]
+    for row in got:
+        check_stats(dict(row), entry(dataset, row["service"]))
+
+
+def test_endpoints(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    got = loaded[1].endpoints("frontend", START, END)
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in entry(dataset, "frontend"):
+        by_name[s["SpanName"]].append(s)
+    assert sorted(r["endpoint"] for r in got) == sorted(by_name)
+    counts = [r["count"] for r in got]
+    assert counts == sorted(counts, reverse=True)
+    for row in got:
+        check_stats(dict(row), by_name[row["endpoint"]])
+
+
+def test_latency_histogram(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    bounds = [5.0, 10.0, 25.0, 50.0, 100.0]
+    got = loaded[1].latency_histogram("api", "GET /items", START, END, bounds)
+    durs = [s["Duration"] / 1e6 for s in entry(dataset, "api") if s["SpanName"] == "GET /items"]
+    want = [sum(lo < d <= hi for d in durs)
+            for lo, hi in zip([-math.inf, *bounds], [*bounds, math.inf], strict=True)]
+    assert [b["count"] for b in got] == want
+    assert [b["le_ms"] for b in got] == [*bounds, math.inf]
+    everything = loaded[1].latency_histogram("api", None, START, END, bounds)
+    assert sum(b["count"] for b in everything) == len(entry(dataset, "api"))
+
+
+def test_slowest_traces(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    got = loaded[1].slowest_traces("api", START, END, limit=5)
+    want = sorted(entry(dataset, "api"), key=lambda s: (-s["Duration"], s["TraceId"]))[:5]
+    assert [(r["trace_id"], r["span_id"], r["duration_ms"]) for r in got] == [
+        (s["TraceId"], s["SpanId"], s["Duration"] / 1e6) for s in want]
+    assert got[0]["timestamp_ns"] == want[0]["Timestamp"]
+
+
+def test_trace_by_id(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    error_span = next(s for s in dataset.spans if s["Events.Name"])
+    tid = error_span["TraceId"]
+    got = loaded[1].trace(tid)
+    want = sorted((s for s in dataset.spans if s["TraceId"] == tid),
+                  key=lambda s: (s["Timestamp"], s["SpanId"]))
+    assert [s["SpanId"] for s in got] == [s["SpanId"] for s in want]
+    assert set(got[0]) == {n for n, _ in schema.TRACES}
+    mine = next(s for s in got if s["SpanId"] == error_span["SpanId"])
+    for key, value in error_span.items():
+        assert mine[key] == value, key
+    assert loaded[1].trace("0" * 32) == []
+
+
+def test_logs_search(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    store = loaded[1]
+    refused = [r for r in dataset.logs if "connection refused" in r["Body"].lower()]
+    got = store.logs(query="CONNECTION refused", limit=1000)
+    assert sorted(r["Body"] for r in got) == sorted(r["Body"] for r in refused)
+    stamps = [r["Timestamp"] for r in got]
+    assert stamps == sorted(stamps, reverse=True)
+    assert len(store.logs(severity="error", service="api", limit=1000)) == len(refused)
+    assert len(store.logs(severity="info", limit=1000)) == sum(
+        r["SeverityNumber"] >= 9 for r in dataset.logs)
+    assert store.logs(service="frontend") == []
+    tid = refused[0]["TraceId"]
+    by_trace = store.logs(trace_id=tid, start=START, end=END)
+    assert {r["Body"] for r in by_trace} == {r["Body"] for r in dataset.logs if r["TraceId"] == tid}
+    assert by_trace[0]["LogAttributes"] == next(
+        r for r in dataset.logs if r["Body"] == by_trace[0]["Body"])["LogAttributes"]
+    assert len(store.logs(limit=7)) == 7
+    with pytest.raises(StoreUsageError):
+        store.logs(severity="loud")
+
+
+def test_service_map(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    by_id = {(s["TraceId"], s["SpanId"]): s for s in dataset.spans}
+    calls: Counter[tuple[str, str]] = Counter()
+    errors: Counter[tuple[str, str]] = Counter()
+    durs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in dataset.spans:
+        c = by_id.get((s["TraceId"], s["ParentSpanId"]))
+        if s["SpanKind"] == "Server" and c and c["SpanKind"] == "Client" \
+                and c["ServiceName"] != s["ServiceName"]:
+            key = (c["ServiceName"], s["ServiceName"])
+            calls[key] += 1
+            errors[key] += "Error" in (c["StatusCode"], s["StatusCode"])
+            durs[key].append(c["Duration"] / 1e6)
+    got = loaded[1].service_map(START, END)
+    assert [(e["client"], e["server"]) for e in got] == sorted(calls)
+    for e in got:
+        key = (e["client"], e["server"])
+        assert (e["calls"], e["errors"]) == (calls[key], errors[key])
+        assert e["p95_ms"] == pytest.approx(q(durs[key], 0.95), rel=1e-6)
+
+
+def test_rollup_timeseries(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    got = loaded[1].timeseries("api", START, END)
+    per_min: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for s in entry(dataset, "api"):
+        per_min[s["Timestamp"] // (60 * NS) * 60 * NS].append(s)
+    assert [p["minute_ns"] for p in got] == sorted(per_min)
+    for p in got:
+        spans = per_min[p["minute_ns"]]
+        assert p["count"] == len(spans)
+        assert p["errors"] == sum(s["StatusCode"] == "Error" for s in spans)
+        durs = [s["Duration"] / 1e6 for s in spans]
+        # Log buckets of width 2^(1/8): the estimate is the bucket of the exact rank.
+        assert p["p50_ms"] == pytest.approx(sorted(durs)[math.ceil(0.5 * len(durs)) - 1], rel=0.05)
+    ep = loaded[1].timeseries("api", START, END, endpoint="GET /items")
+    assert sum(p["count"] for p in ep) == sum(s["SpanName"] == "GET /items" for s in entry(dataset, "api"))
+
+
+def test_bucket_formula_matches_sql(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
+    backend, store = loaded
+    table = "otel_traces_rollup_1m"
+    sql = f"SELECT Bucket, sum(Count) AS n FROM {table} GROUP BY Bucket"
+    rows = store._rows(sql) if backend == "duckdb" else store._tuples(sql)  # type: ignore[attr-defined]
+    assert dict(rows) == Counter(bucket_of(s["Duration"]) for s in dataset.spans)
+
+
+def test_retention_deletes(fresh: tuple[str, TelemetryStore, Any]) -> None:
+    _, store, _ = fresh
+    old = make_dataset(traces=30, seed=1, t0=T0 - timedelta(days=2), minutes=1)
+    new = make_dataset(traces=30, seed=2, minutes=1)
+    load(store, old)
+    load(store, new)
+    now = T0 + timedelta(minutes=5)
+    store.retention("traces", timedelta(days=1), now=now)
+    store.retention("logs", timedelta(days=1), now=now)
+    store.retention("rollups", timedelta(days=1), now=now)
+    store.retention("metrics", timedelta(days=1), now=now)
+    assert store.trace(old.spans[0]["TraceId"]) == []
+    assert len(store.trace(new.spans[0]["TraceId"])) > 0
+    assert store.logs(end=T0, limit=10_000) == []
+    assert len(store.logs(limit=10_000)) == len(new.logs)
+    assert store.timeseries("api", T0 - timedelta(days=3), T0) == []
+    with pytest.raises(StoreUsageError):
+        store.retention("profiles", timedelta(days=1))  # type: ignore[arg-type]
+
+
+def test_file_size_bounded(fresh: tuple[str, TelemetryStore, Any]) -> None:
+    backend, store, tmp = fresh
+    opt_out(backend, "file_size_bounded")
+    path = tmp / "telemetry.duckdb"
+    sizes = []
+    for cycle in range(5):
+        t0 = T0 + timedelta(hours=cycle)
+        store.insert_spans(make_dataset(traces=3000, seed=cycle, t0=t0, minutes=1).spans)
+        store.retention("traces", timedelta(minutes=30), now=t0 + timedelta(hours=1))
+        store.retention("rollups", timedelta(minutes=30), now=t0 + timedelta(hours=1))
+        sizes.append(path.stat().st_size)
+    assert store.services(T0, T0 + timedelta(days=1)) == []
+    assert sizes[-1] <= sizes[1] * 1.25, sizes
+
+
+def test_errors_are_store_errors(fresh: tuple[str, TelemetryStore, Any]) -> None:
+    _, store, _ = fresh
+    with pytest.raises(StoreUsageError, match="no column"):
+        store.insert_spans([{"Timestamp": 1, "traceId": "x"}])
+    with pytest.raises(StoreUsageError):
+        store.insert_metrics("summary", [{}])  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        store.insert_spans([{"Timestamp": 1, "Duration": -5}])
+    with pytest.raises(StoreUsageError):
+        store.services(END, START)
+    assert store.insert_spans([]) == 0
