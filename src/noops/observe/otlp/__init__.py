@@ -1,0 +1,26 @@
+"""OTLP/HTTP ingestion: decode export requests into ClickHouse-exporter-shaped rows
+(:mod:`.decode`), make them durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`)."""
+
+from noops.observe.otlp.decode import (
+    DecodeResult,
+    OtlpDecodeError,
+    decode_logs,
+    decode_metrics,
+    decode_traces,
+)
+from noops.observe.otlp.receiver import Receiver, ReceiverSettings, TelemetryStore, serve
+from noops.observe.otlp.wal import WAL, WalError
+
+__all__ = [
+    "WAL",
+    "DecodeResult",
+    "OtlpDecodeError",
+    "Receiver",
+    "ReceiverSettings",
+    "TelemetryStore",
+    "WalError",
+    "decode_logs",
+    "decode_metrics",
+    "decode_traces",
+    "serve",
+]

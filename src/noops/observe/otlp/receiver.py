@@ -1,0 +1,404 @@
+"""The OTLP/HTTP receiver: ``POST /v1/{traces,logs,metrics}`` → WAL → bounded queue → store.
+
+A request is answered ``200`` only after its accepted items are fsync'd in the :class:`WAL`;
+a writer task then drains a bounded queue into the :class:`TelemetryStore` in batches and
+checkpoints the WAL up to the highest sequence below which everything is stored. On start the
+WAL is replayed into the store, so what was acknowledged before a crash is not lost.
+
+Answers (the body always in the request's encoding, protobuf or JSON):
+
+* ``200`` + ``partial_success`` when some items were rejected (or warnings, rejected 0);
+* ``Content-Encoding`` ``gzip`` and ``deflate`` are accepted, inflated under a cap;
+* ``400`` undecodable body (``google.rpc.Status``), ``415`` other content types or encodings,
+  ``413`` body over ``max_body_bytes`` or gzip that inflates over ``max_decompressed_bytes``;
+* ``429`` + ``Retry-After`` when the queue is full (never accept-and-drop), ``503`` +
+  ``Retry-After`` when the WAL cannot be written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, cast
+
+import anyio.to_thread
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from noops.observe.otlp.decode import (
+    CONTENT_TYPE_JSON,
+    CONTENT_TYPE_PROTOBUF,
+    DecodeResult,
+    OtlpDecodeError,
+    decode_logs,
+    decode_metrics,
+    decode_traces,
+)
+from noops.observe.otlp.wal import WAL, WalError
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Receiver", "ReceiverSettings", "TelemetryStore", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4318
+Row = dict[str, Any]
+MetricKind = Literal["gauge", "sum", "histogram"]
+
+
+class TelemetryStore(Protocol):
+    """Where decoded rows go. Contract for implementations:
+
+    * methods are synchronous and are called from one worker thread at a time;
+    * returning means the rows are committed (the WAL is checkpointed past them right after);
+    * raising means nothing (or an idempotently re-insertable part) was stored: the same batch
+      is retried after a back-off, and again after a restart (at-least-once delivery);
+    * rows are owned by the store once passed in (the receiver does not reuse them);
+    * return values are ignored (``noops.observe.store`` returns the row count).
+    """
+
+    def insert_spans(self, rows: list[Row]) -> object: ...
+
+    def insert_logs(self, rows: list[Row]) -> object: ...
+
+    def insert_metrics(self, kind: MetricKind, rows: list[Row]) -> object:
+        """``kind`` is ``gauge``, ``sum`` or ``histogram`` (the ``otel_metrics_<kind>`` table)."""
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """Limits and sizes; every value has its unit in its name."""
+
+    max_body_bytes: int = 16 * 1024 * 1024  # as sent (compressed)
+    max_decompressed_bytes: int = 64 * 1024 * 1024  # the OTLP spec's recommended cap
+    queue_requests: int = 256  # accepted requests waiting for the store
+    batch_rows: int = 5000  # rows per store insert (ClickHouse's advice)
+    retry_after_s: int = 1
+    insert_retry_s: float = 0.5
+    drain_s: float = 10.0  # on shutdown, time given to the writer to empty the queue
+
+
+_DECODERS: dict[str, Callable[[bytes, str], DecodeResult]] = {
+    "traces": decode_traces,
+    "logs": decode_logs,
+    "metrics": decode_metrics,
+}
+_RESPONSES: dict[str, tuple[type[Message], str]] = {
+    "traces": (ExportTraceServiceResponse, "rejected_spans"),
+    "logs": (ExportLogsServiceResponse, "rejected_log_records"),
+    "metrics": (ExportMetricsServiceResponse, "rejected_data_points"),
+}
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate = zlib stream (RFC 9110)
+_TAGS = {CONTENT_TYPE_PROTOBUF: b"p", CONTENT_TYPE_JSON: b"j"}
+_TAG_TYPES = {v: k for k, v in _TAGS.items()}
+# google.rpc.Code values for the Status body
+_GRPC_INVALID_ARGUMENT, _GRPC_RESOURCE_EXHAUSTED, _GRPC_UNAVAILABLE = 3, 8, 14
+
+
+@dataclass
+class _Item:
+    seq: int
+    signal: str
+    result: DecodeResult
+
+
+@dataclass
+class _Stats:
+    accepted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_DECODERS, 0))
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_DECODERS, 0))
+    stored_rows: int = 0
+    throttled: int = 0
+    bad_requests: int = 0
+    insert_errors: int = 0
+    inserts: int = 0
+    insert_s_total: float = 0.0
+    insert_s_max: float = 0.0
+    replayed_records: int = 0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _status_body(media: str, code: int, message: str) -> bytes:
+    """A ``google.rpc.Status`` (code, message; no details) in protobuf or JSON."""
+    if media == CONTENT_TYPE_JSON:
+        return json.dumps({"code": code, "message": message}).encode()
+    msg = message.encode()
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(msg)) + msg
+
+
+class Receiver:
+    """The receiver's state and its Starlette :attr:`app` (lifespan replays and starts the writer)."""
+
+    def __init__(
+        self, store: TelemetryStore, wal_dir: str | Path, settings: ReceiverSettings | None = None
+    ) -> None:
+        self.store = store
+        self.settings = settings or ReceiverSettings()
+        self.wal = WAL(wal_dir)
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._reserved = 0
+        self._wal_lock: asyncio.Lock | None = None
+        self._inflight: set[int] = set()
+        self._last_seq = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._stats = _Stats()
+        routes = [Route(f"/v1/{sig}", self._endpoint(sig), methods=["POST"]) for sig in _DECODERS]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        """Replay the WAL into the store, then start the writer task."""
+        self._queue = asyncio.Queue(self.settings.queue_requests)
+        self._wal_lock = asyncio.Lock()
+        self._last_seq = await anyio.to_thread.run_sync(self._replay)
+        self._writer = asyncio.create_task(self._write_loop(), name="otlp-store-writer")
+
+    def _replay(self) -> int:
+        last = self.wal.last_checkpoint
+        for seq, signal, payload in self.wal.replay():
+            media = _TAG_TYPES.get(payload[:1])
+            decode = _DECODERS.get(signal)
+            if media is None or decode is None:
+                log.warning("WAL record %d has an unknown signal or encoding; skipped", seq)
+                continue
+            result = decode(payload[1:], media)
+            self._insert([_Item(seq, signal, result)])
+            self._stats.replayed_records += 1
+            last = seq
+        self.wal.checkpoint(last)
+        return last
+
+    async def stop(self) -> None:
+        """Let the writer drain the queue (up to ``drain_s``), then stop it and close the WAL."""
+        if self._queue is not None and self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self.settings.drain_s)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        self.wal.close()
+
+    # -- store writer ---------------------------------------------------------------------------
+
+    def _insert(self, items: list[_Item]) -> int:
+        spans: list[Row] = []
+        logs: list[Row] = []
+        metrics: dict[str, list[Row]] = {}
+        for it in items:
+            if it.signal == "traces":
+                spans.extend(it.result.rows)
+            elif it.signal == "logs":
+                logs.extend(it.result.rows)
+            else:
+                for kind, rows in it.result.by_kind.items():
+                    metrics.setdefault(kind, []).extend(rows)
+        t0 = time.perf_counter()
+        if spans:
+            self.store.insert_spans(spans)
+        if logs:
+            self.store.insert_logs(logs)
+        for kind, rows in metrics.items():
+            self.store.insert_metrics(cast(MetricKind, kind), rows)
+        took = time.perf_counter() - t0
+        st = self._stats
+        st.inserts += 1
+        st.insert_s_total += took
+        st.insert_s_max = max(st.insert_s_max, took)
+        n = len(spans) + len(logs) + sum(map(len, metrics.values()))
+        st.stored_rows += n
+        return n
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        q = self._queue
+        while True:
+            batch = [await q.get()]
+            rows = len(batch[0].result.rows)
+            while rows < self.settings.batch_rows and not q.empty():
+                batch.append(q.get_nowait())
+                rows += len(batch[-1].result.rows)
+            while True:
+                try:
+                    await anyio.to_thread.run_sync(self._insert, batch)
+                    break
+                except Exception:
+                    self._stats.insert_errors += 1
+                    log.exception("store insert failed; retrying in %.1fs", self.settings.insert_retry_s)
+                    await asyncio.sleep(self.settings.insert_retry_s)
+            for it in batch:
+                self._inflight.discard(it.seq)
+            # Everything below the oldest in-flight record is stored; appends are serialised.
+            upto = min(self._inflight) - 1 if self._inflight else self._last_seq
+            try:
+                await anyio.to_thread.run_sync(self.wal.checkpoint, upto)
+            except (OSError, WalError):
+                log.exception("WAL checkpoint failed (records will be replayed again)")
+            for _ in batch:
+                q.task_done()
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def _endpoint(self, signal: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            return await self._handle(request, signal)
+
+        return endpoint
+
+    def _error(self, media: str, status: int, grpc_code: int, message: str, **headers: str) -> Response:
+        if status == 400:
+            self._stats.bad_requests += 1
+        return Response(_status_body(media, grpc_code, message), status, headers=headers, media_type=media)
+
+    async def _read_body(self, request: Request) -> bytes | None:
+        cap = self.settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _inflate(self, body: bytes, encoding: str) -> bytes | None:
+        """Inflate with the output capped; ``None`` means over the cap (a gzip bomb)."""
+        cap = self.settings.max_decompressed_bytes
+        d = zlib.decompressobj(_WBITS[encoding])
+        try:
+            out = d.decompress(body, cap + 1)
+        except zlib.error as exc:
+            raise OtlpDecodeError(f"body is not valid {encoding}: {exc}") from exc
+        if len(out) > cap or d.unconsumed_tail:
+            return None
+        if not d.eof:
+            raise OtlpDecodeError(f"{encoding} body is truncated")
+        return out
+
+    async def _handle(self, request: Request, signal: str) -> Response:
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media not in _TAGS:
+            return self._error(CONTENT_TYPE_JSON, 415, _GRPC_INVALID_ARGUMENT,
+                               f"unsupported Content-Type {media!r}: use {CONTENT_TYPE_PROTOBUF} or "
+                               f"{CONTENT_TYPE_JSON}")  # fmt: skip
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", *_WBITS):
+            return self._error(
+                media, 415, _GRPC_INVALID_ARGUMENT, f"unsupported Content-Encoding {encoding!r}"
+            )
+        cfg = self.settings
+        too_big = f"body over {cfg.max_body_bytes} bytes sent or {cfg.max_decompressed_bytes} decompressed"
+        body = await self._read_body(request)
+        if body is None:
+            return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
+        try:
+            if encoding in _WBITS:
+                body = await anyio.to_thread.run_sync(self._inflate, body, encoding)
+                if body is None:
+                    return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
+            result = await anyio.to_thread.run_sync(_DECODERS[signal], body, media)
+        except OtlpDecodeError as exc:
+            return self._error(media, 400, _GRPC_INVALID_ARGUMENT, str(exc))
+        if result.rows:
+            throttled = await self._enqueue(signal, media, body, result)
+            if throttled is not None:
+                return throttled
+        self._stats.accepted[signal] += len(result.rows)
+        self._stats.rejected[signal] += result.rejected
+        return self._success(media, signal, result)
+
+    async def _enqueue(self, signal: str, media: str, body: bytes, result: DecodeResult) -> Response | None:
+        assert self._queue is not None and self._wal_lock is not None, "receiver not started"
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        if self._queue.qsize() + self._reserved >= self.settings.queue_requests:
+            self._stats.throttled += 1
+            return self._error(media, 429, _GRPC_RESOURCE_EXHAUSTED,
+                               "the telemetry store is behind; retry later", **retry)  # fmt: skip
+        self._reserved += 1  # a slot is ours before we await, so the queue can never overflow
+        try:
+            async with self._wal_lock:
+                seq = await anyio.to_thread.run_sync(self.wal.append, signal, _TAGS[media] + body)
+                self._inflight.add(seq)
+                self._last_seq = seq
+        except (WalError, OSError):
+            log.exception("WAL append failed")
+            return self._error(media, 503, _GRPC_UNAVAILABLE, "cannot persist telemetry right now", **retry)
+        finally:
+            self._reserved -= 1
+        self._queue.put_nowait(_Item(seq, signal, result))
+        return None
+
+    def _success(self, media: str, signal: str, result: DecodeResult) -> Response:
+        cls, field_name = _RESPONSES[signal]
+        msg = cls()
+        if result.rejected or result.errors:
+            ps = getattr(msg, "partial_success")  # noqa: B009 - three response types, one field name
+            setattr(ps, field_name, result.rejected)
+            ps.error_message = "; ".join(result.errors)
+        if media == CONTENT_TYPE_JSON:
+            body = json_format.MessageToJson(msg, indent=None).encode()
+        else:
+            body = msg.SerializeToString()
+        return Response(body, 200, media_type=media)
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: accepted/rejected items per signal, queue depth, throttling, insert latency."""
+        st = self._stats
+        return {
+            "accepted": dict(st.accepted),
+            "rejected": dict(st.rejected),
+            "queue_depth": self._queue.qsize() if self._queue else 0,
+            "queue_capacity": self.settings.queue_requests,
+            "throttled": st.throttled,
+            "bad_requests": st.bad_requests,
+            "stored_rows": st.stored_rows,
+            "inserts": st.inserts,
+            "insert_errors": st.insert_errors,
+            "insert_latency_s_mean": st.insert_s_total / st.inserts if st.inserts else 0.0,
+            "insert_latency_s_max": st.insert_s_max,
+            "replayed_records": st.replayed_records,
+            "wal_checkpoint": self.wal.last_checkpoint,
+        }
+
+
+async def serve(receiver: Receiver, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Run ``receiver.app`` under uvicorn (uvloop + httptools) until cancelled or signalled."""
+    import uvicorn
+
+    config = uvicorn.Config(receiver.app, host=host, port=port, loop="uvloop", http="httptools",
+                            lifespan="on", log_level="warning", access_log=False)  # fmt: skip
+    await uvicorn.Server(config).serve()

@@ -1,0 +1,342 @@
+"""The OTLP receiver against the real OTel SDK exporters, real sockets, and kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.common.http import Compression as JsonCompression
+from opentelemetry.exporter.otlp.json.http._log_exporter import OTLPLogExporter as JsonLogExporter
+from opentelemetry.exporter.otlp.json.http.metric_exporter import OTLPMetricExporter as JsonMetricExporter
+from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter as JsonSpanExporter
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from conftest import MemoryStore, ReceiverProcess, RunningReceiver
+from noops.observe.otlp.receiver import Receiver
+from noops.observe.otlp.wal import WAL, WalError
+from noops.observe.store import DuckDBStore
+
+PB, JS = "application/x-protobuf", "application/json"
+Server = Callable[..., RunningReceiver]
+
+
+def exporters(url: str, encoding: str, gzip_on: bool) -> tuple[Any, Any, Any]:
+    if encoding == "json":
+        comp: Any = JsonCompression.GZIP if gzip_on else JsonCompression.NONE
+        return (
+            JsonSpanExporter(endpoint=f"{url}/v1/traces", compression=comp),
+            JsonLogExporter(endpoint=f"{url}/v1/logs", compression=comp),
+            JsonMetricExporter(endpoint=f"{url}/v1/metrics", compression=comp),
+        )
+    comp = Compression.Gzip if gzip_on else Compression.NoCompression
+    return (
+        OTLPSpanExporter(endpoint=f"{url}/v1/traces", compression=comp),
+        OTLPLogExporter(endpoint=f"{url}/v1/logs", compression=comp),
+        OTLPMetricExporter(endpoint=f"{url}/v1/metrics", compression=comp),
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "gzip_on"), [("protobuf", False), ("protobuf", True), ("json", False), ("json", True)]
+)
+def test_sdk_exporters_deliver_every_item(otlp_server: Server, encoding: str, gzip_on: bool) -> None:
+    srv = otlp_server()
+    span_exp, log_exp, metric_exp = exporters(srv.url, encoding, gzip_on)
+    resource = Resource.create({"service.name": f"svc-{encoding}", "region": "eu"})
+
+    tp = TracerProvider(resource=resource)
+    tp.add_span_processor(SimpleSpanProcessor(span_exp))
+    tracer = tp.get_tracer("it.tracer", "0.1")
+    contexts = {}
+    for i in range(20):
+        with tracer.start_as_current_span(f"op-{i}", kind=SpanKind.SERVER, attributes={"i": i}) as s:
+            s.add_event("tick", {"n": i})
+            contexts[f"op-{i}"] = s.get_span_context()
+    lp = LoggerProvider(resource=resource)
+    lp.add_log_record_processor(SimpleLogRecordProcessor(log_exp))
+    logger = lp.get_logger("it.logger")
+    with tracer.start_as_current_span("logging") as ls:
+        for i in range(10):
+            logger.emit(
+                body=f"line {i}",
+                severity_number=SeverityNumber.ERROR,
+                attributes={"i": i},
+                timestamp=time.time_ns(),
+            )
+    reader = PeriodicExportingMetricReader(metric_exp, export_interval_millis=3_600_000)
+    mp = MeterProvider(resource=resource, metric_readers=[reader])
+    meter = mp.get_meter("it.meter")
+    meter.create_counter("hits").add(7, {"route": "/"})
+    meter.create_histogram("lat").record(3.0)
+    meter.create_gauge("g").set(1.5)
+    assert mp.force_flush()
+    for p in (tp, lp, mp):
+        p.shutdown()
+
+    store = srv.store
+    store.wait(lambda: len(store.spans) == 21 and len(store.logs) == 10 and len(store.metrics) == 3)
+    spans = {r["SpanName"]: r for r in store.spans}
+    for name, ctx in contexts.items():
+        row = spans[name]
+        assert row["TraceId"] == format(ctx.trace_id, "032x") and row["SpanId"] == format(ctx.span_id, "016x")
+        assert row["SpanAttributes"] == {"i": name.split("-")[1]} and row["SpanKind"] == "Server"
+        assert row["Events.Name"] == ["tick"] and row["ServiceName"] == f"svc-{encoding}"
+        assert row["ResourceAttributes"]["region"] == "eu" and row["ScopeName"] == "it.tracer"
+    logs = sorted(store.logs, key=lambda r: int(r["LogAttributes"]["i"]))
+    assert [r["Body"] for r in logs] == [f"line {i}" for i in range(10)]
+    assert all(r["TraceId"] == format(ls.get_span_context().trace_id, "032x") for r in logs)
+    assert all(r["SeverityNumber"] == 17 and r["ServiceName"] == f"svc-{encoding}" for r in logs)
+    assert store.metrics["sum"][0]["Value"] == 7.0 and store.metrics["sum"][0]["Attributes"] == {"route": "/"}
+    assert store.metrics["histogram"][0]["Count"] == 1 and store.metrics["gauge"][0]["Value"] == 1.5
+    stats = srv.receiver.stats()
+    # shutdown() exports the cumulative metrics once more: every accepted point must be stored
+    store.wait(lambda: sum(map(len, store.metrics.values())) == stats["accepted"]["metrics"] >= 3)
+    assert stats["accepted"]["traces"] == 21 and stats["accepted"]["logs"] == 10
+    assert stats["rejected"] == {"traces": 0, "logs": 0, "metrics": 0}
+
+
+def span_json(i: int, *, bad: bool = False) -> dict[str, Any]:
+    return {
+        "traceId": f"{i + 1:032x}",
+        "spanId": f"{i + 1:016x}" if not bad else "01",
+        "name": f"s{i}",
+        "startTimeUnixNano": "1000",
+        "endTimeUnixNano": "2000",
+    }
+
+
+def body_of(*spans: dict[str, Any]) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]}).encode()
+
+
+def test_partial_success_in_the_request_encoding(otlp_server: Server) -> None:
+    srv = otlp_server()
+    r = httpx.post(
+        f"{srv.url}/v1/traces",
+        content=body_of(span_json(1), span_json(2, bad=True)),
+        headers={"content-type": JS},
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith(JS)
+    ps = r.json()["partialSuccess"]
+    assert ps["rejectedSpans"] == "1" and "spanId" in ps["errorMessage"]
+    req = ExportTraceServiceRequest()
+    req.resource_spans.add().scope_spans.add().spans.add(trace_id=b"\1" * 16, span_id=b"\1" * 3, name="x")
+    r = httpx.post(f"{srv.url}/v1/traces", content=req.SerializeToString(), headers={"content-type": PB})
+    resp = ExportTraceServiceResponse.FromString(r.content)
+    assert r.status_code == 200 and resp.partial_success.rejected_spans == 1
+    ok = httpx.post(f"{srv.url}/v1/traces", content=body_of(span_json(3)), headers={"content-type": JS})
+    assert ok.status_code == 200 and ok.json() == {}
+    srv.store.wait(lambda: len(srv.store.spans) == 2)
+
+
+def test_limits_and_refusals(otlp_server: Server) -> None:
+    srv = otlp_server(max_body_bytes=4096, max_decompressed_bytes=64 * 1024)
+    with httpx.Client(base_url=srv.url) as client:
+        refusals(srv, client.post)
+
+
+def refusals(srv: RunningReceiver, post: Any) -> None:
+    assert post("/v1/traces", content=b"x" * 5000, headers={"content-type": PB}).status_code == 413
+    bomb = gzip.compress(b"\0" * 2_000_000, 9)
+    assert len(bomb) < 4096
+    r = post("/v1/traces", content=bomb, headers={"content-type": PB, "content-encoding": "gzip"})
+    assert r.status_code == 413
+    assert post("/v1/traces", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    r = post("/v1/logs", content=b"{}", headers={"content-type": JS, "content-encoding": "br"})
+    assert r.status_code == 415
+    r = post("/v1/metrics", content=b"\xff\xff\xff", headers={"content-type": PB})
+    assert r.status_code == 400 and r.content[:1] == b"\x08"  # google.rpc.Status, code field first
+    r = post("/v1/traces", content=b"{nope", headers={"content-type": JS})
+    assert r.status_code == 400 and r.json()["code"] == 3 and r.json()["message"]
+    r = post(
+        "/v1/traces",
+        content=gzip.compress(body_of(span_json(5))),
+        headers={"content-type": JS, "content-encoding": "gzip"},
+    )
+    assert r.status_code == 200
+    assert httpx.get(f"{srv.url}/v1/traces").status_code == 405
+
+
+def test_backpressure_answers_429_and_loses_nothing_acknowledged(otlp_server: Server) -> None:
+    srv = otlp_server(MemoryStore(delay_s=0.2), queue_requests=2, batch_rows=1)
+
+    def send(i: int) -> tuple[int, httpx.Response]:
+        return i, httpx.post(
+            f"{srv.url}/v1/traces", content=body_of(span_json(i)), headers={"content-type": JS}
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, range(40)))
+    acked = {i for i, r in results if r.status_code == 200}
+    throttled = [r for _, r in results if r.status_code == 429]
+    assert throttled and acked and len(acked) + len(throttled) == 40
+    assert all(r.headers["retry-after"] == "1" for r in throttled)
+    srv.store.wait(lambda: len(srv.store.spans) >= len(acked))
+    assert {int(r["SpanName"][1:]) for r in srv.store.spans} == acked
+    assert len(srv.store.spans) == len(acked)
+    assert srv.receiver.stats()["throttled"] == len(throttled)
+    # A client that honours Retry-After eventually gets everything in.
+    srv.store.delay_s = 0.0
+    for i in sorted(set(range(40)) - acked):
+        while send(i)[1].status_code == 429:
+            time.sleep(0.1)
+    srv.store.wait(lambda: len(srv.store.spans) == 40, timeout_s=30)
+
+
+def test_kill_9_after_200_then_restart_replays_everything_acknowledged(
+    receiver_process: Callable[[float], ReceiverProcess],
+) -> None:
+    first = receiver_process(0.5)  # slow store: most acknowledged items are only in the WAL
+    acked = []
+    exporter = OTLPSpanExporter(endpoint=f"{first.url}/v1/traces")
+    tp = TracerProvider(resource=Resource.create({"service.name": "crashy"}))
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = tp.get_tracer("t")
+    for i in range(25):
+        with tracer.start_as_current_span(f"c{i}") as s:
+            pass
+        acked.append(format(s.get_span_context().span_id, "016x"))
+    first.kill9()
+    before = {r["SpanId"] for r in first.rows("traces")}
+    assert len(before) < len(acked), "the slow store should not have committed everything yet"
+
+    second = receiver_process(0.0)
+    deadline = time.monotonic() + 15
+    while not set(acked) <= {r["SpanId"] for r in second.rows("traces")}:
+        assert time.monotonic() < deadline, "acknowledged spans missing after replay"
+        time.sleep(0.05)
+    tp.shutdown()
+
+
+# --- the WAL on its own ---------------------------------------------------------------------------
+
+WAL_CHILD = r"""
+import sys
+from noops.observe.otlp.wal import WAL
+wal = WAL(sys.argv[1], segment_bytes=4096)
+i = 0
+while True:
+    seq = wal.append("traces", b"payload-%d-" % i + b"x" * (i % 300))
+    print(seq, i, flush=True)
+    i += 1
+"""
+
+
+def test_wal_kill_9_mid_append_replays_exactly_the_acknowledged_records(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", WAL_CHILD, str(tmp_path)], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    acked: list[tuple[int, int]] = []
+    try:
+        while len(acked) < 300:
+            seq, i = child.stdout.readline().split()
+            acked.append((int(seq), int(i)))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    got = [(seq, sig, payload) for seq, sig, payload in WAL(tmp_path).replay()]
+    assert len(os.listdir(tmp_path)) > 3  # several segments
+    # Every acknowledged record, in order; at most the records written after the last ack we read.
+    assert [s for s, _, _ in got[: len(acked)]] == [s for s, _ in acked]
+    for (_seq, sig, payload), (_, i) in zip(got, acked, strict=False):
+        assert sig == "traces" and payload == b"payload-%d-" % i + b"x" * (i % 300)
+    assert [s for s, _, _ in got] == list(range(1, len(got) + 1))
+
+
+def test_wal_torn_tail_is_dropped_and_appends_continue(tmp_path: Path) -> None:
+    wal = WAL(tmp_path)
+    assert [wal.append("logs", b"a"), wal.append("logs", b"b")] == [1, 2]
+    wal.close()
+    seg = sorted(tmp_path.glob("*.wal"))[-1]
+    good = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(b"\x00\x00\x00\x30garbage")  # a frame header promising more than is there
+    wal = WAL(tmp_path)
+    assert [(s, p) for s, _, p in wal.replay()] == [(1, b"a"), (2, b"b")]
+    assert seg.stat().st_size == good
+    assert wal.append("logs", b"c") == 3
+    wal.close()
+    assert [s for s, _, _ in WAL(tmp_path).replay()] == [1, 2, 3]
+
+
+def test_wal_checkpoint_skips_and_deletes_committed_segments(tmp_path: Path) -> None:
+    wal = WAL(tmp_path, segment_bytes=64)
+    for i in range(10):
+        wal.append("metrics", b"%d" % i + b"." * 40)
+    segments = len(list(tmp_path.glob("*.wal")))
+    wal.checkpoint(6)
+    assert len(list(tmp_path.glob("*.wal"))) < segments
+    wal.close()
+    assert [s for s, _, _ in WAL(tmp_path, segment_bytes=64).replay()] == [7, 8, 9, 10]
+
+
+def test_wal_damage_in_an_older_segment_is_an_error(tmp_path: Path) -> None:
+    wal = WAL(tmp_path, segment_bytes=64)
+    for _ in range(4):
+        wal.append("traces", b"." * 40)
+    wal.close()
+    oldest = sorted(tmp_path.glob("*.wal"))[0]
+    data = bytearray(oldest.read_bytes())
+    data[-1] ^= 0xFF
+    oldest.write_bytes(bytes(data))
+    with pytest.raises(WalError, match="damaged"):
+        list(WAL(tmp_path).replay())
+
+
+def test_sdk_to_the_real_duckdb_store(tmp_path: Path) -> None:
+    """The same path into ``noops.observe.store.DuckDBStore`` (the default backend)."""
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    receiver = Receiver(store, tmp_path / "wal")
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=receiver.app)
+        await receiver.start()
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://otlp") as client:
+                tp = TracerProvider(resource=Resource.create({"service.name": "duck"}))
+                exp = InMemorySpanExporter()
+                tp.add_span_processor(SimpleSpanProcessor(exp))
+                with tp.get_tracer("d").start_as_current_span("root", kind=SpanKind.SERVER) as root:
+                    root.set_attribute("k", "v")
+                body = encode_spans(exp.get_finished_spans()).SerializeToString()
+                r = await client.post("/v1/traces", content=body, headers={"content-type": PB})
+                assert r.status_code == 200
+        finally:
+            await receiver.stop()
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        rows = store.trace(trace_id)
+        assert len(rows) == 1 and rows[0]["SpanName"] == "root" and rows[0]["ServiceName"] == "duck"
+        assert rows[0]["SpanKind"] == "Server" and dict(rows[0]["SpanAttributes"]) == {"k": "v"}
+
+    asyncio.run(scenario())
+    store.close()
