@@ -31,7 +31,7 @@ from noops.oci.image import Image
 from noops.oci.store import ImageStore
 from noops.oci.unpack import LayerCache, mount_rootfs, unmount
 from noops.runtime import netns
-from noops.runtime.local import _user
+from noops.runtime.local import image_user
 from noops.runtime.monitor import MonitorSpec, read_status
 
 __all__ = ["Instance", "InstanceManager", "InstanceSpec"]
@@ -144,7 +144,7 @@ class InstanceManager:
         env = dict(image.env)
         env.update(spec.env)
         env.update({"PORT": str(spec.port), "HOME": "/tmp"})
-        uid, gid = _user(image)
+        uid, gid = image_user(image)
         return ContainerSpec(args=args, env=env, cwd=cfg.get("WorkingDir") or "/", uid=uid,
                              gid=gid, readonly_rootfs=True, netns_path=str(netns.path(ns)),
                              hostname=spec.app[:63], memory_bytes=spec.memory_bytes,

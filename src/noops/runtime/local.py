@@ -24,10 +24,10 @@ from noops.oci.store import ImageStore
 from noops.oci.unpack import LayerCache, mount_rootfs, unmount
 from noops.settings import Settings
 
-__all__ = ["container_spec_for", "prepare_rootfs", "run_foreground"]
+__all__ = ["container_spec_for", "image_user", "prepare_rootfs", "run_foreground"]
 
 
-def _user(image: Image) -> tuple[int, int]:
+def image_user(image: Image) -> tuple[int, int]:
     user = image.user or "1000:1000"
     uid_s, _, gid_s = user.partition(":")
     try:
@@ -50,7 +50,7 @@ def container_spec_for(image: Image, *, port: int, process_type: str | None,
     full_env = dict(image.env)
     full_env.update({"PORT": str(port), "HOME": "/tmp"})
     full_env.update(env)
-    uid, gid = _user(image)
+    uid, gid = image_user(image)
     return ContainerSpec(args=args, env=full_env, cwd=cfg.get("WorkingDir") or "/", uid=uid,
                          gid=gid, readonly_rootfs=True, host_network=True)
 
