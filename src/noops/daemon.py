@@ -66,6 +66,19 @@ class RoutesFile:
         if self.apps.pop(app, None) is not None:
             self.publish_all()
 
+    def wait_applied(self, timeout_s: float = 3.0) -> bool:
+        """Wait until the front door acknowledges the current generation (False on timeout)."""
+        ack = self.path.with_name("routes.applied")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if int(ack.read_text()) >= self.generation:
+                    return True
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        return False
+
     def publish_all(self) -> None:
         self.generation += 1
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -132,6 +145,9 @@ class Platform:
                            dict(release.formation), self._env(release.app, release, spec))
         try:
             await rollout(self.supervisor, plan)
+            if not await asyncio.to_thread(self.routes.wait_applied):
+                log.warning("the front door did not confirm the routes of %s v%s in time",
+                            release.app, release.version)
         except DeployError as exc:
             self.state.set_release_status(release.app, release.version, ReleaseStatus.FAILED)
             self._event(release.app, "deploy-failed", f"v{release.version} failed",

@@ -33,34 +33,43 @@ class RoutesWatcher:
 
     def __init__(self, path: Path, registry: StaticEndpointRegistry, poll_s: float = 0.1) -> None:
         self.path, self.registry, self.poll_s = path, registry, poll_s
-        self._seen: tuple[int, int] | None = None
+        self._seen: bytes | None = None
         self._apps: set[str] = set()
 
     def load(self) -> bool:
-        """Apply the file if it changed; True when something was applied."""
+        """Apply the file if its content changed; True when something was applied.
+
+        The content is compared, not the mtime: two rewrites within one timestamp tick can
+        reuse the same inode, and a missed update would leave an app unrouted. After applying,
+        the file's ``generation`` is acknowledged in ``routes.applied`` so the daemon knows
+        the front door routes what it published.
+        """
         try:
-            st = self.path.stat()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return False
-        stamp = (st.st_mtime_ns, st.st_ino)
-        if stamp == self._seen:
+        if raw == self._seen:
             return False
         try:
-            data: dict[str, Any] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            data: dict[str, Any] = json.loads(raw)
+        except ValueError:
             return False  # a writer replaces the file atomically; try again next tick
-        self._seen = stamp
+        self._seen = raw
         apps = data.get("apps", {})
         for app, entry in apps.items():
             endpoints = [Endpoint(e["id"], app, e["socket_path"], bool(e.get("ready")),
                                   bool(e.get("draining"))) for e in entry.get("endpoints", [])]
             try:
                 self.registry.set(app, entry.get("hosts", []), endpoints)
-            except Exception:
+            except Exception:  # one bad app must not stop the others routing
                 log.exception("routes for %s rejected", app)
         for gone in self._apps - set(apps):
             self.registry.remove(gone)
         self._apps = set(apps)
+        ack = self.path.with_name("routes.applied")
+        tmp = ack.with_name(".routes.applied.tmp")
+        tmp.write_text(str(int(data.get("generation", 0))))
+        os.replace(tmp, ack)
         return True
 
     def run(self, stop: threading.Event) -> None:
