@@ -5,14 +5,19 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOOPS := $(VENV)/bin/noops
-APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry buildah python3-venv ca-certificates \
-	iproute2 postgresql nginx wrk
+APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry python3-venv ca-certificates \
+	iproute2 postgresql curl
+# the peers the benchmarks measure against
+BENCH_PACKAGES := buildah fuse-overlayfs nginx wrk
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test lint bench clean
+.PHONY: deps apt demo test lint bench clean
 
 deps: $(VENV)/.installed
-	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt PACKAGES="$(APT_PACKAGES)"
+
+apt:
+	@missing=""; for p in $(PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
 $(VENV)/.installed: pyproject.toml
@@ -32,7 +37,10 @@ lint: deps
 	$(VENV)/bin/mypy
 
 bench: deps
+	@$(MAKE) --no-print-directory apt PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) bench/build.py
+	$(PY) bench/deploy.py
+	$(PY) bench/proxy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
