@@ -110,6 +110,7 @@ def apps() -> None:
 @output_options
 @pass_ctx
 def apps_create(ctx: Ctx, name: str) -> None:
+    """Create app NAME (lowercase letters, digits, dashes)."""
     data = Client(ctx.settings).call("POST", "/api/apps", {"name": name})
     emit(ctx, data, lambda con: con.print(f"created app {name}"))
 
@@ -118,6 +119,7 @@ def apps_create(ctx: Ctx, name: str) -> None:
 @output_options
 @pass_ctx
 def apps_list(ctx: Ctx) -> None:
+    """Apps with their live release, ready instances and URL."""
     data = Client(ctx.settings).call("GET", "/api/apps")
 
     def human(con: Console) -> None:
@@ -192,6 +194,7 @@ def config() -> None:
 @output_options
 @pass_ctx
 def config_set(ctx: Ctx, app: str, pairs: tuple[str, ...]) -> None:
+    """Set KEY=VALUE pairs: a new release, rolled out without downtime."""
     data = Client(ctx.settings).call("PATCH", f"/api/apps/{app}/config",
                                      {"set": _pairs(pairs, "config set")})
     emit(ctx, data, lambda con: con.print(
@@ -204,6 +207,7 @@ def config_set(ctx: Ctx, app: str, pairs: tuple[str, ...]) -> None:
 @output_options
 @pass_ctx
 def config_unset(ctx: Ctx, app: str, keys: tuple[str, ...]) -> None:
+    """Remove KEYS: a new release, rolled out without downtime."""
     data = Client(ctx.settings).call("PATCH", f"/api/apps/{app}/config", {"unset": list(keys)})
     emit(ctx, data, lambda con: con.print(
         f"config changed; {app} v{data['version']} is live" if data["changed"] else "no change"))
@@ -214,6 +218,7 @@ def config_unset(ctx: Ctx, app: str, keys: tuple[str, ...]) -> None:
 @output_options
 @pass_ctx
 def config_list(ctx: Ctx, app: str) -> None:
+    """Config vars, and secret names with their values masked."""
     data = Client(ctx.settings).call("GET", f"/api/apps/{app}/config")
 
     def human(con: Console) -> None:
@@ -236,6 +241,7 @@ def secrets() -> None:
 @output_options
 @pass_ctx
 def secrets_set(ctx: Ctx, app: str, pairs: tuple[str, ...]) -> None:
+    """Set secrets (KEY=VALUE): encrypted at rest, a new release."""
     data = Client(ctx.settings).call("PATCH", f"/api/apps/{app}/secrets",
                                      {"set": _pairs(pairs, "secrets set")})
     emit(ctx, data, lambda con: con.print(f"secrets set: {', '.join(data['secrets'])}"))
@@ -246,6 +252,7 @@ def secrets_set(ctx: Ctx, app: str, pairs: tuple[str, ...]) -> None:
 @output_options
 @pass_ctx
 def secrets_list(ctx: Ctx, app: str) -> None:
+    """Secret names (values are never shown)."""
     data = Client(ctx.settings).call("GET", f"/api/apps/{app}/config")
 
     def human(con: Console) -> None:
