@@ -27,7 +27,7 @@ from noops.errors import NoopsError, UsageError
 from noops.oci.bundle import Runc
 from noops.oci.image import Image
 from noops.oci.store import ImageStore
-from noops.runtime.instances import InstanceManager
+from noops.runtime.instances import InstanceManager, InstanceSpec
 from noops.runtime.rollout import DeployError, RolloutPlan, rollout
 from noops.runtime.supervisor import Supervisor
 from noops.settings import Settings
@@ -101,8 +101,7 @@ def release_json(r: Release) -> dict[str, Any]:
     return {"app": r.app, "version": r.version, "image": r.image_ref, "digest": r.image_digest,
             "config_version": r.config_version, "formation": dict(r.formation),
             "description": r.description, "status": str(r.status),
-            "created_at": r.created_at.isoformat() if hasattr(r.created_at, "isoformat")
-            else r.created_at}
+            "created_at": r.created_at.isoformat()}
 
 
 class Platform:
@@ -306,8 +305,6 @@ class Platform:
             env = self._env(app, rel, spec)
             for proc, want in rel.formation.items():
                 for index in range(counters.get((app, proc), 0), want):
-                    from noops.runtime.instances import InstanceSpec
-
                     ispec = InstanceSpec(app, rel.version, proc, rel.image_digest, env,
                                          spec.memory_bytes, spec.cpu_millis, grace_s=spec.grace_s)
                     await self.supervisor.start(app, rel.version, proc, index, ispec, spec)

@@ -310,8 +310,3 @@ def _component_from_json(data: dict[str, Any]) -> sbom.Component:
 def _default_name(source: Path) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in source.name.lower())
     return cleaned.strip("-_.") or "app"
-
-
-def image_summary(image: Image) -> dict[str, Any]:
-    md = image.label_json("io.buildpacks.lifecycle.metadata") or {}
-    return {"digest": image.digest, "runImage": md.get("runImage"), "size": image.size}

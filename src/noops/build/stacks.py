@@ -15,7 +15,6 @@ sites. Packages are unpacked from the host's configured apt sources (or ``NOOPS_
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -35,7 +34,7 @@ from noops.settings import Settings
 
 __all__ = [
     "CNB_GID", "CNB_UID", "STACKS", "StackDef", "StackImages", "build_stack", "ensure_stack",
-    "stack_info", "stack_refs",
+    "stack_refs",
 ]
 
 CNB_UID = 1000
@@ -286,10 +285,3 @@ def ensure_stack(settings: Settings, store: ImageStore, stack_id: str,
         log(f"stack {stack_id} is not built yet; building it (once) from Debian packages")
         build_stack(settings, store, stack_id, log)
         return store.image(build_ref), store.image(run_ref)
-
-
-def stack_info(image: Image) -> dict[str, Any]:
-    labels = image.labels
-    return {"stack": labels.get("dev.noops.stack"), "kind": labels.get("dev.noops.stack.kind"),
-            "released": labels.get("io.buildpacks.base.released"), "digest": image.digest,
-            "labels": json.loads(json.dumps(labels))}

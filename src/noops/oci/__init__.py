@@ -6,7 +6,7 @@ from noops.oci.layer import LayerSpec, TarResult, source_date_epoch, write_tar
 from noops.oci.model import Descriptor
 from noops.oci.reference import Reference, normalize_local, parse_reference
 from noops.oci.store import ImageStore
-from noops.oci.unpack import LayerCache, mount_rootfs, mounted, unmount
+from noops.oci.unpack import LayerCache, mount_rootfs, unmount
 
 _REGISTRY = ("PushResult", "find_credentials", "login", "pull", "push", "remote_image")
 
@@ -35,7 +35,6 @@ __all__ = [
     "find_credentials",
     "login",
     "mount_rootfs",
-    "mounted",
     "normalize_local",
     "parse_reference",
     "pull",

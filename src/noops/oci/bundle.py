@@ -9,9 +9,9 @@ passed through, and always deletes what it created.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -115,7 +115,10 @@ def write_config(bundle: Path, rootfs: Path, spec: ContainerSpec) -> Path:
     }
     bundle.mkdir(parents=True, exist_ok=True)
     path = bundle / "config.json"
-    path.write_text(json.dumps(config, indent=2))
+    # 0600: the process env may hold the app's secrets
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(config, indent=2))
     return path
 
 
@@ -166,11 +169,3 @@ class Runc:
     def delete(self, container_id: str) -> None:
         subprocess.run(self._cmd("delete", "--force", container_id), capture_output=True,
                        check=False)
-
-    def list(self) -> Sequence[dict[str, Any]]:
-        out = subprocess.run(self._cmd("list", "--format", "json"), capture_output=True,
-                             text=True, check=False)
-        if out.returncode != 0 or not out.stdout.strip():
-            return []
-        data = json.loads(out.stdout)
-        return data if isinstance(data, list) else []

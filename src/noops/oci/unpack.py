@@ -11,7 +11,6 @@ or paths through symlinks that point outside), so a hostile image cannot write t
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil
@@ -19,7 +18,6 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from noops.errors import ContainerError, ImageError
@@ -28,7 +26,7 @@ from noops.oci.image import Image
 from noops.oci.model import Descriptor
 from noops.oci.store import ImageStore
 
-__all__ = ["LayerCache", "mount_rootfs", "mounted", "unmount"]
+__all__ = ["LayerCache", "mount_rootfs", "unmount"]
 
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
@@ -163,12 +161,3 @@ def _mount(args: list[str]) -> None:
             f"mounting the image filesystem failed: {result.stderr.strip()}. noops needs root and "
             "overlayfs (modprobe overlay) to run containers."
         )
-
-
-@contextlib.contextmanager
-def mounted(layers: list[Path], target: Path, *, upper: Path | None = None) -> Iterator[Path]:
-    mount_rootfs(layers, target, upper=upper)
-    try:
-        yield target
-    finally:
-        unmount(target)

@@ -98,13 +98,15 @@ class InstanceManager:
         # reap each other's instances
         home_key = hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:10]
         self.run_root = run_root or RUN_ROOT / home_key
-        self.run_root.mkdir(parents=True, exist_ok=True)
+        self.run_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_root.chmod(0o700)
 
     def start(self, spec: InstanceSpec) -> Instance:
         image = self.store.image(spec.image_digest)
         iid = f"{spec.app}-{spec.process_type}-{uuid.uuid4().hex[:8]}"
         idir = self.run_root / iid
-        idir.mkdir(parents=True)
+        # 0700: the bundle and instance.json carry the app's env, secrets included
+        idir.mkdir(mode=0o700, parents=True)
         log_dir = self.home / "logs" / spec.app
         log_dir.mkdir(parents=True, exist_ok=True)
         instance = Instance(iid, spec, str(idir / "app.sock"),
@@ -120,7 +122,7 @@ class InstanceManager:
                                   str(self.runc.state_root), ns, instance.socket_path, spec.port,
                                   instance.log_path, grace_s=spec.grace_s)
             monitor.save(idir / "monitor.json")
-            (idir / "instance.json").write_text(json.dumps(instance.to_json()))
+            _write_private(idir / "instance.json", json.dumps(instance.to_json()))
             with open(idir / "monitor.log", "ab") as monitor_log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "noops.runtime.monitor", str(idir / "monitor.json")],
@@ -128,7 +130,7 @@ class InstanceManager:
                     start_new_session=True, close_fds=True,
                 )
             instance.monitor_pid = proc.pid
-            (idir / "instance.json").write_text(json.dumps(instance.to_json()))
+            _write_private(idir / "instance.json", json.dumps(instance.to_json()))
             # the monitor outlives us; the kernel reaps it once we stop waiting for it
             _detach(proc)
         except BaseException:
@@ -204,6 +206,12 @@ class InstanceManager:
         if instance.alive():
             raise ContainerError(f"instance {instance.id} is still running; stop it first")
         self._cleanup(Path(instance.dir))
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def _detach(proc: subprocess.Popen[bytes]) -> None:

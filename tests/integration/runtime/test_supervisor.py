@@ -120,6 +120,11 @@ def test_port_not_reachable_from_host_namespace(manager: InstanceManager,
         with pytest.raises(httpx.ConnectError):
             httpx.get("http://127.0.0.1:18931/", timeout=2)
         assert oct(os.stat(instance.socket_path).st_mode & 0o777) == "0o600"
+        # the runtime files carry the app's env (secrets too): root only
+        idir = Path(instance.dir)
+        assert oct(idir.stat().st_mode & 0o777) == "0o700"
+        for private in (idir / "instance.json", idir / "bundle" / "config.json"):
+            assert oct(private.stat().st_mode & 0o777) == "0o600", private
     finally:
         manager.stop(instance)
 
