@@ -1,13 +1,14 @@
-"""Zero-trust administration: the CA, users, devices and the audit log.
+"""Zero-trust administration: the CA, users, devices, the policy and the audit log.
 
-These commands manage what the gateway will enforce; until the front door enforces policy (see
-CHANGELOG), they prepare identities and certificates. Data lives under ``$NOOPS_HOME/gate``.
+The front door enforces what these commands set, on its next request: a locked user's sessions
+and websockets end, a revoked device is refused, an applied policy is in force within a quarter
+of a second. Data lives under ``$NOOPS_HOME/gate``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +19,7 @@ from noops.errors import UsageError
 if TYPE_CHECKING:
     from noops.gate.identity import IdentityStore
     from noops.gate.pki import CertificateAuthority
+    from noops.gate.policy import PolicyStore
 
 
 def _gate_dir(ctx: Ctx) -> Path:
@@ -27,12 +29,9 @@ def _gate_dir(ctx: Ctx) -> Path:
 
 
 def _ca(ctx: Ctx) -> CertificateAuthority:
-    from noops.gate.pki import CertificateAuthority
+    from noops.gate.mtls import load_or_create_ca
 
-    directory = _gate_dir(ctx) / "ca"
-    if (directory / "ca.json").exists():
-        return CertificateAuthority.load(directory)
-    return CertificateAuthority.create(directory)
+    return load_or_create_ca(_gate_dir(ctx) / "ca")
 
 
 def _identities(ctx: Ctx) -> IdentityStore:
@@ -68,15 +67,55 @@ def users() -> None:
 @click.argument("name")
 @click.option("-g", "--group", "groups", multiple=True, help="Group membership; repeatable.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--totp", "with_totp", is_flag=True, help="Also provision an authenticator (TOTP).")
 @output_options
 @pass_ctx
-def users_add(ctx: Ctx, name: str, groups: tuple[str, ...], password_stdin: bool) -> None:
+def users_add(ctx: Ctx, name: str, groups: tuple[str, ...], password_stdin: bool, with_totp: bool) -> None:
+    """Add a local user (password of at least 12 characters)."""
     password = _secret("Password", password_stdin)
     if len(password) < 12:
         raise UsageError("passwords need at least 12 characters")
-    user = _identities(ctx).add_user(name, password, groups)
-    emit(ctx, {"name": user.name, "groups": list(user.groups)},
-         lambda con: con.print(f"added user {name}"))
+    store = _identities(ctx)
+    user = store.add_user(name, password, groups)
+    data: dict[str, object] = {"name": user.name, "groups": list(user.groups)}
+    if with_totp:
+        data.update(_provision_totp(store, name))
+    emit(ctx, data, lambda con: _print_user(con, data))
+
+
+def _provision_totp(store: IdentityStore, name: str) -> dict[str, str]:
+    """Enrol and activate an authenticator for NAME (an admin hands the secret over)."""
+    import time
+
+    from noops.gate._identity_totp import totp_at
+
+    secret, uri = store.enroll_totp(name)
+    # Activated with the code of the previous step: the user's first code (this step's) stays
+    # usable, as the replay guard only accepts steps after the last accepted one.
+    if not store.confirm_totp(name, totp_at(secret, time.time() - 30)):
+        raise UsageError(f"could not activate the authenticator of {name}; try again")
+    return {"totp_secret": secret, "otpauth_uri": uri}
+
+
+def _print_user(con: object, data: dict[str, object]) -> None:
+    from rich.console import Console
+
+    assert isinstance(con, Console)
+    con.print(f"added user {data['name']}")
+    if "totp_secret" in data:
+        con.print(f"authenticator secret: {data['totp_secret']}\n"
+                  f"add it to an authenticator app, or scan: {data['otpauth_uri']}")
+
+
+@users.command("totp")
+@click.argument("name")
+@output_options
+@pass_ctx
+def users_totp(ctx: Ctx, name: str) -> None:
+    """Provision a new authenticator (TOTP) for NAME; the old one stops working."""
+    data = _provision_totp(_identities(ctx), name)
+    emit(ctx, data, lambda con: con.print(f"authenticator secret: {data['totp_secret']}\n"
+                                          f"scan: {data['otpauth_uri']}"))
 
 
 @users.command("lock")
@@ -121,17 +160,80 @@ def device_revoke(ctx: Ctx, name: str, user: str, reason: str) -> None:
     ctx.console.print(f"revoked {len(serials)} certificate(s) of {user}/{name}")
 
 
-@cli.command()
-@click.option("--verify", "check", is_flag=True, help="Check the hash chain of the whole log.")
+@cli.group()
+def policy() -> None:
+    """The gateway's access policy (routes, requirements, minimum trust scores)."""
+
+
+def _policies(ctx: Ctx) -> PolicyStore:
+    from noops.gate.policy import PolicyStore
+
+    return PolicyStore(_gate_dir(ctx) / "policy")
+
+
+@policy.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @output_options
 @pass_ctx
-def audit(ctx: Ctx, check: bool) -> None:
-    """The gateway's decision log."""
-    from noops.gate.audit import verify
+def policy_apply(ctx: Ctx, file: Path) -> None:
+    """Validate FILE and make it the policy in force (the gateway reloads it atomically)."""
+    import getpass
+
+    version = _policies(ctx).apply(file.read_text(), actor=getpass.getuser())
+    emit(ctx, {"version": version}, lambda con: con.print(f"policy {version} applied"))
+
+
+@policy.command("show")
+@pass_ctx
+def policy_show(ctx: Ctx) -> None:
+    """Print the policy in force (the built-in default when none was applied)."""
+    from noops.gate.pep import DEFAULT_POLICY
+    from noops.gate.policy import PolicyError
+
+    store = _policies(ctx)
+    try:
+        version = store.current().version
+        text = (store.directory / "versions" / f"{version.split(':', 1)[1]}.toml").read_text()
+    except (PolicyError, OSError):
+        text = DEFAULT_POLICY
+    click.echo(text, nl=False)
+
+
+@policy.command("history")
+@output_options
+@pass_ctx
+def policy_history(ctx: Ctx) -> None:
+    """Every applied version: when, by whom, replacing what."""
+    changes = _policies(ctx).history()
+    rows = [{"time": c.time, "actor": c.actor, "version": c.version, "previous": c.previous}
+            for c in changes]
+    emit(ctx, rows, lambda con: [con.print(f"{r['time']:.0f} {r['actor']} {r['version']}") for r in rows])
+
+
+@cli.command()
+@click.option("--verify", "check", is_flag=True, help="Check the hash chain of the whole log.")
+@click.option("--user", help="Only decisions about this user (or SPIFFE ID).")
+@click.option("--outcome", type=click.Choice(["allow", "deny", "step_up", "read_only", "login",
+                                              "logout"]), help="Only this outcome.")
+@click.option("-n", "--limit", default=50, show_default=True, help="Newest N records.")
+@output_options
+@pass_ctx
+def audit(ctx: Ctx, check: bool, user: str | None, outcome: str | None, limit: int) -> None:
+    """The gateway's decision log: one record per request, allowed or denied, with the score."""
+    from noops.gate.audit import AuditLog, verify
 
     path = _gate_dir(ctx) / "audit"
     if not check:
-        raise UsageError("use `noops audit --verify`; decision queries come with the gateway")
+        if not (path / "decisions.log").exists():
+            emit(ctx, [], lambda con: con.print("no audit records yet"))
+            return
+        log = AuditLog(path / "decisions.log")
+        try:
+            rows = log.query(user=user, outcome=outcome, limit=limit)
+        finally:
+            log.close()
+        emit(ctx, rows, lambda con: [con.print(_audit_line(r)) for r in rows])
+        return
     if not path.exists():
         emit(ctx, {"ok": True, "records": 0},
              lambda con: con.print("no audit records yet"))
@@ -144,3 +246,12 @@ def audit(ctx: Ctx, check: bool) -> None:
                                f"{result.reason}"))
     if not result.ok:
         raise SystemExit(14)
+
+
+def _audit_line(r: dict[str, Any]) -> str:
+    """One decision as a line: time, outcome, who, request, score and reason codes."""
+    extra = r.get("extra") if isinstance(r.get("extra"), dict) else {}
+    request = f"{r.get('method') or ''} {extra.get('host', '')}{r.get('path') or ''}".strip()
+    reasons = ",".join(str(x) for x in r.get("reasons") or [])
+    return (f"{str(r.get('time', ''))[:19]}  {r.get('outcome')!s:14} {r.get('user') or '-':20} "
+            f"{request}  score={r.get('score')}  {reasons}")

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from noops.gate._core import Core
-from noops.gate._http import BadRequest, error_response, scan_request, scan_response, status_line
+from noops.gate._http import BadRequest, answer, error_response, scan_request, scan_response, status_line
 from noops.gate._tunnel import Tunnel, TunnelInfo
 from noops.gate._upstream import HeadDone, Pool, Upstream
 from noops.gate.endpoints import Endpoint
+from noops.gate.pep import ConnIdentity, Gatekeeper, Request, Verdict
+from noops.gate.policy import normalize_path
+from noops.gate.serving import sni_of
 
 __all__ = ["ClientConnection"]
 
@@ -36,6 +40,8 @@ _P_PIPELINE, _P_UPSTREAM, _P_WAIT, _P_UPGRADE = 1, 2, 4, 8
 # What the connection's single deadline means.
 _D_NONE, _D_IDLE, _D_HEAD, _D_BODY, _D_UPSTREAM, _D_SEND = range(6)
 _WAIT_LIMIT = 256 * 1024  # request body held while no upstream connection is attached
+_FORM_LIMIT = 16 * 1024  # largest body a gateway page reads (sign-in forms); more is a 413
+_NO_TLS = ConnIdentity()
 _RETRY_SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _VIA = b"Via: 1.1 noops\r\n"
 
@@ -75,6 +81,10 @@ class Exchange:
     close_delimited = False
     up_keep = False
     pending_bytes = 0
+    verdict: Verdict | None = None  # the gateway's decision (None: no gatekeeper)
+    pending_answer: tuple[int, list[tuple[str, str]], bytes] | None = None
+    form: list[bytes] | None = None  # body of a request to a gateway page, collected
+    form_bytes = 0
 
     def __init__(self, head: bytes, host: str, request_id: bytes) -> None:
         self.head = head
@@ -115,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         self.dkind = _D_NONE
         self.closed = False
         self.eof = False
+        self.conn_id: ConnIdentity | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,6 +135,13 @@ class ClientConnection(asyncio.Protocol):
             self.peer = str(peer[0])
         self.fwd = b"X-Forwarded-For: " + self.peer.encode() + b"\r\n" + self.core.proto_line + _VIA
         core = self.core
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            sni = sni_of(ssl_object)
+            if core.gate is not None:
+                self.conn_id = core.gate.identify_connection(ssl_object.getpeercert(binary_form=True), sni)
+            else:
+                self.conn_id = ConnIdentity(sni=sni)
         core.conns.add(self)
         core.connections_total += 1
         if core.draining:
@@ -246,17 +264,28 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise BadRequest
-        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [4]: Host, below
-        host_raw, length, chunked, close, upgrade, _expect, accept = scan_request(headers, http10, out)
+        out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [2]: path, [4]: Host
+        (host_raw, length, chunked, close, upgrade, _expect, accept, cookie,
+         authorization) = scan_request(headers, http10, out, self.core.gate is not None)
         out[4] = host_raw
-        if b"#" in target:
+        # Origin-form only: absolute-form (a proxy request), "*" and CONNECT are refused. The path
+        # is normalised once; the gateway decides on that string and forwards exactly it.
+        if target[:1] != b"/" or b"#" in target:
             raise BadRequest
-        if target[:1] != b"/":
-            out[2] = _origin_form(target, method, host_raw)
+        query_at = target.find(b"?")
+        raw_path = target if query_at < 0 else target[:query_at]
+        path = _normal_path(raw_path)
+        if path is None:
+            raise BadRequest
+        if path != raw_path:
+            out[2] = path if query_at < 0 else path + target[query_at:]
         core = self.core
         host = core.hosts.get(host_raw) or core.route_key(host_raw)
         if host is None:
             raise BadRequest
+        conn = self.conn_id
+        if conn is not None and conn.sni is not None and conn.sni != host:
+            raise BadRequest(421)  # Host names another app than the TLS name (domain fronting)
         has_body = chunked or (length is not None and length != b"0")
         websocket = False
         if upgrade is not None:
@@ -272,8 +301,24 @@ class ClientConnection(asyncio.Protocol):
         if websocket:
             out += (b"Connection: upgrade\r\nUpgrade: ", upgrade or b"", b"\r\n")
         rid = core.request_id()
+        verdict: Verdict | None = None
+        gate = core.gate
+        if gate is not None:
+            verdict = self._decide(gate, method, host, path, target, query_at, cookie, authorization,
+                                   accept, rid)
+            if verdict.allowed:
+                kept = _without_gateway_cookies(cookie)
+                if kept:
+                    out += (b"Cookie: ", kept, b"\r\n")
+                if authorization and not _GATEWAY_BEARER.fullmatch(authorization):
+                    out += (b"Authorization: ", authorization, b"\r\n")
+                out.append(verdict.extra)
         out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
         ex = Exchange(b"".join(out), host, rid)
+        if verdict is not None:
+            ex.verdict = verdict
+            if verdict.handler is not None:
+                ex.form = []
         if accept:
             ex.accept = accept
         if has_body:
@@ -302,6 +347,11 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is None or ex.done:
             return
+        if ex.form is not None:
+            ex.form_bytes += len(body)
+            if ex.form_bytes <= _FORM_LIMIT:
+                ex.form.append(body)
+            return
         if ex.chunked:
             ex.pending += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
@@ -323,14 +373,72 @@ class ClientConnection(asyncio.Protocol):
             ex.pending.append(b"0\r\n\r\n")
         if ex.local_status:
             self._respond_local(ex, ex.local_status)
+        elif ex.pending_answer is not None:
+            self._send_answer(ex, ex.pending_answer)
+        elif ex.form is not None:
+            if ex is self.active:
+                self._run_page(ex)
         elif self.dkind == _D_BODY and ex is self.active:
             self._arm(_D_UPSTREAM, self.t_up)
+
+    # -- the gateway's decision and pages ------------------------------------------------------------
+    def _decide(self, gate: Gatekeeper, method: bytes, host: str, path: bytes, target: bytes,
+                query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes) -> Verdict:
+        eps = self.core.registry.endpoints(host)
+        if not eps:
+            return Verdict(True)  # no app here: answered 404/503 by _begin, nothing is forwarded
+        req = Request(method=method.decode("ascii"), host=host, app=eps[0].app, path=path.decode("ascii"),
+                      query=target[query_at + 1:].decode("latin-1") if query_at >= 0 else "",
+                      cookie_header=cookie.decode("latin-1"), authorization=authorization.decode("latin-1"),
+                      client_ip=self.peer, request_id=rid.decode("ascii"),
+                      browser=method == b"GET" and b"text/html" in accept)
+        return gate.check(self.conn_id or _NO_TLS, req)
+
+    def _answer_later(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
+        if not ex.complete and not ex.has_body:
+            ex.pending_answer = reply  # the end of the head is the end of the request: answer then
+        else:
+            self._send_answer(ex, reply)
+
+    def _send_answer(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
+        status, headers, body = reply
+        close = not (ex.keep_alive and ex.complete) or self.core.draining or self.eof
+        self.out.append(answer(status, headers, body, request_id=ex.request_id, close=close,
+                               head_only=ex.is_head))
+        self._finish(ex, close)
+
+    def _run_page(self, ex: Exchange) -> None:
+        verdict, form = ex.verdict, ex.form
+        assert verdict is not None and verdict.handler is not None and form is not None
+        if ex.form_bytes > _FORM_LIMIT:
+            self._send_answer(ex, (413, [("Content-Type", "text/plain")], b"form too large\n"))
+            return
+        self.deadline, self.dkind = 0.0, _D_NONE
+        self.core.spawn(self._page(ex, verdict.handler, b"".join(form)))
+
+    async def _page(self, ex: Exchange, handler: Callable[[bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]],
+                    body: bytes) -> None:
+        try:
+            reply = await handler(body)
+        except Exception:
+            log.exception("gateway page failed for %s", ex.request_id.decode())
+            reply = (500, [("Content-Type", "text/plain")], b"the gateway failed to handle this page\n")
+        if ex.done or self.closed or ex is not self.active:
+            return
+        self._send_answer(ex, reply)
 
     # -- routing -------------------------------------------------------------------------------
     def _begin(self, ex: Exchange) -> None:
         self.active = ex
         core = self.core
         core.requests += 1
+        verdict = ex.verdict
+        if verdict is not None and not verdict.allowed:
+            if verdict.response is not None:
+                self._answer_later(ex, verdict.response)
+            elif ex.complete:
+                self._run_page(ex)
+            return
         eps = core.registry.endpoints(ex.host)
         if not eps:
             self._local(ex, 503 if core.registry.knows(ex.host) else 404)
@@ -371,7 +479,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             while True:
                 try:
-                    _, up = await core.loop.create_unix_connection(lambda: Upstream(pool), pool.path)
+                    up = await core.open_upstream(pool)
                     break
                 except BlockingIOError:
                     # EAGAIN: the app's accept queue is full. It is busy, not gone, and nothing
@@ -525,8 +633,11 @@ class ClientConnection(asyncio.Protocol):
         if rest:
             self.out.append(rest)
         endpoint = ex.pool.endpoint
+        v = ex.verdict
         info = TunnelInfo(request_id=ex.request_id.decode(), app=endpoint.app, host=ex.host,
-                          endpoint_id=endpoint.id, client=self.peer, opened_at=time.time())
+                          endpoint_id=endpoint.id, client=self.peer, opened_at=time.time(),
+                          user=v.user if v else None, session_id=v.session_id if v else None,
+                          device_serial=v.device_serial if v else None)
         up.interim = False
         tunnel = Tunnel(self.core, self, up, info)
         self.tunnel = up.tunnel = tunnel
@@ -753,27 +864,34 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _origin_form(target: bytes, method: bytes, host: bytes) -> bytes:
-    """The path-and-query of an absolute-form target naming ``host``; ``*`` for OPTIONS."""
-    if target == b"*":
-        if method != b"OPTIONS":
-            raise BadRequest
-        return target
-    low = target[:8].lower()
-    if low.startswith(b"http://"):
-        rest = target[7:]
-    elif low.startswith(b"https://"):
-        rest = target[8:]
-    else:
-        raise BadRequest
-    cut = len(rest)
-    for sep in (b"/", b"?"):
-        at = rest.find(sep)
-        if 0 <= at < cut:
-            cut = at
-    authority, path = rest[:cut], rest[cut:]
-    if b"@" in authority or authority.lower() != host.lower():
-        raise BadRequest
-    if not path.startswith(b"/"):
-        path = b"/" + path
-    return path
+_GATEWAY_BEARER = re.compile(rb"[Bb]earer +[A-Za-z0-9_-]{43}")  # a noops session secret
+_GATEWAY_COOKIE = b"__Host-noops_"
+
+
+def _normal_path(raw: bytes) -> bytes | None:
+    """The normalised request path (:func:`noops.gate.policy.normalize_path`), cached."""
+    cached = _PATHS.get(raw)
+    if cached is not None:
+        return cached
+    try:
+        normal = normalize_path(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    if normal is None:
+        return None
+    result = normal.encode("ascii")
+    if len(_PATHS) > 8192:
+        _PATHS.clear()
+    _PATHS[raw] = result
+    return result
+
+
+_PATHS: dict[bytes, bytes] = {}
+
+
+def _without_gateway_cookies(cookie: bytes) -> bytes:
+    """The Cookie value without the gateway's own cookies (session, CSRF, login state)."""
+    if _GATEWAY_COOKIE not in cookie:
+        return cookie
+    kept = [c for c in (p.strip() for p in cookie.split(b";")) if c and not c.startswith(_GATEWAY_COOKIE)]
+    return b"; ".join(kept)

@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from noops.gate._upstream import Pool
+from noops.gate._upstream import Pool, Upstream
 from noops.gate.endpoints import Endpoint, EndpointRegistry, normalize_host
 
 if TYPE_CHECKING:
     from noops.gate._client import ClientConnection
+    from noops.gate.mtls import UpstreamTLS
+    from noops.gate.pep import Gatekeeper
     from noops.gate._tunnel import Tunnel
+    from noops.gate.mtls import UpstreamTLS
 
 __all__ = ["Core", "FrontDoorConfig"]
 
@@ -70,8 +73,12 @@ class Core:
         self.tunnels: dict[int, Tunnel] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
+        self.gate: Gatekeeper | None = None  # the policy enforcement point (None: a plain proxy)
+        self.upstream_tls: UpstreamTLS | None = None  # mTLS to instances (None: plain Unix sockets)
         self.rr = 0
         self.hosts: dict[bytes, str] = {}  # raw Host value -> routing key ("" = invalid)
+        # mTLS to instances (no TLS offload): set by the front door; None = plain Unix sockets
+        self.upstream_tls: UpstreamTLS | None = None
         self._rid_prefix = os.urandom(6).hex().encode() + b"-"
         self._rid = 0
         self.proto_line = b"X-Forwarded-Proto: https\r\n" if tls else b"X-Forwarded-Proto: http\r\n"
@@ -144,6 +151,34 @@ class Core:
         if best is not None:
             best.seen = clock
         return best
+
+    async def open_upstream(self, pool: Pool) -> Upstream:
+        """A new connection to ``pool``'s endpoint (raises OSError when it cannot be opened).
+
+        With :attr:`upstream_tls` the connection is mTLS as ``spiffe://<td>/gateway``, and the
+        instance must prove exactly the SPIFFE ID its endpoint pins; an endpoint that pins none
+        is refused. A failed handshake (``ssl.SSLError``) or a wrong ID
+        (:class:`~noops.gate.mtls.PeerIdentityError`) is an OSError, so the request is retried on
+        another endpoint, or answered 502, before anything was sent.
+        """
+        tls = self.upstream_tls
+        if tls is None:
+            _, up = await self.loop.create_unix_connection(lambda: Upstream(pool), pool.path)
+            return up
+        from noops.gate.mtls import PeerIdentityError
+
+        expected = pool.endpoint.spiffe_id
+        if not expected:
+            raise PeerIdentityError(f"endpoint {pool.endpoint.id} pins no SPIFFE ID; the front "
+                                    "door only dials instances whose identity it knows.")
+        transport, up = await self.loop.create_unix_connection(
+            lambda: Upstream(pool), pool.path, ssl=tls.context(),
+            server_hostname=tls.server_hostname,
+            ssl_handshake_timeout=self.config.tls_handshake_timeout_s)
+        if not tls.check(transport.get_extra_info("ssl_object"), expected):
+            up.abort()
+            raise PeerIdentityError(f"endpoint {pool.endpoint.id} is not {expected}; refused.")
+        return up
 
     def spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]

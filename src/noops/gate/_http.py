@@ -19,11 +19,19 @@ Request headers (client -> app)
   ``X-Request-Id`` (always generated), ``Via: 1.1 noops``.
 * Everything else crosses unchanged, in order, names and values byte for byte.
 
-Request target: forwarded exactly as received. The proxy never decodes percent-escapes, merges
-slashes, resolves dot-segments or changes case. An absolute-form target
-(``http://host/path``) must name the same host as ``Host`` and is sent on as its path-and-query
-bytes, unchanged. ``*`` is accepted for ``OPTIONS`` only. Anything with a fragment (``#``) or
-bytes the parser refuses (controls, spaces, non-ASCII) is a 400.
+* **Identity headers, removed**: every name starting with one of :data:`IDENTITY_PREFIXES`
+  (``X-Noops-*`` — the gateway's own assertion —, ``X-Auth-Request-*``, ``X-Remote-*``,
+  ``Remote-User``, ``X-Pomerium-*``, ``Cf-Access-*``, ...): only the gateway says who is calling.
+* **Credentials**: when a gateway enforces policy, ``Cookie`` and ``Authorization`` are handed to
+  it (:func:`scan_request` ``credentials=True``); its own cookies (``__Host-noops_*``) and a
+  session bearer never reach the app.
+
+Request target: origin-form only (``/path?query``); absolute-form, ``*`` and ``CONNECT`` are a
+400. The path is normalised once (:func:`noops.gate.policy.normalize_path`: dot-segments
+resolved, slashes merged, unreserved escapes decoded; encoded ``/``, ``\\`` or controls are a
+400) and the normalised path is what the gateway decides on *and* what the app receives; the
+query is forwarded byte for byte. Anything with a fragment (``#``) or bytes the parser refuses
+(controls, spaces, non-ASCII) is a 400.
 
 Response headers (app -> client): the hop-by-hop set above is removed (``Upgrade`` kept on a
 ``101``), the body re-framed for the client, ``Connection: close`` added when the proxy closes.
@@ -41,6 +49,7 @@ __all__ = [
     "BadRequest",
     "RequestFacts",
     "ResponseFacts",
+    "answer",
     "error_response",
     "scan_request",
     "scan_response",
@@ -54,10 +63,11 @@ SPOOFABLE = frozenset({b"forwarded", b"x-real-ip", b"x-client-ip", b"true-client
                        b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 # Action per lower-cased request header name; names not listed cross unless _dropped().
-_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _ACCEPT, _DROP = range(1, 9)
+_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _ACCEPT, _DROP, _COOKIE, _AUTHZ = range(1, 11)
 _REQUEST_RULES: dict[bytes, int] = {
     b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _TE,
     b"connection": _CONNECTION, b"upgrade": _UPGRADE, b"expect": _EXPECT, b"accept": _ACCEPT,
+    b"cookie": _COOKIE, b"authorization": _AUTHZ,
     **dict.fromkeys(HOP_BY_HOP - {b"connection", b"upgrade", b"transfer-encoding"}, _DROP),
     **dict.fromkeys(SPOOFABLE, _DROP),
 }
@@ -75,8 +85,15 @@ class BadRequest(Exception):
         self.status = status
 
 
+# Identity headers other gateways and auth proxies set: an app behind noops that also trusts one
+# of them must never see a client-sent copy.
+IDENTITY_PREFIXES = (b"x-noops-", b"x-auth-request-", b"x-remote-", b"remote-", b"x-pomerium-",
+                     b"cf-access-", b"x-goog-authenticated-", b"x-amzn-oidc-", b"x-ms-client-principal",
+                     b"x-webauth-", b"x-user", b"x-email", b"x-authenticated-")
+
+
 def _dropped(name: bytes) -> bool:
-    return b"_" in name or name.startswith((b"proxy-", b"x-forwarded-"))
+    return b"_" in name or name.startswith((b"proxy-", b"x-forwarded-", *IDENTITY_PREFIXES))
 
 
 # Action per raw (not lower-cased) header name, learnt on first sight: one dict lookup per
@@ -123,17 +140,22 @@ def _tokens(value: bytes) -> tuple[bool, bool, list[bytes] | None]:
     return close, upgrade, named
 
 
-RequestFacts: TypeAlias = "tuple[bytes, bytes | None, bool, bool, bytes | None, bool, bytes]"
-"""(host, content_length, chunked, close, upgrade, expect_continue, accept)."""
+RequestFacts: TypeAlias = "tuple[bytes, bytes | None, bool, bool, bytes | None, bool, bytes, bytes, bytes]"
+"""(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie, authorization)."""
 
 
-def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[bytes]) -> RequestFacts:
+def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[bytes],
+                 credentials: bool = False) -> RequestFacts:
     """Classify request headers, appending the crossing ones to ``out`` as
     ``name, ": ", value, "\\r\\n"`` pieces; raise :class:`BadRequest` on a framing or Host
     violation.
 
-    Returns ``(host, content_length, chunked, close, upgrade, expect_continue, accept)``;
-    ``upgrade`` is the Upgrade value only when ``Connection`` lists ``upgrade``. The parser
+    Returns ``(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie,
+    authorization)``; ``upgrade`` is the Upgrade value only when ``Connection`` lists ``upgrade``.
+    With ``credentials`` (a gateway is enforcing), ``Cookie`` (several joined with ``; ``) and
+    ``Authorization`` are returned, not appended: the caller decides what of them crosses (the
+    gateway's own credentials never do); a second ``Authorization`` is a 400. Without, they
+    cross like any other header and come back empty. The parser
     (llhttp) has already refused CL+TE, duplicate or malformed Content-Length, obs-fold, bare CR
     or LF and invalid characters; this adds the rules it does not enforce.
     """
@@ -143,7 +165,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
         host: bytes | None = None
         length: bytes | None = None
         upgrade: bytes | None = None
-        accept = b""
+        accept = cookie = authorization = b""
         chunked = close = upgrade_requested = expect_continue = False
         tokens: list[bytes] | None = None
         cache = _REQUEST_ACTIONS
@@ -172,6 +194,18 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
                     tokens = t if tokens is None else tokens + t
             elif action == _UPGRADE:
                 upgrade = value.strip()
+            elif not credentials and (action == _COOKIE or action == _AUTHZ):
+                if named is None or name.lower() not in named:
+                    out += (name, b": ", value, b"\r\n")
+            elif action == _COOKIE:
+                if named is None or b"cookie" not in named:
+                    cookie = value if not cookie else cookie + b"; " + value
+            elif action == _AUTHZ:
+                if named is not None and b"authorization" in named:
+                    continue
+                if authorization:
+                    raise BadRequest  # two credentials: ambiguous
+                authorization = value
             elif action != _DROP and (named is None or name.lower() not in named):
                 if action == _EXPECT:
                     if http10:
@@ -188,7 +222,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
     if not host:
         raise BadRequest
     return (host, length, chunked, close, upgrade if upgrade_requested else None, expect_continue,
-            accept)
+            accept, cookie, authorization)
 
 
 ResponseFacts: TypeAlias = "tuple[bytes | None, bytes | None, bool, bytes | None]"
@@ -257,6 +291,8 @@ _MESSAGES = {
     400: "The request was malformed and has been refused.",
     404: "No application is served at this address.",
     408: "The request was not received in time.",
+    413: "The request body is too large.",
+    421: "This connection was opened for another host name; connect to the host you want.",
     500: "The gateway failed to handle this request.",
     502: "The application failed to answer this request.",
     503: "The application is not ready to serve requests. Try again shortly.",
@@ -267,6 +303,25 @@ _HTML = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{c
          '<style>body{{font-family:system-ui,sans-serif;margin:4em auto;max-width:36em;color:#222}}'
          'small{{color:#777}}</style></head>\n<body><h1>{code} {title}</h1><p>{message}</p>'
          '<p><small>request id: {rid}</small></p></body></html>\n')
+
+
+def answer(status: int, headers: list[tuple[str, str]], body: bytes, *, request_id: bytes,
+           close: bool, head_only: bool = False) -> bytes:
+    """A complete response the gateway composed (its pages, refusals, redirects)."""
+    parts = [status_line(status)]
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError("header with CR/LF")  # never: values are built by the gateway
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if request_id:
+        parts += (b"X-Request-Id: ", request_id, b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
 
 
 def error_response(status: int, *, as_json: bool, request_id: bytes, close: bool,

@@ -24,6 +24,9 @@ class TunnelInfo:
     endpoint_id: str
     client: str  # the client's IP address
     opened_at: float  # time.time() when the app answered 101
+    user: str | None = None  # who the gateway let through (user or SPIFFE ID)
+    session_id: str | None = None  # the session it rode on: revoking it closes the tunnel
+    device_serial: int | None = None  # the device certificate's serial: revoking it closes too
 
 
 class Tunnel:

@@ -254,6 +254,46 @@ class AuditLog:
 
     def append(self, record: Mapping[str, Any]) -> AuditRecord:
         """Sanitise, chain, write and fsync one record; return it as written."""
+        return self.append_many([record])[0]
+
+    def append_many(self, records: list[Mapping[str, Any]]) -> list[AuditRecord]:
+        """Like :meth:`append` for several records with one ``fsync`` (group commit): the
+        gateway's writer thread hands over what queued up while the previous batch synced."""
+        cleaned = [self._prepare(r) for r in records]
+        written: list[AuditRecord] = []
+        with self._lock:
+            if self._fd < 0:
+                raise AuditError("the audit log is closed; open a new AuditLog")
+            lines: list[bytes] = []
+            seq, head, size = self._seq, self._head, self._size
+            try:
+                for clean in cleaned:
+                    body = dict(clean, seq=seq, prev_hash=head)
+                    digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+                    body["hash"] = digest
+                    line = (canonical_json(body) + "\n").encode()
+                    if size and size + len(line) > self.max_bytes:
+                        self._write(lines)
+                        os.fsync(self._fd)
+                        lines = []
+                        self._rotate()
+                        size = 0
+                    lines.append(line)
+                    size += len(line)
+                    written.append(AuditRecord(seq, head, digest, clean))
+                    seq, head = seq + 1, digest
+                self._write(lines)
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise AuditError(f"cannot write the audit log {self.path} ({exc}); check free space") from exc
+            self._seq, self._head, self._size = seq, head, size
+        return written
+
+    def _write(self, lines: list[bytes]) -> None:
+        if lines:
+            os.write(self._fd, b"".join(lines))
+
+    def _prepare(self, record: Mapping[str, Any]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in record.items():
@@ -272,25 +312,7 @@ class AuditLog:
         if extra:
             fields["extra"] = extra
         clean: dict[str, Any] = _clean(fields)
-        with self._lock:
-            if self._fd < 0:
-                raise AuditError("the audit log is closed; open a new AuditLog")
-            body = dict(clean, seq=self._seq, prev_hash=self._head)
-            digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
-            body["hash"] = digest
-            line = (canonical_json(body) + "\n").encode()
-            try:
-                if self._size and self._size + len(line) > self.max_bytes:
-                    self._rotate()
-                os.write(self._fd, line)
-                os.fsync(self._fd)
-            except OSError as exc:
-                raise AuditError(f"cannot write the audit log {self.path} ({exc}); check free space") from exc
-            self._size += len(line)
-            record_out = AuditRecord(self._seq, self._head, digest, clean)
-            self._seq += 1
-            self._head = digest
-        return record_out
+        return clean
 
     def query(self, user: str | None = None, outcome: str | None = None, since: datetime | None = None,
               limit: int = 100) -> list[dict[str, Any]]:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from noops.gate._client import ClientConnection
 from noops.gate._core import Core, FrontDoorConfig
@@ -34,7 +37,13 @@ from noops.gate._errors import GateError
 from noops.gate._tunnel import TunnelInfo
 from noops.gate.endpoints import EndpointRegistry
 
+if TYPE_CHECKING:
+    from noops.gate.mtls import UpstreamTLS
+    from noops.gate.pep import Gatekeeper
+
 __all__ = ["FrontDoor", "FrontDoorConfig", "TunnelInfo", "run_forever"]
+
+log = logging.getLogger("noops.gate")
 
 
 class FrontDoor:
@@ -44,11 +53,16 @@ class FrontDoor:
     ``loop.call_soon_threadsafe`` (or ``asyncio.run_coroutine_threadsafe`` for :meth:`stop`).
     """
 
-    def __init__(self, registry: EndpointRegistry, config: FrontDoorConfig | None = None) -> None:
+    def __init__(self, registry: EndpointRegistry, config: FrontDoorConfig | None = None, *,
+                 gate: Gatekeeper | None = None, upstream_tls: UpstreamTLS | None = None) -> None:
         self.registry = registry
         self.config = config or FrontDoorConfig()
+        self.gate = gate
+        self.upstream_tls = upstream_tls
         self._core: Core | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._extra: list[asyncio.AbstractServer] = []
+        self._ticker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None
 
@@ -59,6 +73,7 @@ class FrontDoor:
         if self._server is not None:
             raise GateError("the front door is already started; stop() it first.")
         core = Core(self.registry, self.config, tls is not None)
+        core.gate, core.upstream_tls = self.gate, self.upstream_tls
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -72,6 +87,23 @@ class FrontDoor:
         self._address = (str(sock[0]), int(sock[1]))
         self._core, self._server = core, server
         self._sweeper = loop.create_task(self._sweep(core))
+        if self.gate is not None:
+            self.gate.close_tunnels = self.close_tunnels
+            self._ticker = loop.create_task(self._tick(self.gate))
+
+    async def listen_unix(self, path: str, tls: ssl.SSLContext) -> None:
+        """Also accept on the Unix socket ``path`` (0666: reachable from every instance's
+        namespace; the TLS context must require client certificates — workloads' SVIDs)."""
+        core = self._core
+        if core is None:
+            raise GateError("start() the front door before adding a listener.")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: ClientConnection(core), path, ssl=tls, backlog=self.config.backlog,
+            ssl_handshake_timeout=self.config.tls_handshake_timeout_s)
+        os.chmod(path, 0o666)
+        self._extra.append(server)
 
     @property
     def port(self) -> int:
@@ -96,6 +128,11 @@ class FrontDoor:
             return
         self._server = None
         server.close()
+        for extra in self._extra:
+            extra.close()
+        self._extra.clear()
+        if self._ticker is not None:
+            self._ticker.cancel()
         core.draining = True
         for conn in list(core.conns):
             if conn.active is None and conn.tunnel is None and not conn.in_head:
@@ -172,6 +209,14 @@ class FrontDoor:
             tunnel.close()
         return len(chosen)
 
+    async def _tick(self, gate: Gatekeeper) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                gate.tick()
+            except Exception:
+                log.exception("gateway housekeeping failed")
+
     async def _sweep(self, core: Core) -> None:
         cfg = self.config
         shortest = min(cfg.header_timeout_s, cfg.keepalive_timeout_s, cfg.client_timeout_s,
@@ -184,17 +229,22 @@ class FrontDoor:
 
 def run_forever(registry: EndpointRegistry, *, host: str = "127.0.0.1", port: int = 8443,
                 tls: ssl.SSLContext | None = None, config: FrontDoorConfig | None = None,
-                drain_s: float = 10.0,
+                drain_s: float = 10.0, gate: Gatekeeper | None = None,
+                upstream_tls: UpstreamTLS | None = None,
+                workload: tuple[str, ssl.SSLContext] | None = None,
                 on_started: Callable[[FrontDoor], None] | None = None) -> None:
     """Serve on uvloop until SIGINT or SIGTERM, then :meth:`FrontDoor.stop` with ``drain_s``.
 
+    ``workload`` adds the Unix socket (path, mTLS context) instances call other apps through.
     ``on_started`` is called on the loop once listening (e.g. to print the port).
     """
     import uvloop
 
     async def main() -> None:
-        door = FrontDoor(registry, config)
+        door = FrontDoor(registry, config, gate=gate, upstream_tls=upstream_tls)
         await door.start(host, port, tls)
+        if workload is not None:
+            await door.listen_unix(*workload)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,479 @@
+"""The policy enforcement point: what the front door asks about every request before forwarding.
+
+Per request, in this order (all in memory on the event loop; nothing here waits for I/O on the
+hot path):
+
+1. **Who** — the TLS client certificate verified once per connection
+   (:meth:`CertificateAuthority.verify_client`: chain, SPIFFE rules, EKU) and re-checked per
+   request for revocation and expiry; the session named by the ``__Host-noops_session`` cookie
+   (or ``Authorization: Bearer <session>`` for API clients), from a short cache that the
+   revocation feed empties at once. Nothing a client *says* about itself (headers) counts.
+2. **Signals** — authentication strength and age, the device certificate (only when it belongs
+   to the session's user), the socket's address, the caller's request rate, recent failed
+   logins, whether device and network are new for this user — each with its source; then the
+   trust score (:mod:`noops.gate.trust`).
+3. **Policy** — :meth:`Policy.decide` on the normalised path the proxy forwards.
+4. **Audit** — one record per decision, same fields for allow and deny, written by a
+   background thread in batches (one fsync per batch).
+5. **Outcome** — allow (with a signed ``X-Noops-Assertion``), or a local answer: the login page
+   (302) for a browser without a session, the authenticator page for a step-up, 401/403 with a
+   message that says what is missing and nothing about the policy's internals.
+
+The gateway's own pages live under ``/.noops/`` on every routed host (see :mod:`._pep_pages`);
+they are answered by the gateway and never reach an app.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from noops.gate._identity_sessions import COOKIE_NAME
+from noops.gate.assertion import JWKS_PATH, AssertionSigner
+from noops.gate.audit import AuditLog
+from noops.gate.identity import IdentityStore, Session, session_cookie_from_header
+from noops.gate.pki import CertificateAuthority, CertificateRejected, VerifiedIdentity
+from noops.gate.policy import Decision, Identity, Policy, PolicyStore, RequestFacts
+from noops.gate.trust import Signal, TrustConfig, TrustResult, score
+
+__all__ = ["DEFAULT_POLICY", "ConnIdentity", "GateFiles", "Gatekeeper", "Request", "Verdict", "session_secret"]
+
+log = logging.getLogger("noops.gate.pep")
+
+DEFAULT_POLICY: Final = '''\
+# noops default policy: every app on *.localhost needs a signed-in user who has verified with an
+# authenticator (TOTP) in this session, or an equally strong set of signals.
+mode = "enforce"
+
+[[route]]
+id = "apps"
+host = "*.localhost"
+authenticated = true
+min_score = 30
+below = "step_up"
+'''
+
+_SESSION_TTL_S: Final = 2.0      # a cached session is re-read after this (slides its idle timer)
+_ASSERTION_REUSE_S: Final = 60.0  # an assertion is re-signed after this (it lives 300 s)
+_MFA_ORDER: Final = ("oidc_mfa", "totp", "oidc", "password")
+_LOCAL_PREFIX: Final = "/.noops/"
+
+
+@dataclass(frozen=True)
+class GateFiles:
+    """Where the gateway keeps its state, under ``<home>/gate``."""
+
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def identity_db(self) -> Path:
+        return self.root / "identity.db"
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy"
+
+    @property
+    def trust(self) -> Path:
+        return self.root / "trust.toml"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit" / "decisions.log"
+
+    @property
+    def assertion_key(self) -> Path:
+        return self.root / "assertion.key"
+
+    @property
+    def oidc(self) -> Path:
+        return self.root / "oidc.toml"
+
+    @property
+    def known(self) -> Path:
+        return self.root / "known.json"
+
+
+@dataclass(slots=True)
+class ConnIdentity:
+    """What one connection's TLS handshake proved (checked once, when the connection opens)."""
+
+    cert: VerifiedIdentity | None = None
+    rejected: str | None = None   # reason code of a certificate that was presented but refused
+    sni: str | None = None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The enforcement point's answer for one request.
+
+    ``allowed``: forward, adding ``extra`` (header lines) upstream. Otherwise either
+    ``response`` — ``(status, headers, body)`` to answer at once — or ``handler``, a gateway page
+    that needs the request body first and returns such a triple.
+    """
+
+    allowed: bool
+    extra: bytes = b""
+    response: tuple[int, list[tuple[str, str]], bytes] | None = None
+    handler: Callable[[bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]] | None = None
+    user: str | None = None
+    session_id: str | None = None
+    device_serial: int | None = None
+
+
+@dataclass(slots=True)
+class _CachedSession:
+    session: Session
+    groups: frozenset[str]
+    fetched: float
+    cookie: str
+
+
+@dataclass(slots=True)
+class _Behaviour:
+    """What the gateway has seen of one caller (user, or address when anonymous)."""
+
+    minute: int = 0
+    this_minute: int = 0
+    last_minute: int = 0
+    failed: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The facts of one request the front door hands over."""
+
+    method: str
+    host: str
+    app: str
+    path: str
+    query: str
+    cookie_header: str  # the request's Cookie header(s), "" when none
+    authorization: str  # the request's Authorization header, "" when none
+    client_ip: str
+    request_id: str
+    browser: bool  # a top-level GET that accepts HTML: redirect it to the login page
+
+
+def session_secret(req: Request) -> str | None:
+    """The session secret a request carries: the cookie, else ``Authorization: Bearer``."""
+    if req.cookie_header:
+        secret = session_cookie_from_header(req.cookie_header)
+        if secret is not None:
+            return secret
+    if req.authorization[:7].lower() == "bearer ":
+        return session_cookie_from_header(f"{COOKIE_NAME}={req.authorization[7:].strip()}")
+    return None
+
+
+class Gatekeeper:
+    """Authenticates, scores, decides and audits; one per front door process."""
+
+    def __init__(self, files: GateFiles, *, ca: CertificateAuthority, identities: IdentityStore,
+                 port: int, trust_config: TrustConfig | None = None,
+                 policy_store: PolicyStore | None = None) -> None:
+        self.files = files
+        self.ca = ca
+        self.identities = identities
+        self.port = port
+        self.policy_store = policy_store or PolicyStore(files.policy)
+        self._policy = self._load_policy()
+        self._policy_checked = 0.0
+        self._trust_stamp: tuple[int, int] | None = None
+        self.trust_config = trust_config or TrustConfig()
+        self._trust_fixed = trust_config is not None
+        self._reload_trust()
+        self.signer = AssertionSigner(files.assertion_key)
+        self.audit = AuditLog(files.audit)
+        self._audit_q: queue.SimpleQueue[dict[str, Any] | threading.Event | None] = queue.SimpleQueue()
+        self._audit_thread = threading.Thread(target=self._audit_writer, name="audit", daemon=True)
+        self._audit_thread.start()
+        self._sessions: dict[str, _CachedSession] = {}
+        self._by_sid: dict[str, str] = {}
+        self._assertions: dict[tuple[Any, ...], tuple[bytes, float]] = {}
+        self._behaviour: dict[str, _Behaviour] = {}
+        self._revocation_cursor = self._latest_revocation()
+        self._revoked_serials = self.ca._registry.revoked()
+        from noops.gate._pep_known import KnownPlaces
+
+        self.known = KnownPlaces(files.known)
+        self.close_tunnels: Callable[[Callable[[Any], bool]], int] = lambda _pred: 0
+        from noops.gate._pep_pages import Pages
+
+        self.pages = Pages(self)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _load_policy(self) -> Policy:
+        try:
+            return self.policy_store.current()
+        except Exception:
+            return Policy.load(DEFAULT_POLICY)
+
+    def _reload_trust(self) -> None:
+        if self._trust_fixed:
+            return
+        try:
+            st = self.files.trust.stat()
+        except FileNotFoundError:
+            if self._trust_stamp is not None:
+                self.trust_config, self._trust_stamp = TrustConfig(), None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._trust_stamp:
+            try:
+                self.trust_config = TrustConfig.from_toml(self.files.trust.read_text())
+                self._trust_stamp = stamp
+            except Exception:
+                log.exception("trust config %s rejected; keeping the previous one", self.files.trust)
+                self._trust_stamp = stamp
+
+    def _latest_revocation(self) -> int:
+        cursor = 0
+        while True:
+            items, nxt = self.identities.revocations_since(cursor)
+            if not items:
+                return cursor
+            cursor = nxt
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def close(self) -> None:
+        self._audit_q.put(None)
+        self._audit_thread.join(timeout=5)
+        self.audit.close()
+
+    # -- housekeeping (the front door calls tick() every ~50 ms on its loop) -------------------
+    def tick(self, now: float | None = None) -> None:
+        """Apply revocations (sessions, users, devices) and reload policy and trust config."""
+        moment = time.time() if now is None else now
+        items, self._revocation_cursor = self.identities.revocations_since(self._revocation_cursor)
+        if items:
+            gone_sids = {r.session_id for r in items}
+            for sid in gone_sids:
+                cookie = self._by_sid.pop(sid, None)
+                if cookie is not None:
+                    self._sessions.pop(cookie, None)
+            closed = self.close_tunnels(lambda info: info.session_id in gone_sids)
+            if closed:
+                log.info("closed %d websocket(s) of revoked sessions", closed)
+        revoked = self.ca._registry.revoked()
+        if revoked is not self._revoked_serials:
+            fresh = revoked - self._revoked_serials
+            self._revoked_serials = revoked
+            if fresh:
+                self.close_tunnels(lambda info: info.device_serial in fresh)
+        if moment - self._policy_checked >= 0.25:
+            self._policy_checked = moment
+            try:
+                current = self.policy_store.refresh()
+                if current.version != self._policy.version:
+                    log.info("policy %s applied", current.version)
+                    self._audit_q.put({"time": datetime.now(UTC), "outcome": "policy_applied",
+                                       "policy_version": current.version,
+                                       "reasons": [f"previous={self._policy.version}"]})
+                self._policy = current
+            except Exception:
+                pass
+            self._reload_trust()
+
+    # -- connections ----------------------------------------------------------------------------
+    def identify_connection(self, peer_der: bytes | None, sni: str | None) -> ConnIdentity:
+        """Verify the client certificate of a new TLS connection (None: none was sent)."""
+        if not peer_der:
+            return ConnIdentity(sni=sni)
+        try:
+            return ConnIdentity(cert=self.ca.verify_client(peer_der), sni=sni)
+        except CertificateRejected as exc:
+            return ConnIdentity(rejected=exc.reason, sni=sni)
+
+    # -- requests -------------------------------------------------------------------------------
+    def check(self, conn: ConnIdentity, req: Request) -> Verdict:
+        """Decide one request (see the module docstring). Never raises: an internal failure
+        is a deny (fail closed), logged and audited."""
+        if req.path.startswith(_LOCAL_PREFIX) or req.path == JWKS_PATH:
+            return self.pages.route(conn, req)
+        try:
+            return self._check(conn, req)
+        except Exception:
+            log.exception("decision failed for %s; denied", req.request_id)
+            self._record(req, None, None, None, None, "deny", ["pdp_error"], None)
+            return self.deny_page(req, 500, "The gateway could not decide on this request.")
+
+    def _check(self, conn: ConnIdentity, req: Request) -> Verdict:
+        now = time.time()
+        session = self.session_for(session_secret(req), now)
+        cert = conn.cert
+        device_revoked = conn.rejected == "revoked" or (cert is not None and cert.serial in self._revoked_serials)
+        if cert is not None and cert.not_after.timestamp() <= now:
+            cert = None  # expired while the connection stayed open
+        user = session.session.user if session is not None else None
+        spiffe_id = cert.spiffe_id if cert is not None and cert.kind == "workload" else None
+        device_ok = (cert is not None and cert.kind == "device" and not device_revoked
+                     and (user is None or cert.user == user))
+        signals = self._signals(req, session, cert if device_ok else None, device_revoked, now)
+        trust = score(signals, self.trust_config, datetime.fromtimestamp(now, UTC))
+        identity = Identity(user=user, groups=session.groups if session is not None else frozenset(),
+                            device_cert=device_ok and user is not None, spiffe_id=spiffe_id)
+        decision = self._policy.decide(
+            RequestFacts(req.host, req.path, req.method, req.client_ip, req.request_id), trust, identity)
+        device = f"{cert.user}/{cert.device}" if cert is not None and cert.kind == "device" else None
+        who = user or spiffe_id
+        self._record(req, who, device, trust, decision, decision.outcome, decision.reasons,
+                     decision.shadow_outcome)
+        serial = cert.serial if cert is not None else None
+        sid = session.session.session_id if session is not None else None
+        if decision.outcome in ("allow", "read_only"):
+            token = self._assertion(req.app, who, identity, device, trust.score, decision.outcome, now)
+            return Verdict(True, extra=b"X-Noops-Assertion: " + token + b"\r\n", user=who,
+                           session_id=sid, device_serial=serial)
+        return self.pages.refusal(req, decision, session is not None)
+
+    def _signals(self, req: Request, session: _CachedSession | None, cert: VerifiedIdentity | None,
+                 device_revoked: bool, now: float) -> list[Signal]:
+        signals = [Signal("client_ip", "observed", req.client_ip)]
+        key = session.session.user if session is not None else "ip:" + req.client_ip
+        seen = self._seen(key, now)
+        signals.append(Signal("request_rate", "observed", seen.this_minute + seen.last_minute))
+        if session is not None:
+            s = session.session
+            methods = s.auth_methods
+            best = next((m for m in _MFA_ORDER if m in methods), None)
+            if best is not None:
+                signals.append(Signal("auth", "verified", best, max(0.0, now - s.created_at)))
+            failed = [t for t in seen.failed if now - t < 86400.0]
+            seen.failed = failed
+            signals.append(Signal("failed_logins", "observed", len(failed)))
+            signals.append(Signal("new_network", "observed", not self.known.network_known(s.user, req.client_ip)))
+            if cert is not None:
+                signals.append(Signal("new_device", "observed", not self.known.device_known(s.user, cert.serial)))
+        if device_revoked:
+            signals.append(Signal("device_cert", "verified", "revoked"))
+        elif cert is not None:
+            age = max(0.0, now - (cert.not_after.timestamp() - 90 * 86400.0))
+            signals.append(Signal("device_cert", "verified", "enrolled", age))
+        return signals
+
+    def _seen(self, key: str, now: float) -> _Behaviour:
+        seen = self._behaviour.get(key)
+        if seen is None:
+            if len(self._behaviour) > 100_000:
+                self._behaviour.clear()
+            seen = self._behaviour[key] = _Behaviour()
+        minute = int(now // 60)
+        if minute != seen.minute:
+            seen.last_minute = seen.this_minute if minute == seen.minute + 1 else 0
+            seen.this_minute, seen.minute = 0, minute
+        seen.this_minute += 1
+        return seen
+
+    def failed_login(self, user: str, now: float | None = None) -> None:
+        """Count a failed login of ``user`` (a penalty on that user's later requests)."""
+        self._seen(user, time.time() if now is None else now).failed.append(time.time() if now is None else now)
+
+    def session_for(self, secret: str | None, now: float) -> _CachedSession | None:
+        """The live session for a cookie/bearer secret, cached for a couple of seconds."""
+        if not secret:
+            return None
+        cached = self._sessions.get(secret)
+        if cached is not None and now - cached.fetched < _SESSION_TTL_S:
+            return cached
+        session = self.identities.get_session(secret, now)
+        if session is None:
+            if cached is not None:
+                self._sessions.pop(secret, None)
+                self._by_sid.pop(cached.session.session_id, None)
+            return None
+        user = self.identities.get_user(session.user)
+        groups = frozenset(user.groups) if user is not None else frozenset()
+        if len(self._sessions) > 100_000:
+            self._sessions.clear()
+            self._by_sid.clear()
+        entry = _CachedSession(session, groups, now, secret)
+        self._sessions[secret] = entry
+        self._by_sid[session.session_id] = secret
+        return entry
+
+    def forget_session(self, secret: str) -> None:
+        cached = self._sessions.pop(secret, None)
+        if cached is not None:
+            self._by_sid.pop(cached.session.session_id, None)
+
+    def _assertion(self, app: str, who: str | None, identity: Identity, device: str | None,
+                   points: int, outcome: str, now: float) -> bytes:
+        key = (app, who, identity.groups, device, points, outcome)
+        cached = self._assertions.get(key)
+        if cached is not None and now - cached[1] < _ASSERTION_REUSE_S:
+            return cached[0]
+        claims = {"aud": app, "sub": who or "anonymous", "groups": sorted(identity.groups),
+                  "device": device, "score": points, "outcome": outcome}
+        if identity.spiffe_id is not None:
+            claims["spiffe_id"] = identity.spiffe_id
+        token = self.signer.sign(claims, now=now).encode("ascii")
+        if len(self._assertions) > 50_000:
+            self._assertions.clear()
+        self._assertions[key] = (token, now)
+        return token
+
+    # -- audit ----------------------------------------------------------------------------------
+    def _record(self, req: Request, who: str | None, device: str | None, trust: TrustResult | None,
+                decision: Decision | None, outcome: str, reasons: list[str],
+                shadow: str | None) -> None:
+        self._audit_q.put({
+            "time": datetime.now(UTC), "request_id": req.request_id, "user": who, "device": device,
+            "route": decision.route_id if decision is not None else None, "host": req.host,
+            "method": req.method, "path": req.path,
+            "policy_version": self._policy.version,
+            "contributions": [{"signal": c.signal, "source": c.source, "points": c.points, "reason": c.reason}
+                              for c in trust.contributions] if trust is not None else [],
+            "score": trust.score if trust is not None else None,
+            "outcome": outcome, "shadow_outcome": shadow, "reasons": list(reasons),
+            "client_ip": req.client_ip,
+        })
+
+    def record_event(self, req: Request, who: str | None, outcome: str, reasons: list[str]) -> None:
+        """Audit a gateway page event (login, step-up, logout) with the decision fields."""
+        self._record(req, who, None, None, None, outcome, reasons, None)
+
+    def _audit_writer(self) -> None:
+        stop = False
+        while not stop:
+            items = [self._audit_q.get()]
+            while len(items) < 4096:
+                try:
+                    items.append(self._audit_q.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [i for i in items if isinstance(i, dict)]
+            if batch:
+                try:
+                    self.audit.append_many(batch)
+                except Exception:
+                    log.exception("audit write failed; %d record(s) lost", len(batch))
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
+                elif item is None:
+                    stop = True
+
+    def flush_audit(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every record queued so far is on disk (tests, shutdown)."""
+        done = threading.Event()
+        self._audit_q.put(done)
+        return done.wait(timeout_s)
+
+    # -- answers --------------------------------------------------------------------------------
+    def deny_page(self, req: Request, status: int, message: str) -> Verdict:
+        return self.pages.message(req, status, message)

@@ -1,0 +1,314 @@
+"""A real gateway for the zero-trust tests: the front door process (``python -m
+noops.gate.frontdoor``) with its CA, identity store, policy and audit log in a throw-away home,
+in front of echo apps that only speak mTLS with the gateway's SPIFFE ID (as instances do).
+
+The echo app answers every request with JSON: method, the exact target it received, and the
+headers, so tests can check what the gateway forwarded. ``/ws`` upgrades to a WebSocket that
+echoes messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from noops.gate._identity_totp import totp_at
+from noops.gate.identity import IdentityStore
+from noops.gate.mtls import gateway_spiffe_id, load_or_create_ca, peer_spiffe_id
+from noops.gate.pki import CertificateAuthority, Issued
+from noops.gate.policy import PolicyStore
+
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EchoApp:
+    """An HTTP/1.1 echo server on a Unix socket behind mTLS (accepts only the gateway)."""
+
+    def __init__(self, ca: CertificateAuthority, sockdir: Path, name: str, *, ttl_s: int = 3600) -> None:
+        self.name = name
+        self.path = str(sockdir / f"{name}.sock")
+        self.spiffe_id = f"spiffe://{ca.trust_domain}/app/{name}/web"
+        issued = ca.issue_svid(name, "web", ttl_s=ttl_s)
+        self.ctx = ca.server_ssl_context(issued)
+        self.allowed = gateway_spiffe_id(ca.trust_domain)
+        self.seen: list[dict[str, Any]] = []
+        self.refused = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> asyncio.AbstractServer:
+        server = await asyncio.start_unix_server(self._serve, self.path, ssl=self.ctx)
+        os.chmod(self.path, 0o666)
+        return server
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        sslobj = writer.get_extra_info("ssl_object")
+        if peer_spiffe_id(sslobj.getpeercert(binary_form=True) if sslobj else None) != self.allowed:
+            self.refused += 1
+            writer.close()
+            return
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _version = lines[0].split(" ", 2)
+                headers = [tuple(x.split(": ", 1)) for x in lines[1:] if x]
+                length = int(dict((k.lower(), v) for k, v in headers).get("content-length", "0"))
+                body = await reader.readexactly(length) if length else b""
+                record = {"method": method, "target": target, "headers": headers,
+                          "body": body.decode("latin-1")}
+                self.seen.append(record)
+                if target == "/ws" and any(k.lower() == "upgrade" for k, _ in headers):
+                    await self._websocket(reader, writer, dict((k.lower(), v) for k, v in headers))
+                    return
+                out = json.dumps(record).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         headers: dict[str, str]) -> None:
+        import base64
+        import hashlib
+
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] +
+                                                "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        await writer.drain()
+        while True:  # echo raw bytes back, unmasked frames re-framed: enough for the tests
+            first = await reader.readexactly(2)
+            size = first[1] & 0x7F
+            if size == 126:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+            mask = await reader.readexactly(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(size)))
+            if first[0] & 0x0F == 8:
+                return
+            writer.write(bytes([0x81, len(data)]) + data if len(data) < 126 else
+                         bytes([0x81, 126]) + len(data).to_bytes(2, "big") + data)
+            await writer.drain()
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            await asyncio.sleep(0.05)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class Gateway:
+    """The front door process and everything it reads, in a temp home."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="zt-", dir="/tmp"))
+        self.gate = self.home / "gate"
+        self.gate.mkdir(mode=0o700)
+        self.ca = load_or_create_ca(self.gate / "ca")
+        self.identities = IdentityStore(self.gate / "identity.db")
+        self.policies = PolicyStore(self.gate / "policy")
+        self.apps: dict[str, EchoApp] = {}
+        self.routes: dict[str, Any] = {}
+        self.generation = 0
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        (self.home / "run").mkdir()
+        self.bundle = self.home / "ca-bundle.pem"
+        self.bundle.write_bytes(self.ca.export_ca_bundle())
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def add_app(self, name: str, hosts: list[str] | None = None, *, spiffe_id: str | None = None) -> EchoApp:
+        app = EchoApp(self.ca, self.home, name)
+        self.apps[name] = app
+        self.routes[name] = {"hosts": hosts or [f"{name}.localhost"],
+                             "endpoints": [{"id": f"{name}-1", "socket_path": app.path, "ready": True,
+                                            "draining": False, "spiffe_id": spiffe_id or app.spiffe_id}]}
+        self._publish()
+        return app
+
+    def _publish(self) -> None:
+        self.generation += 1
+        target = self.home / "run" / "routes.json"
+        tmp = target.with_name(".routes.tmp")
+        tmp.write_text(json.dumps({"apps": self.routes, "generation": self.generation}))
+        os.replace(tmp, target)
+        if self.proc is not None:
+            ack = self.home / "run" / "routes.applied"
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    if int(ack.read_text()) >= self.generation:
+                        return
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.02)
+
+    def start(self) -> None:
+        log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home", str(self.home),
+                                      "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.log_text()) from None
+                time.sleep(0.05)
+        self._publish()
+
+    def stop(self) -> None:
+        for app in self.apps.values():
+            app.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.identities.close()
+
+    def log_text(self) -> str:
+        return (self.home / "frontdoor.log").read_text(errors="replace")
+
+    def apply_policy(self, text: str) -> str:
+        version = self.policies.apply(text, actor="test")
+        time.sleep(0.4)  # the gateway looks every 0.25 s
+        return version
+
+    # -- identities -------------------------------------------------------------------------------
+    def add_user(self, name: str, groups: tuple[str, ...] = (), *, totp: bool = False) -> str | None:
+        self.identities.add_user(name, PASSWORD, list(groups))
+        if not totp:
+            return None
+        secret, _uri = self.identities.enroll_totp(name)
+        assert self.identities.confirm_totp(name, totp_at(secret, time.time() - 30))
+        return secret
+
+    def session(self, user: str, methods: set[str]) -> str:
+        """A session as a login would make it; returns the cookie value."""
+        return self.identities.create_session(user, auth_methods=methods, client_ip="127.0.0.1")[1]
+
+    def device(self, name: str, user: str) -> tuple[Path, Path, int]:
+        """Enrol a device; returns (cert.pem, key.pem, serial)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
+        bundle = self.ca.enroll_device(name, user, password="device-pass")
+        key, cert, chain = pkcs12.load_key_and_certificates(bundle, b"device-pass")
+        assert key is not None and cert is not None
+        cert_path = self.home / f"{user}-{name}.crt"
+        key_path = self.home / f"{user}-{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in (chain or [])[:1]))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return cert_path, key_path, cert.serial_number
+
+    def write_issued(self, issued: Issued, name: str) -> tuple[Path, Path]:
+        return issued.write(self.home, name)
+
+    # -- clients ----------------------------------------------------------------------------------
+    def tls(self, cert: tuple[Path, Path] | None = None, *, minimum: ssl.TLSVersion | None = None,
+            maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.bundle))
+        if cert is not None:
+            ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        if minimum is not None:
+            ctx.minimum_version = minimum
+        if maximum is not None:
+            ctx.maximum_version = maximum
+        return ctx
+
+    @contextmanager
+    def client(self, cert: tuple[Path, Path] | None = None, cookie: str | None = None) -> Iterator[httpx.Client]:
+        """An HTTPS client that resolves ``*.localhost`` to 127.0.0.1 (SNI = the app's name)."""
+        transport = httpx.HTTPTransport(verify=self.tls(cert))
+        cookies = {"__Host-noops_session": cookie} if cookie else None
+        with _resolve_localhost(), httpx.Client(transport=transport, timeout=10, cookies=cookies,
+                                                follow_redirects=False) as client:
+            yield client
+
+    def url(self, app: str, path: str = "/") -> str:
+        return f"https://{app}.localhost:{self.port}{path}"
+
+    def raw(self, data: bytes, *, host: str = "echo.localhost", cert: tuple[Path, Path] | None = None,
+            timeout: float = 5.0) -> bytes:
+        """Send raw bytes over TLS (SNI ``host``) and return everything read until close/timeout."""
+        ctx = self.tls(cert)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock, \
+                ctx.wrap_socket(sock, server_hostname=host) as tls:
+            tls.sendall(data)
+            chunks = []
+            try:
+                while True:
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except (TimeoutError, ssl.SSLError, ConnectionError):
+                pass
+            return b"".join(chunks)
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        path = self.gate / "audit" / "decisions.log"
+        deadline = time.monotonic() + 2
+        text = ""
+        while time.monotonic() < deadline:
+            text = path.read_text() if path.exists() else ""
+            time.sleep(0.15)  # the writer thread batches
+            if text == (path.read_text() if path.exists() else ""):
+                break
+        return [json.loads(line) for line in text.splitlines()]
+
+
+@contextmanager
+def _resolve_localhost() -> Iterator[None]:
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return real("127.0.0.1" if isinstance(host, str) and host.endswith(".localhost") else host,
+                    *args, **kwargs)
+
+    socket.getaddrinfo = resolve  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real  # type: ignore[assignment]
