@@ -34,7 +34,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -256,7 +256,7 @@ class AuditLog:
         """Sanitise, chain, write and fsync one record; return it as written."""
         return self.append_many([record])[0]
 
-    def append_many(self, records: list[Mapping[str, Any]]) -> list[AuditRecord]:
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[AuditRecord]:
         """Like :meth:`append` for several records with one ``fsync`` (group commit): the
         gateway's writer thread hands over what queued up while the previous batch synced."""
         cleaned = [self._prepare(r) for r in records]

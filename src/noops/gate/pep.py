@@ -40,10 +40,11 @@ from noops.gate.assertion import JWKS_PATH, AssertionSigner
 from noops.gate.audit import AuditLog
 from noops.gate.identity import IdentityStore, Session, session_cookie_from_header
 from noops.gate.pki import CertificateAuthority, CertificateRejected, VerifiedIdentity
-from noops.gate.policy import Decision, Identity, Policy, PolicyStore, RequestFacts
+from noops.gate.policy import Decision, Identity, Policy, PolicyError, PolicyStore, RequestFacts
 from noops.gate.trust import Signal, TrustConfig, TrustResult, score
 
-__all__ = ["DEFAULT_POLICY", "ConnIdentity", "GateFiles", "Gatekeeper", "Request", "Verdict", "session_secret"]
+__all__ = ["DEFAULT_POLICY", "ConnIdentity", "GateFiles", "Gatekeeper", "Request", "Verdict",
+           "session_secret"]
 
 log = logging.getLogger("noops.gate.pep")
 
@@ -285,8 +286,8 @@ class Gatekeeper:
                                        "policy_version": current.version,
                                        "reasons": [f"previous={self._policy.version}"]})
                 self._policy = current
-            except Exception:
-                pass
+            except PolicyError:
+                pass  # none applied yet: the built-in default stays in force
             self._reload_trust()
 
     # -- connections ----------------------------------------------------------------------------
@@ -316,7 +317,8 @@ class Gatekeeper:
         now = time.time()
         session = self.session_for(session_secret(req), now)
         cert = conn.cert
-        device_revoked = conn.rejected == "revoked" or (cert is not None and cert.serial in self._revoked_serials)
+        device_revoked = conn.rejected == "revoked" or (cert is not None
+                                                        and cert.serial in self._revoked_serials)
         if cert is not None and cert.not_after.timestamp() <= now:
             cert = None  # expired while the connection stayed open
         user = session.session.user if session is not None else None
@@ -356,9 +358,10 @@ class Gatekeeper:
             failed = [t for t in seen.failed if now - t < 86400.0]
             seen.failed = failed
             signals.append(Signal("failed_logins", "observed", len(failed)))
-            signals.append(Signal("new_network", "observed", not self.known.network_known(s.user, req.client_ip)))
+            known = self.known
+            signals.append(Signal("new_network", "observed", not known.network_known(s.user, req.client_ip)))
             if cert is not None:
-                signals.append(Signal("new_device", "observed", not self.known.device_known(s.user, cert.serial)))
+                signals.append(Signal("new_device", "observed", not known.device_known(s.user, cert.serial)))
         if device_revoked:
             signals.append(Signal("device_cert", "verified", "revoked"))
         elif cert is not None:
@@ -381,7 +384,8 @@ class Gatekeeper:
 
     def failed_login(self, user: str, now: float | None = None) -> None:
         """Count a failed login of ``user`` (a penalty on that user's later requests)."""
-        self._seen(user, time.time() if now is None else now).failed.append(time.time() if now is None else now)
+        moment = time.time() if now is None else now
+        self._seen(user, moment).failed.append(moment)
 
     def session_for(self, secret: str | None, now: float) -> _CachedSession | None:
         """The live session for a cookie/bearer secret, cached for a couple of seconds."""
