@@ -1,15 +1,20 @@
 """``make demo``: start the platform, deploy every example app, print where they answer.
 
 Run as ``python -m noops.demo``. The first run builds the Debian stacks (a few minutes, once).
-The platform keeps running afterwards; ``noops down --apps`` stops it.
+The apps are served only through the zero-trust gateway under its default policy (a signed-in
+user who verified with an authenticator): the demo creates the user ``demo`` with a password and
+a TOTP secret and prints both, with the current code. The platform keeps running afterwards;
+``noops down --apps`` stops it.
 """
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -22,6 +27,35 @@ EXAMPLES = ("flask", "fastapi", "express", "go", "static")
 
 def _noops(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "noops", *args], check=True)
+
+
+def _demo_user(settings: Settings) -> dict[str, Any]:
+    """The ``demo`` user with a password and an authenticator; kept in ``demo-user.json`` (0600)
+    so a second ``make demo`` prints the same credentials."""
+    import json
+
+    from noops.gate.identity import IdentityStore
+
+    saved = settings.home / "gate" / "demo-user.json"
+    if saved.exists():
+        return dict(json.loads(saved.read_text()))
+    saved.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = IdentityStore(saved.parent / "identity.db")
+    try:
+        password = secrets.token_urlsafe(12)
+        if store.get_user("demo") is None:
+            store.add_user("demo", password, ["developers"])
+        else:
+            store.set_password("demo", password)
+        totp_secret, _uri = store.provision_totp("demo")
+        data: dict[str, Any] = {"user": "demo", "password": password, "totp_secret": totp_secret}
+    finally:
+        store.close()
+    tmp = saved.with_name(".demo-user.json.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.chmod(0o600)
+    tmp.replace(saved)
+    return data
 
 
 def main() -> int:
@@ -48,14 +82,22 @@ def main() -> int:
     except NoopsError as exc:
         console.print(f"[red]Error:[/] {exc}")
         return exc.exit_code
+    from noops.gate._identity_totp import totp_at
+
+    user = _demo_user(settings)
     port = settings.get("frontdoor_port")
     cert = settings.home / "tls" / "ca.crt"
-    console.print("\n[bold]The example apps, behind the front door (HTTPS, noops' own CA):[/]")
+    console.print("\n[bold]The example apps, behind the zero-trust gateway (HTTPS, noops' own CA):[/]")
     for name in EXAMPLES:
         console.print(f"  https://{name}.localhost:{port}/")
-    console.print(f"\nTry: curl --cacert {cert} https://flask.localhost:{port}/\n"
-                  "Then: noops ps flask · noops logs flask -f · noops releases flask · "
-                  "noops down --apps")
+    console.print(f"\nTrust the CA once: {cert}  (or: noops ca export > noops-ca.pem)\n"
+                  f"Sign in as [bold]{user['user']}[/] / [bold]{user['password']}[/]; when asked, "
+                  f"enter the code from an authenticator app with the secret "
+                  f"[bold]{user['totp_secret']}[/]\n  (right now the code is "
+                  f"{totp_at(user['totp_secret'], time.time())}; `oathtool --totp -b SECRET` prints "
+                  "it too).\n"
+                  f"Try: curl --cacert {cert} https://flask.localhost:{port}/  (a 401: sign in first)\n"
+                  "Then: noops audit -n 10 · noops ps flask · noops logs flask -f · noops down --apps")
     return 0
 
 

@@ -84,16 +84,7 @@ def users_add(ctx: Ctx, name: str, groups: tuple[str, ...], password_stdin: bool
 
 
 def _provision_totp(store: IdentityStore, name: str) -> dict[str, str]:
-    """Enrol and activate an authenticator for NAME (an admin hands the secret over)."""
-    import time
-
-    from noops.gate._identity_totp import totp_at
-
-    secret, uri = store.enroll_totp(name)
-    # Activated with the code of the previous step: the user's first code (this step's) stays
-    # usable, as the replay guard only accepts steps after the last accepted one.
-    if not store.confirm_totp(name, totp_at(secret, time.time() - 30)):
-        raise UsageError(f"could not activate the authenticator of {name}; try again")
+    secret, uri = store.provision_totp(name)
     return {"totp_secret": secret, "otpauth_uri": uri}
 
 

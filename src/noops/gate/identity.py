@@ -102,6 +102,18 @@ class IdentityStore(UsersMixin, SessionsMixin):
         self._set_disabled(name, True, now)
         self.revoke_user_sessions(name, now=now, reason="user locked")
 
+    def provision_totp(self, name: str, *, now: float | None = None) -> tuple[str, str]:
+        """Enrol *and* activate an authenticator that an admin hands to the user (CLI, demo);
+        returns ``(secret_base32, otpauth_uri)``. Activated with the previous step's code, so
+        the user's first code (this step's) is still accepted by the replay guard."""
+        from noops.gate._identity_totp import totp_at
+
+        moment = time.time() if now is None else now
+        secret, uri = self.enroll_totp(name)
+        if not self.confirm_totp(name, totp_at(secret, moment - 30), now=moment):
+            raise IdentityError(f"could not activate the authenticator of {name}; try again")
+        return secret, uri
+
     def unlock_user(self, name: str, *, now: float | None = None) -> None:
         """Lift an admin lock and any failed-login lockout of ``name``."""
         self._set_disabled(name, False, time.time() if now is None else now)

@@ -85,6 +85,12 @@ def daemon(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                NOOPS_RESTART_BACKOFF_S="1")
     env.pop("SOURCE_DATE_EPOCH", None)
     d = Daemon(home, port, env)
+    # These tests exercise the platform (deploys, health, rollouts); the gateway's enforcement is
+    # tested on its own in tests/integration/zerotrust. Anonymous access, still through the
+    # gateway (policy, audit, assertion, mTLS to every instance):
+    policy = home / "open-policy.toml"
+    policy.write_text('[[route]]\nid = "open"\nhost = "*.localhost"\nauthenticated = false\n')
+    d.noops("policy", "apply", str(policy))
     d.start()
     yield d
     d.noops("down", "--apps", check=False)

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from zt_harness import Gateway  # noqa: E402
+from zt_harness import Gateway
 
 OPEN_POLICY = '''
 [[route]]

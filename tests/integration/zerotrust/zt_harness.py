@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx
 
-from noops.gate._identity_totp import totp_at
 from noops.gate.identity import IdentityStore
 from noops.gate.mtls import gateway_spiffe_id, load_or_create_ca, peer_spiffe_id
 from noops.gate.pki import CertificateAuthority, Issued
@@ -218,9 +217,7 @@ class Gateway:
         self.identities.add_user(name, PASSWORD, list(groups))
         if not totp:
             return None
-        secret, _uri = self.identities.enroll_totp(name)
-        assert self.identities.confirm_totp(name, totp_at(secret, time.time() - 30))
-        return secret
+        return self.identities.provision_totp(name)[0]
 
     def session(self, user: str, methods: set[str]) -> str:
         """A session as a login would make it; returns the cookie value."""
@@ -258,7 +255,8 @@ class Gateway:
         return ctx
 
     @contextmanager
-    def client(self, cert: tuple[Path, Path] | None = None, cookie: str | None = None) -> Iterator[httpx.Client]:
+    def client(self, cert: tuple[Path, Path] | None = None,
+               cookie: str | None = None) -> Iterator[httpx.Client]:
         """An HTTPS client that resolves ``*.localhost`` to 127.0.0.1 (SNI = the app's name)."""
         transport = httpx.HTTPTransport(verify=self.tls(cert))
         cookies = {"__Host-noops_session": cookie} if cookie else None
