@@ -8,7 +8,7 @@ NOOPS := $(VENV)/bin/noops
 APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry python3-venv ca-certificates \
 	iproute2 postgresql curl
 # the peers the benchmarks measure against
-BENCH_PACKAGES := buildah fuse-overlayfs nginx wrk
+BENCH_PACKAGES := buildah fuse-overlayfs nginx wrk gcc libc6-dev
 PYTEST_ARGS ?=
 
 .PHONY: deps apt demo test lint bench clean
@@ -41,6 +41,7 @@ bench: deps
 	$(PY) bench/build.py
 	$(PY) bench/deploy.py
 	$(PY) bench/proxy.py
+	$(PY) bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
