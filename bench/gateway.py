@@ -420,7 +420,7 @@ def audit_summary(home: Path, full: bool) -> dict[str, Any]:
     """Records in the front door's decision log (``home/gate/audit``); ``full`` also checks the
     hash chain (slow for millions of lines) and reads the first allow record's score."""
     folder = home / "gate" / "audit"
-    files = sorted(folder.glob("decisions.log*")) if folder.is_dir() else []
+    files = sorted(folder.glob("decisions.jsonl*")) if folder.is_dir() else []
     records = allows = 0
     first_allow: dict[str, Any] | None = None
     for path in files:
@@ -438,7 +438,7 @@ def audit_summary(home: Path, full: bool) -> dict[str, Any]:
     if full and files:
         from noops.gate.audit import verify as verify_chain
 
-        result = verify_chain(folder / "decisions.log")
+        result = verify_chain(folder / "decisions.jsonl")
         summary["chain_ok"] = result.ok
     return summary
 

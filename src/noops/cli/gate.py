@@ -215,10 +215,10 @@ def audit(ctx: Ctx, check: bool, user: str | None, outcome: str | None, limit: i
 
     path = _gate_dir(ctx) / "audit"
     if not check:
-        if not (path / "decisions.log").exists():
+        if not (path / "decisions.jsonl").exists():
             emit(ctx, [], lambda con: con.print("no audit records yet"))
             return
-        log = AuditLog(path / "decisions.log")
+        log = AuditLog(path / "decisions.jsonl")
         try:
             rows = log.query(user=user, outcome=outcome, limit=limit)
         finally:

@@ -9,6 +9,7 @@ atomically on change; bounded per user.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -20,6 +21,7 @@ __all__ = ["KnownPlaces", "network_of"]
 _MAX_PER_USER = 64
 
 
+@functools.lru_cache(maxsize=4096)
 def network_of(ip: str) -> str:
     """The /24 (IPv4) or /64 (IPv6) an address belongs to; the text itself if not an address."""
     try:

@@ -257,21 +257,37 @@ class AuditLog:
         return self.append_many([record])[0]
 
     def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[AuditRecord]:
-        """Like :meth:`append` for several records with one ``fsync`` (group commit): the
-        gateway's writer thread hands over what queued up while the previous batch synced."""
+        """Like :meth:`append` for several records with one ``fsync`` (group commit)."""
         cleaned = [self._prepare(r) for r in records]
-        written: list[AuditRecord] = []
+        digests = self.append_fragments([{k: canonical_json(v) for k, v in c.items()} for c in cleaned])
+        return [AuditRecord(seq, prev, digest, clean)
+                for (seq, prev, digest), clean in zip(digests, cleaned, strict=True)]
+
+    def fragments(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """``record`` sanitised, as canonical JSON text per field: build it once for records that
+        differ only in a few fields, then hand copies to :meth:`append_fragments`."""
+        return {k: canonical_json(v) for k, v in self._prepare(record).items()}
+
+    def append_fragments(self, items: Sequence[Mapping[str, str]]) -> list[tuple[int, str, str]]:
+        """Chain, write and fsync records given as :meth:`fragments` (field -> canonical JSON of
+        an already sanitised value); one fsync for all. Returns ``(seq, prev_hash, hash)`` each.
+
+        The line is assembled from the fragments in sorted key order, which is byte for byte
+        what :func:`canonical_json` makes of the whole record, so :func:`verify` is unchanged.
+        """
+        out: list[tuple[int, str, str]] = []
         with self._lock:
             if self._fd < 0:
                 raise AuditError("the audit log is closed; open a new AuditLog")
             lines: list[bytes] = []
             seq, head, size = self._seq, self._head, self._size
             try:
-                for clean in cleaned:
-                    body = dict(clean, seq=seq, prev_hash=head)
-                    digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
-                    body["hash"] = digest
-                    line = (canonical_json(body) + "\n").encode()
+                for fields in items:
+                    body = {**fields, "seq": str(seq), "prev_hash": f'"{head}"'}
+                    text = "{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}"
+                    digest = hashlib.sha256(text.encode()).hexdigest()
+                    body["hash"] = f'"{digest}"'
+                    line = ("{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}\n").encode()
                     if size and size + len(line) > self.max_bytes:
                         self._write(lines)
                         os.fsync(self._fd)
@@ -280,14 +296,14 @@ class AuditLog:
                         size = 0
                     lines.append(line)
                     size += len(line)
-                    written.append(AuditRecord(seq, head, digest, clean))
+                    out.append((seq, head, digest))
                     seq, head = seq + 1, digest
                 self._write(lines)
                 os.fsync(self._fd)
             except OSError as exc:
                 raise AuditError(f"cannot write the audit log {self.path} ({exc}); check free space") from exc
             self._seq, self._head, self._size = seq, head, size
-        return written
+        return out
 
     def _write(self, lines: list[bytes]) -> None:
         if lines:

@@ -61,6 +61,10 @@ min_score = 30
 below = "step_up"
 '''
 
+_DECISION_TTL_S: Final = 1.0
+"""An allow decision is reused for the same caller (session, certificate, address) and request
+(host, path, method) for this long; any revocation, policy or trust change drops every reused
+decision at once, and a revoked device is checked on every request regardless."""
 _SESSION_TTL_S: Final = 2.0      # a cached session is re-read after this (slides its idle timer)
 _ASSERTION_REUSE_S: Final = 60.0  # an assertion is re-signed after this (it lives 300 s)
 _MFA_ORDER: Final = ("oidc_mfa", "totp", "oidc", "password")
@@ -91,7 +95,7 @@ class GateFiles:
 
     @property
     def audit(self) -> Path:
-        return self.root / "audit" / "decisions.log"
+        return self.root / "audit" / "decisions.jsonl"
 
     @property
     def assertion_key(self) -> Path:
@@ -167,6 +171,11 @@ class Request:
     browser: bool  # a top-level GET that accepts HTML: redirect it to the login page
 
 
+def _json_time(now: float) -> str:
+    """``now`` as the audit log writes times (canonical JSON of an ISO 8601 UTC string)."""
+    return '"' + datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds") + '"'
+
+
 def session_secret(req: Request) -> str | None:
     """The session secret a request carries: the cookie, else ``Authorization: Bearer``."""
     if req.cookie_header:
@@ -188,6 +197,7 @@ class Gatekeeper:
         self.ca = ca
         self.identities = identities
         self.port = port
+        self._decisions: dict[tuple[Any, ...], tuple[Verdict, dict[str, str], float, str]] = {}
         self.policy_store = policy_store or PolicyStore(files.policy)
         self._policy = self._load_policy()
         self._policy_checked = 0.0
@@ -197,7 +207,8 @@ class Gatekeeper:
         self._reload_trust()
         self.signer = AssertionSigner(files.assertion_key)
         self.audit = AuditLog(files.audit)
-        self._audit_q: queue.SimpleQueue[dict[str, Any] | threading.Event | None] = queue.SimpleQueue()
+        self._audit_q: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event | None] = \
+            queue.SimpleQueue()
         self._audit_thread = threading.Thread(target=self._audit_writer, name="audit", daemon=True)
         self._audit_thread.start()
         self._sessions: dict[str, _CachedSession] = {}
@@ -235,6 +246,7 @@ class Gatekeeper:
             try:
                 self.trust_config = TrustConfig.from_toml(self.files.trust.read_text())
                 self._trust_stamp = stamp
+                self._decisions.clear()
             except Exception:
                 log.exception("trust config %s rejected; keeping the previous one", self.files.trust)
                 self._trust_stamp = stamp
@@ -262,6 +274,7 @@ class Gatekeeper:
         moment = time.time() if now is None else now
         items, self._revocation_cursor = self.identities.revocations_since(self._revocation_cursor)
         if items:
+            self._decisions.clear()
             gone_sids = {r.session_id for r in items}
             for sid in gone_sids:
                 cookie = self._by_sid.pop(sid, None)
@@ -274,6 +287,7 @@ class Gatekeeper:
         if revoked is not self._revoked_serials:
             fresh = revoked - self._revoked_serials
             self._revoked_serials = revoked
+            self._decisions.clear()
             if fresh:
                 self.close_tunnels(lambda info: info.device_serial in fresh)
         if moment - self._policy_checked >= 0.25:
@@ -282,9 +296,10 @@ class Gatekeeper:
                 current = self.policy_store.refresh()
                 if current.version != self._policy.version:
                     log.info("policy %s applied", current.version)
-                    self._audit_q.put({"time": datetime.now(UTC), "outcome": "policy_applied",
-                                       "policy_version": current.version,
-                                       "reasons": [f"previous={self._policy.version}"]})
+                    self._audit_q.put(("r", {"time": datetime.now(UTC), "outcome": "policy_applied",
+                                             "policy_version": current.version,
+                                             "reasons": [f"previous={self._policy.version}"]}))
+                    self._decisions.clear()
                 self._policy = current
             except PolicyError:
                 pass  # none applied yet: the built-in default stays in force
@@ -315,12 +330,22 @@ class Gatekeeper:
 
     def _check(self, conn: ConnIdentity, req: Request) -> Verdict:
         now = time.time()
-        session = self.session_for(session_secret(req), now)
+        secret = session_secret(req)
         cert = conn.cert
         device_revoked = conn.rejected == "revoked" or (cert is not None
                                                         and cert.serial in self._revoked_serials)
         if cert is not None and cert.not_after.timestamp() <= now:
             cert = None  # expired while the connection stayed open
+        key = (secret, cert.serial if cert is not None else 0, conn.rejected, req.client_ip, req.host,
+               req.path, req.method)
+        hit = self._decisions.get(key)
+        if hit is not None and hit[2] > now and not device_revoked:
+            # The same caller, request and signals within the last second: the same decision,
+            # audited again as its own record (see _DECISION_TTL_S).
+            self._seen(hit[3], now)
+            self._audit_q.put(("f", {**hit[1], "time": _json_time(now), "request_id": f'"{req.request_id}"'}))
+            return hit[0]
+        session = self.session_for(secret, now)
         user = session.session.user if session is not None else None
         spiffe_id = cert.spiffe_id if cert is not None and cert.kind == "workload" else None
         device_ok = (cert is not None and cert.kind == "device" and not device_revoked
@@ -333,14 +358,19 @@ class Gatekeeper:
             RequestFacts(req.host, req.path, req.method, req.client_ip, req.request_id), trust, identity)
         device = f"{cert.user}/{cert.device}" if cert is not None and cert.kind == "device" else None
         who = user or spiffe_id
-        self._record(req, who, device, trust, decision, decision.outcome, decision.reasons,
-                     decision.shadow_outcome)
+        record = self._record(req, who, device, trust, decision, decision.outcome, decision.reasons,
+                              decision.shadow_outcome)
         serial = cert.serial if cert is not None else None
         sid = session.session.session_id if session is not None else None
         if decision.outcome in ("allow", "read_only"):
             token = self._assertion(req.app, who, identity, device, trust.score, decision.outcome, now)
-            return Verdict(True, extra=b"X-Noops-Assertion: " + token + b"\r\n", user=who,
-                           session_id=sid, device_serial=serial)
+            verdict = Verdict(True, extra=b"X-Noops-Assertion: " + token + b"\r\n", user=who,
+                              session_id=sid, device_serial=serial)
+            if len(self._decisions) > 50_000:
+                self._decisions.clear()
+            rate_key = user if user is not None else "ip:" + req.client_ip
+            self._decisions[key] = (verdict, self.audit.fragments(record), now + _DECISION_TTL_S, rate_key)
+            return verdict
         return self.pages.refusal(req, decision, session is not None)
 
     def _signals(self, req: Request, session: _CachedSession | None, cert: VerifiedIdentity | None,
@@ -434,8 +464,8 @@ class Gatekeeper:
     # -- audit ----------------------------------------------------------------------------------
     def _record(self, req: Request, who: str | None, device: str | None, trust: TrustResult | None,
                 decision: Decision | None, outcome: str, reasons: list[str],
-                shadow: str | None) -> None:
-        self._audit_q.put({
+                shadow: str | None) -> dict[str, Any]:
+        record = {
             "time": datetime.now(UTC), "request_id": req.request_id, "user": who, "device": device,
             "route": decision.route_id if decision is not None else None, "host": req.host,
             "method": req.method, "path": req.path,
@@ -445,7 +475,9 @@ class Gatekeeper:
             "score": trust.score if trust is not None else None,
             "outcome": outcome, "shadow_outcome": shadow, "reasons": list(reasons),
             "client_ip": req.client_ip,
-        })
+        }
+        self._audit_q.put(("r", record))
+        return record
 
     def record_event(self, req: Request, who: str | None, outcome: str, reasons: list[str]) -> None:
         """Audit a gateway page event (login, step-up, logout) with the decision fields."""
@@ -460,10 +492,11 @@ class Gatekeeper:
                     items.append(self._audit_q.get_nowait())
                 except queue.Empty:
                     break
-            batch = [i for i in items if isinstance(i, dict)]
+            batch = [i for i in items if isinstance(i, tuple)]
             if batch:
                 try:
-                    self.audit.append_many(batch)
+                    self.audit.append_fragments([self.audit.fragments(r) if kind == "r" else r
+                                                 for kind, r in batch])
                 except Exception:
                     log.exception("audit write failed; %d record(s) lost", len(batch))
             for item in items:

@@ -286,7 +286,7 @@ class Gateway:
             return b"".join(chunks)
 
     def audit_records(self) -> list[dict[str, Any]]:
-        path = self.gate / "audit" / "decisions.log"
+        path = self.gate / "audit" / "decisions.jsonl"
         deadline = time.monotonic() + 2
         text = ""
         while time.monotonic() < deadline:
@@ -310,3 +310,177 @@ def _resolve_localhost() -> Iterator[None]:
         yield
     finally:
         socket.getaddrinfo = real  # type: ignore[assignment]
+
+
+# -- helpers for the attack tests (test_attack_*.py) ---------------------------------------------
+
+
+class RawResponse:
+    """One parsed HTTP/1.1 response: status, header list (names as sent), body."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"RawResponse({self.status}, {self.headers!r}, {self.body[:200]!r})"
+
+
+class RawConnection:
+    """A kept-alive TLS connection to the front door for byte-exact requests (targets, header
+    names and their case are sent as given, unlike an HTTP client library would)."""
+
+    def __init__(self, gw: Gateway, host: str = "echo.localhost", *,
+                 cert: tuple[Path, Path] | None = None, timeout: float = 5.0,
+                 sock_path: str | None = None, ctx: ssl.SSLContext | None = None) -> None:
+        context = ctx or gw.tls(cert)
+        if sock_path is None:
+            raw = socket.create_connection(("127.0.0.1", gw.port), timeout=timeout)
+        else:
+            raw = socket.socket(socket.AF_UNIX)
+            raw.settimeout(timeout)
+            raw.connect(sock_path)
+        self.sock = context.wrap_socket(raw, server_hostname=host)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.sock.recv(65536)
+        except (TimeoutError, ssl.SSLError, ConnectionError):
+            return False
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_response(self, *, head_only: bool = False) -> RawResponse | None:
+        """The next response, or None when the connection closed (or timed out) first."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                return None
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = [(k, v) for k, _, v in (line.partition(": ") for line in lines[1:])]
+        low = {k.lower(): v for k, v in headers}
+        if head_only or status in (101, 204, 304) or 100 <= status < 200:
+            return RawResponse(status, headers, b"")
+        if "content-length" in low:
+            size = int(low["content-length"])
+            while len(self.buf) < size:
+                if not self._fill():
+                    break
+            body, self.buf = self.buf[:size], self.buf[size:]
+            return RawResponse(status, headers, body)
+        if low.get("transfer-encoding", "").lower().endswith("chunked"):
+            body = b""
+            while True:
+                while b"\r\n" not in self.buf:
+                    if not self._fill():
+                        return RawResponse(status, headers, body)
+                line, self.buf = self.buf.split(b"\r\n", 1)
+                size = int(line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    if not self._fill():
+                        return RawResponse(status, headers, body)
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2:]
+                if size == 0:
+                    return RawResponse(status, headers, body)
+        while self._fill():
+            pass
+        body, self.buf = self.buf, b""
+        return RawResponse(status, headers, body)
+
+    def request(self, data: bytes) -> RawResponse | None:
+        self.send(data)
+        return self.read_response()
+
+
+def raw_get(target: str, host: str = "echo.localhost", *, cookie: str | None = None,
+            headers: list[tuple[str, str]] | None = None, method: str = "GET") -> bytes:
+    """A request head (no body) with ``target`` sent byte for byte."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    if cookie is not None:
+        lines.append(f"Cookie: __Host-noops_session={cookie}")
+    lines += [f"{k}: {v}" for k, v in headers or []]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def set_endpoint_spiffe(gw: Gateway, app: str, spiffe_id: str) -> None:
+    """Pin another SPIFFE ID (or "" = none) on ``app``'s endpoint and wait until it is routed."""
+    for endpoint in gw.routes[app]["endpoints"]:
+        endpoint["spiffe_id"] = spiffe_id
+    gw._publish()
+
+
+def route_endpoint(gw: Gateway, app: str, socket_path: str, spiffe_id: str,
+                   hosts: list[str] | None = None) -> None:
+    """Route ``app`` to an arbitrary socket (a hand-made upstream) and wait until it is applied."""
+    gw.routes[app] = {"hosts": hosts or [f"{app}.localhost"],
+                      "endpoints": [{"id": f"{app}-1", "socket_path": socket_path, "ready": True,
+                                     "draining": False, "spiffe_id": spiffe_id}]}
+    gw._publish()
+
+
+def seen_targets(app: EchoApp) -> list[str]:
+    return [r["target"] for r in app.seen]
+
+
+def header_values(record: dict[str, Any], name: str) -> list[str]:
+    """Every value of header ``name`` (any case) the app received in ``record``."""
+    return [v for k, v in record["headers"] if k.lower() == name.lower()]
+
+
+def ws_handshake(path: str = "/ws", host: str = "echo.localhost", *, cookie: str | None = None,
+                 extra: list[tuple[str, str]] | None = None) -> bytes:
+    import base64
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+               ("Sec-WebSocket-Version", "13"), *(extra or [])]
+    return raw_get(path, host, cookie=cookie, headers=headers)
+
+
+def ws_frame(text: bytes) -> bytes:
+    """A masked client text frame (payload < 126 bytes)."""
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+
+
+def write_trust(gw: Gateway, text: str) -> None:
+    """Replace ``gate/trust.toml`` and wait for the gateway's reload tick."""
+    path = gw.gate / "trust.toml"
+    tmp = path.with_name(".trust.toml.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    time.sleep(0.6)
+
+
+def wait_for(predicate: Any, timeout_s: float = 5.0, step_s: float = 0.02) -> float | None:
+    """Poll ``predicate`` until true; seconds it took, or None on timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step_s)
+    return None
