@@ -42,6 +42,7 @@ _D_NONE, _D_IDLE, _D_HEAD, _D_BODY, _D_UPSTREAM, _D_SEND = range(6)
 _WAIT_LIMIT = 256 * 1024  # request body held while no upstream connection is attached
 _FORM_LIMIT = 16 * 1024  # largest body a gateway page reads (sign-in forms); more is a 413
 _NO_TLS = ConnIdentity()
+Reply = tuple[int, list[tuple[str, str]], bytes]  # a gateway page's answer: status, headers, body
 _RETRY_SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _VIA = b"Via: 1.1 noops\r\n"
 
@@ -305,7 +306,7 @@ class ClientConnection(asyncio.Protocol):
         gate = core.gate
         if gate is not None:
             verdict = self._decide(gate, method, host, path, target, query_at, cookie, authorization,
-                                   accept, rid)
+                                   accept, rid, websocket)
             if verdict.allowed:
                 kept = _without_gateway_cookies(cookie)
                 if kept:
@@ -383,7 +384,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the gateway's decision and pages ------------------------------------------------------------
     def _decide(self, gate: Gatekeeper, method: bytes, host: str, path: bytes, target: bytes,
-                query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes) -> Verdict:
+                query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes,
+                websocket: bool) -> Verdict:
         eps = self.core.registry.endpoints(host)
         if not eps:
             return Verdict(True)  # no app here: answered 404/503 by _begin, nothing is forwarded
@@ -391,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
                       query=target[query_at + 1:].decode("latin-1") if query_at >= 0 else "",
                       cookie_header=cookie.decode("latin-1"), authorization=authorization.decode("latin-1"),
                       client_ip=self.peer, request_id=rid.decode("ascii"),
-                      browser=method == b"GET" and b"text/html" in accept)
+                      browser=method == b"GET" and b"text/html" in accept, websocket=websocket)
         return gate.check(self.conn_id or _NO_TLS, req)
 
     def _answer_later(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
@@ -416,8 +418,7 @@ class ClientConnection(asyncio.Protocol):
         self.deadline, self.dkind = 0.0, _D_NONE
         self.core.spawn(self._page(ex, verdict.handler, b"".join(form)))
 
-    async def _page(self, ex: Exchange, handler: Callable[[bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]],
-                    body: bytes) -> None:
+    async def _page(self, ex: Exchange, handler: Callable[[bytes], Awaitable[Reply]], body: bytes) -> None:
         try:
             reply = await handler(body)
         except Exception:
@@ -864,7 +865,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-_GATEWAY_BEARER = re.compile(rb"[Bb]earer +[A-Za-z0-9_-]{43}")  # a noops session secret
+# A noops session secret, as pep.session_secret reads it: the scheme in any case, then the
+# secret with any whitespace around it (a narrower pattern would forward such a bearer).
+_GATEWAY_BEARER = re.compile(rb"(?i:bearer) \s*[A-Za-z0-9_-]{43}\s*")
 _GATEWAY_COOKIE = b"__Host-noops_"
 
 

@@ -194,7 +194,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
                     tokens = t if tokens is None else tokens + t
             elif action == _UPGRADE:
                 upgrade = value.strip()
-            elif not credentials and (action == _COOKIE or action == _AUTHZ):
+            elif not credentials and action in (_COOKIE, _AUTHZ):
                 if named is None or name.lower() not in named:
                     out += (name, b": ", value, b"\r\n")
             elif action == _COOKIE:

@@ -29,11 +29,14 @@ import hmac
 import html
 import json
 import secrets
+import time
 import tomllib
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from noops.gate._errors import GateError
 from noops.gate.assertion import JWKS_PATH
 from noops.gate.identity import OIDCProvider, clear_session_cookie, session_cookie
 from noops.gate.policy import Decision, normalize_path
@@ -84,6 +87,13 @@ def safe_redirect(raw: str) -> str | None:
     if normal is None or normal.startswith("//"):
         return None
     return normal + ("?" + query if query else "")
+
+
+_BAD_RD: Final = "<p class='err'>The page to return to is not allowed.</p>"
+
+
+def _hidden(name: str, value: str) -> str:
+    return f'<input type="hidden" name="{name}" value="{html.escape(value)}">'
 
 
 def _cookies(header: str) -> dict[str, str]:
@@ -170,7 +180,7 @@ class Pages:
             if req.browser:
                 return Verdict(False, response=_redirect(f"/.noops/login?rd={rd}"))
             return Verdict(False, response=_json(401, {"error": "unauthenticated",
-                                                        "message": "sign in first: " + f"/.noops/login?rd={rd}"},
+                                                        "message": f"sign in first: /.noops/login?rd={rd}"},
                                                   [("WWW-Authenticate", 'Bearer realm="noops"')]))
         if decision.outcome == "step_up":
             if req.browser:
@@ -217,9 +227,11 @@ class Pages:
         err = f"<p class='err'>{html.escape(error)}</p>" if error else ""
         inner = (f"<h1>Sign in</h1><p class='sub'>to {html.escape(req.host)}</p>{err}"
                  f'<form method="post" action="/.noops/login">'
-                 f'<input type="hidden" name="csrf" value="{token}"><input type="hidden" name="rd" value="{html.escape(rd)}">'
-                 f'<label for="user">User name</label><input type="text" id="user" name="user" autocomplete="username" autofocus required>'
-                 f'<label for="password">Password</label><input type="password" id="password" name="password" autocomplete="current-password" required>'
+                 f"{_hidden('csrf', token)}{_hidden('rd', rd)}"
+                 '<label for="user">User name</label><input type="text" id="user" name="user" '
+                 'autocomplete="username" autofocus required>'
+                 '<label for="password">Password</label><input type="password" id="password" '
+                 'name="password" autocomplete="current-password" required>'
                  f"<button>Sign in</button></form>{oidc}")
         return _html(status, "Sign in", inner, headers)
 
@@ -230,16 +242,17 @@ class Pages:
         inner = (f"<h1>Verify it's you</h1><p class='sub'>{html.escape(req.host)} needs a stronger sign-in. "
                  f"Enter the 6-digit code from your authenticator app.</p>{err}"
                  f'<form method="post" action="/.noops/verify">'
-                 f'<input type="hidden" name="csrf" value="{token}"><input type="hidden" name="rd" value="{html.escape(rd)}">'
-                 f'<label for="code">Code</label><input type="text" id="code" name="code" inputmode="numeric" '
-                 f'autocomplete="one-time-code" pattern="[0-9]{{6}}" maxlength="6" autofocus required>'
+                 f"{_hidden('csrf', token)}{_hidden('rd', rd)}"
+                 '<label for="code">Code</label><input type="text" id="code" name="code" '
+                 'inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" '
+                 "autofocus required>"
                  f"<button>Verify</button></form>")
         return _html(status, "Verify", inner, headers)
 
     def _logout_form(self, req: Request) -> Answer:
         token, headers = self._csrf(req)
         inner = (f"<h1>Sign out</h1><p class='sub'>of {html.escape(req.host)}</p>"
-                 f'<form method="post" action="/.noops/logout"><input type="hidden" name="csrf" value="{token}">'
+                 f'<form method="post" action="/.noops/logout">{_hidden("csrf", token)}'
                  f"<button>Sign out</button></form>")
         return _html(200, "Sign out", inner, headers)
 
@@ -247,9 +260,6 @@ class Pages:
         from noops.gate.pep import session_secret
 
         gate = self.gate
-        import time
-        from datetime import UTC, datetime
-
         now = time.time()
         cached = gate.session_for(session_secret(req), now)
         cert = conn.cert
@@ -296,18 +306,17 @@ class Pages:
         form = _form(body[:_MAX_FORM])
         rd = safe_redirect(form.get("rd", "/"))
         if rd is None:
-            return _html(400, "Verify", "<h1>Verify</h1><p class='err'>The page to return to is not allowed.</p>")
+            return _html(400, "Verify", f"<h1>Verify</h1>{_BAD_RD}")
         secret = session_secret(req)
-        import time
-
         session = gate.session_for(secret, time.time())
         if secret is None or session is None:
             return _redirect(f"/.noops/login?rd={urllib.parse.quote(rd, safe='/')}")
         if not self._csrf_ok(req, form):
             return self._verify_form(req, "The form expired. Please try again.", 403)
         user = session.session.user
+        code = form.get("code", "").strip()
         result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: gate.identities.verify_totp(user, form.get("code", "").strip(), client_ip=req.client_ip))
+            None, lambda: gate.identities.verify_totp(user, code, client_ip=req.client_ip))
         if not result.ok:
             gate.failed_login(user)
             gate.record_event(req, user, "deny", ["step_up_failed", str(result.outcome)])
@@ -342,7 +351,7 @@ class Pages:
             return None
         for key in ("issuer", "client_id", "client_secret"):
             if not isinstance(data.get(key), str):
-                raise ValueError(f"{self.gate.files.oidc}: {key} is required")
+                raise GateError(f"{self.gate.files.oidc}: {key} is required (a string); fix the file")
         return data
 
     def _provider(self, host: str) -> OIDCProvider | None:
@@ -364,7 +373,7 @@ class Pages:
             return _json(404, {"error": "no identity provider is configured"})
         rd = safe_redirect(dict(urllib.parse.parse_qsl(req.query)).get("rd", "/"))
         if rd is None:
-            return _html(400, "Sign in", "<h1>Sign in</h1><p class='err'>The page to return to is not allowed.</p>")
+            return _html(400, "Sign in", f"<h1>Sign in</h1>{_BAD_RD}")
         url, handle = await asyncio.get_running_loop().run_in_executor(None, provider.begin_login)
         value = urllib.parse.quote(f"{handle}|{rd}", safe="")
         return _redirect(url, [("Set-Cookie", f"{OIDC_COOKIE}={value}; Secure; HttpOnly; SameSite=Lax; "

@@ -25,12 +25,13 @@ they are answered by the gateway and never reach an app.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -169,6 +170,7 @@ class Request:
     client_ip: str
     request_id: str
     browser: bool  # a top-level GET that accepts HTML: redirect it to the login page
+    websocket: bool = False  # an Upgrade to a two-way channel: never granted read-only
 
 
 def _json_time(now: float) -> str:
@@ -198,6 +200,8 @@ class Gatekeeper:
         self.identities = identities
         self.port = port
         self._decisions: dict[tuple[Any, ...], tuple[Verdict, dict[str, str], float, str]] = {}
+        self._audit_q: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event | None] = \
+            queue.SimpleQueue()
         self.policy_store = policy_store or PolicyStore(files.policy)
         self._policy = self._load_policy()
         self._policy_checked = 0.0
@@ -207,8 +211,6 @@ class Gatekeeper:
         self._reload_trust()
         self.signer = AssertionSigner(files.assertion_key)
         self.audit = AuditLog(files.audit)
-        self._audit_q: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event | None] = \
-            queue.SimpleQueue()
         self._audit_thread = threading.Thread(target=self._audit_writer, name="audit", daemon=True)
         self._audit_thread.start()
         self._sessions: dict[str, _CachedSession] = {}
@@ -243,13 +245,18 @@ class Gatekeeper:
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._trust_stamp:
+            text = self.files.trust.read_bytes()
+            digest = "sha256:" + hashlib.sha256(text).hexdigest()
             try:
-                self.trust_config = TrustConfig.from_toml(self.files.trust.read_text())
-                self._trust_stamp = stamp
+                self.trust_config = TrustConfig.from_toml(text.decode("utf-8", "replace"))
+                outcome = "trust_config_applied"
                 self._decisions.clear()
             except Exception:
                 log.exception("trust config %s rejected; keeping the previous one", self.files.trust)
-                self._trust_stamp = stamp
+                outcome = "trust_config_rejected"
+            self._trust_stamp = stamp
+            self._audit_q.put(("r", {"time": datetime.now(UTC), "outcome": outcome, "reasons": [digest],
+                                     "policy_version": self._policy.version}))
 
     def _latest_revocation(self) -> int:
         cursor = 0
@@ -356,6 +363,9 @@ class Gatekeeper:
                             device_cert=device_ok and user is not None, spiffe_id=spiffe_id)
         decision = self._policy.decide(
             RequestFacts(req.host, req.path, req.method, req.client_ip, req.request_id), trust, identity)
+        if decision.outcome == "read_only" and req.websocket:
+            decision = replace(decision, outcome="deny", reasons=[*decision.reasons, "read_only_websocket"],
+                               user_message=decision.user_message + "; live connections need full access")
         device = f"{cert.user}/{cert.device}" if cert is not None and cert.kind == "device" else None
         who = user or spiffe_id
         record = self._record(req, who, device, trust, decision, decision.outcome, decision.reasons,

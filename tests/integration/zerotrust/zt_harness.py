@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -23,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -146,6 +147,7 @@ class Gateway:
         self.generation = 0
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
         (self.home / "run").mkdir()
         self.bundle = self.home / "ca-bundle.pem"
         self.bundle.write_bytes(self.ca.export_ca_bundle())
@@ -178,9 +180,9 @@ class Gateway:
                 time.sleep(0.02)
 
     def start(self) -> None:
-        log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed with the process
+        self._log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home", str(self.home),
-                                      "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+                                      "--port", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -202,7 +204,10 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._log is not None:
+            self._log.close()
         self.identities.close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def log_text(self) -> str:
         return (self.home / "frontdoor.log").read_text(errors="replace")
@@ -484,3 +489,27 @@ def wait_for(predicate: Any, timeout_s: float = 5.0, step_s: float = 0.02) -> fl
             return time.monotonic() - started
         time.sleep(step_s)
     return None
+
+
+def audit_file(gw: Gateway) -> Path:
+    """The decision log the front door writes (where :class:`noops.gate.pep.GateFiles` puts it)."""
+    from noops.gate.pep import GateFiles
+
+    return GateFiles(gw.gate).audit
+
+
+def decisions(gw: Gateway) -> list[dict[str, Any]]:
+    """Every audit record so far, read from :func:`audit_file` once the writer has caught up.
+    Fails (instead of returning nothing) when the file is missing."""
+    path = audit_file(gw)
+    deadline = time.monotonic() + 2
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"no audit log at {path}"
+    text = ""
+    while time.monotonic() < deadline + 2:
+        text = path.read_text()
+        time.sleep(0.15)  # the writer thread batches
+        if text == path.read_text():
+            break
+    return [json.loads(line) for line in text.splitlines()]
