@@ -304,7 +304,12 @@ def cli_startup_s(plat: Platform, runs: int = 3) -> float:
 # -- proxies ---------------------------------------------------------------------------------
 class Nginx:
     """An nginx of our own: one worker, HTTPS with noops' localhost certificate, one server
-    block per upstream (chosen by ``server_name``), each ``proxy_pass`` to a Unix socket."""
+    block per upstream (chosen by ``server_name``), each ``proxy_pass`` to a Unix socket.
+
+    Instance sockets speak only mTLS with the gateway's SPIFFE ID, so nginx dials them with a
+    gateway SVID from the platform CA, as the front door does. It cannot pin the instance's
+    SPIFFE ID (``proxy_ssl_verify`` checks DNS names, and SVIDs have none), so it skips that
+    check: the same TLS work, one comparison less than the front door."""
 
     def __init__(self, home: Path, workdir: Path) -> None:
         self.home, self.work = home, workdir / "nginx"
@@ -314,6 +319,10 @@ class Nginx:
     def start(self, upstreams: dict[str, str]) -> None:
         """``upstreams``: host → Unix socket path."""
         self.work.mkdir(parents=True, exist_ok=True)
+        from noops.gate.mtls import load_or_create_ca
+
+        ca = load_or_create_ca(self.home / "gate" / "ca")
+        gw_cert, gw_key = ca.issue_gateway_identity(ttl_s=24 * 3600).write(self.work, "gateway")
         ups, servers = [], []
         for i, (host, sock) in enumerate(sorted(upstreams.items())):
             name = f"app{i}"
@@ -331,7 +340,11 @@ class Nginx:
                     ssl_certificate {self.home / 'tls' / 'localhost.crt'};
                     ssl_certificate_key {self.home / 'tls' / 'localhost.key'};
                     location / {{
-                        proxy_pass http://{name};
+                        proxy_pass https://{name};
+                        proxy_ssl_certificate {gw_cert};
+                        proxy_ssl_certificate_key {gw_key};
+                        proxy_ssl_protocols TLSv1.3;
+                        proxy_ssl_session_reuse on;
                         proxy_http_version 1.1;
                         proxy_set_header Connection "";
                         proxy_set_header Host $host;

@@ -6,6 +6,11 @@ front door runs as its own process, reading the routes the daemon publishes to
 ``$NOOPS_HOME/run/routes.json``; instances run under their own monitors. So a crash or
 ``kill -9`` of the daemon stops nothing that serves traffic, and on its next start the daemon
 re-adopts the running instances instead of starting duplicates.
+
+The daemon also owns the platform CA (``$NOOPS_HOME/gate/ca``, created on first start, before
+the front door): every instance gets an SVID from it, renewed at half-life by
+:meth:`Platform.rotate_forever` (re-adopted instances too), and health probes dial instance
+sockets over mTLS as ``spiffe://<td>/gateway``, exactly like the front door.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from noops.appspec import AppSpec, parse_manifest
 from noops.errors import NoopsError, UsageError
+from noops.gate.mtls import UpstreamTLS, load_or_create_ca
 from noops.oci.bundle import Runc
 from noops.oci.image import Image
 from noops.oci.store import ImageStore
@@ -43,7 +49,8 @@ class RoutesFile:
     """The route table the front door reads: replaced atomically on every change.
 
     Format: ``{"apps": {app: {"hosts": [...], "endpoints": [{"id", "socket_path", "ready",
-    "draining", "release"}]}}, "generation": n}``.
+    "draining", "release", "spiffe_id"}]}}, "generation": n}``; ``spiffe_id`` is what the
+    instance's certificate must say (the front door pins it).
     """
 
     def __init__(self, path: Path) -> None:
@@ -108,15 +115,25 @@ class Platform:
     """Apps, releases, config and deploys on top of the supervisor and the state store."""
 
     def __init__(self, settings: Settings, *, state: StateStore | None = None,
-                 backoff_s: float = 10.0) -> None:
+                 backoff_s: float = 10.0, svid_ttl_s: int | None = None,
+                 rotate_every_s: float | None = None) -> None:
         self.settings = settings
         home = settings.home
         self.store = ImageStore(home / "images")
         self.state = state or open_state(settings, home)
-        self.manager = InstanceManager(home, self.store, Runc(settings.get("runc")))
+        self.ca = load_or_create_ca(ca_path(settings))
+        ttl_s = int(svid_ttl_s or settings.get("svid_ttl_s"))
+        if ttl_s < 10:
+            raise UsageError(f"svid_ttl_s={ttl_s}: certificates need at least 10 s to be renewed "
+                             "in time; use 3600 (the default) or more than 10.")
+        # renewals are due at half-life: look several times per half-life, at least once a minute
+        self.rotate_every_s = rotate_every_s or min(60.0, ttl_s / 10)
+        self.gateway_tls = UpstreamTLS(self.ca, ttl_s=ttl_s)
+        self.manager = InstanceManager(home, self.store, Runc(settings.get("runc")),
+                                       identity=self.ca, svid_ttl_s=ttl_s)
         self.routes = RoutesFile(home / "run" / "routes.json")
         self.supervisor = Supervisor(self.manager, self.routes, backoff_s=backoff_s,
-                                     on_event=self._event)
+                                     on_event=self._event, tls=self.gateway_tls)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _event(self, app: str | None, kind: str, message: str, data: dict[str, Any]) -> None:
@@ -192,6 +209,24 @@ class Platform:
                 await self.collect_garbage()
             except NoopsError:
                 log.exception("automatic gc failed")
+
+    async def rotate_svids(self) -> int:
+        """Renew the SVID of every supervised instance past half-life; return how many."""
+        live = [s.instance for s in list(self.supervisor.slots.values()) if s.instance is not None]
+        return await asyncio.to_thread(self.manager.renew_svids, live)
+
+    async def rotate_forever(self) -> None:
+        """Every ``rotate_every_s``: :meth:`rotate_svids`. An instance whose SVID expires is
+        refused by its own monitor, so this loop must outlive every failure."""
+        while True:
+            await asyncio.sleep(self.rotate_every_s)
+            try:
+                renewed = await self.rotate_svids()
+            except (NoopsError, OSError):
+                log.exception("SVID rotation failed; retrying in %ss", self.rotate_every_s)
+                continue
+            if renewed:
+                log.info("renewed %d instance certificates", renewed)
 
     async def release_image(self, app: str, image: str, *, spec: AppSpec | None = None,
                             description: str = "", formation: dict[str, int] | None = None,
@@ -283,6 +318,10 @@ class Platform:
     async def recover(self) -> dict[str, int]:
         """Re-adopt running instances of active releases; reap the rest; start what is missing."""
         adopted = reaped = started = 0
+        # certificates may have passed half-life (or expired) while no daemon ran: renew them
+        # before the first probe, or the adopted instances would fail it
+        await asyncio.to_thread(self.manager.renew_svids,
+                                [i for i in self.manager.existing() if i.alive()])
         active = {a.name: self.state.active_release(a.name) for a in self.state.apps()}
         counters: dict[tuple[str, str], int] = {}
         for instance in self.manager.existing():
@@ -334,6 +373,11 @@ def socket_path(settings: Settings) -> Path:
     return settings.home / "noops.sock"
 
 
+def ca_path(settings: Settings) -> Path:
+    """The platform CA (``noops ca`` commands use the same directory)."""
+    return settings.home / "gate" / "ca"
+
+
 def pid_path(settings: Settings) -> Path:
     return settings.home / "run" / "noops.pid"
 
@@ -352,6 +396,7 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     summary = await platform.recover()
     log.info("recovered: %s", summary)
     gc_task = asyncio.create_task(platform.gc_forever(), name="gc")
+    rotate_task = asyncio.create_task(platform.rotate_forever(), name="svid-rotation")
     frontdoor = start_frontdoor(settings)
     sock = socket_path(settings)
     sock.unlink(missing_ok=True)
@@ -373,6 +418,7 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     server.should_exit = True
     await task
     gc_task.cancel()
+    rotate_task.cancel()
     for slot in list(platform.supervisor.slots.values()):
         if slot.task is not None:
             slot.task.cancel()

@@ -84,6 +84,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("frontdoor_port", lambda: 8443, "HTTPS port of the front door (127.0.0.1).", int),
     Setting(
+        "svid_ttl_s",
+        lambda: 3600,
+        "Lifetime of each instance's workload certificate (SPIFFE X.509-SVID); renewed at "
+        "half-life. Shorter limits how long a leaked key is useful.",
+        int,
+    ),
+    Setting(
         "restart_backoff_s",
         lambda: 10.0,
         "First restart delay after a crash; doubles up to 300 s, resets after 10 min healthy.",

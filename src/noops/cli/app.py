@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,7 +120,7 @@ def login(ctx: Ctx, registry: str, username: str, password_stdin: bool, insecure
     from noops.oci.registry import login as registry_login
 
     if password_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True)
     path = registry_login(registry, username, password, insecure=insecure)

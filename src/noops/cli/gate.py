@@ -7,6 +7,7 @@ of a second. Data lives under ``$NOOPS_HOME/gate``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from noops.cli.common import Ctx, emit, pass_ctx
 from noops.errors import UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from noops.gate.identity import IdentityStore
     from noops.gate.pki import CertificateAuthority
     from noops.gate.policy import PolicyStore
@@ -42,7 +45,7 @@ def _identities(ctx: Ctx) -> IdentityStore:
 
 def _secret(prompt: str, from_stdin: bool) -> str:
     if from_stdin:
-        return click.get_text_stream("stdin").readline().rstrip("\r\n")
+        return sys.stdin.readline().rstrip("\r\n")
     return str(click.prompt(prompt, hide_input=True, confirmation_prompt=True))
 
 
@@ -198,7 +201,12 @@ def policy_history(ctx: Ctx) -> None:
     changes = _policies(ctx).history()
     rows = [{"time": c.time, "actor": c.actor, "version": c.version, "previous": c.previous}
             for c in changes]
-    emit(ctx, rows, lambda con: [con.print(f"{r['time']:.0f} {r['actor']} {r['version']}") for r in rows])
+
+    def show(con: Console) -> None:
+        for r in rows:
+            con.print(f"{r['time']:.0f} {r['actor']} {r['version']}")
+
+    emit(ctx, rows, show)
 
 
 @cli.command()
@@ -223,7 +231,12 @@ def audit(ctx: Ctx, check: bool, user: str | None, outcome: str | None, limit: i
             rows = log.query(user=user, outcome=outcome, limit=limit)
         finally:
             log.close()
-        emit(ctx, rows, lambda con: [con.print(_audit_line(r)) for r in rows])
+
+        def show(con: Console) -> None:
+            for r in rows:
+                con.print(_audit_line(r), markup=False)
+
+        emit(ctx, rows, show)
         return
     if not path.exists():
         emit(ctx, {"ok": True, "records": 0},
@@ -241,7 +254,7 @@ def audit(ctx: Ctx, check: bool, user: str | None, outcome: str | None, limit: i
 
 def _audit_line(r: dict[str, Any]) -> str:
     """One decision as a line: time, outcome, who, request, score and reason codes."""
-    extra = r.get("extra") if isinstance(r.get("extra"), dict) else {}
+    extra: dict[str, Any] = r["extra"] if isinstance(r.get("extra"), dict) else {}
     request = f"{r.get('method') or ''} {extra.get('host', '')}{r.get('path') or ''}".strip()
     reasons = ",".join(str(x) for x in r.get("reasons") or [])
     return (f"{str(r.get('time', ''))[:19]}  {r.get('outcome')!s:14} {r.get('user') or '-':20} "

@@ -14,10 +14,9 @@ from noops.gate.endpoints import Endpoint, EndpointRegistry, normalize_host
 
 if TYPE_CHECKING:
     from noops.gate._client import ClientConnection
-    from noops.gate.mtls import UpstreamTLS
-    from noops.gate.pep import Gatekeeper
     from noops.gate._tunnel import Tunnel
     from noops.gate.mtls import UpstreamTLS
+    from noops.gate.pep import Gatekeeper
 
 __all__ = ["Core", "FrontDoorConfig"]
 
@@ -74,7 +73,6 @@ class Core:
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.gate: Gatekeeper | None = None  # the policy enforcement point (None: a plain proxy)
-        self.upstream_tls: UpstreamTLS | None = None  # mTLS to instances (None: plain Unix sockets)
         self.rr = 0
         self.hosts: dict[bytes, str] = {}  # raw Host value -> routing key ("" = invalid)
         # mTLS to instances (no TLS offload): set by the front door; None = plain Unix sockets

@@ -49,7 +49,9 @@ class Endpoint:
     ``ready`` comes from the readiness probe; ``draining`` marks an instance on its way out: it
     gets no new request, but requests already sent to it finish. Only ``ready and not draining``
     endpoints receive traffic. ``id`` is unique among all endpoints (the proxy keys its
-    connection pools and counters by ``socket_path``, its tunnels by ``id``).
+    connection pools and counters by ``socket_path``, its tunnels by ``id``). ``spiffe_id`` is
+    the identity the instance must prove when the front door dials it over mTLS (empty: none
+    pinned, and an mTLS front door refuses to dial it).
     """
 
     id: str
@@ -57,6 +59,7 @@ class Endpoint:
     socket_path: str
     ready: bool = True
     draining: bool = False
+    spiffe_id: str = ""
 
     @property
     def routable(self) -> bool:

@@ -1,8 +1,11 @@
 """The front door as its own process: ``python -m noops.gate.frontdoor --home H --port P``.
 
-It serves HTTPS on 127.0.0.1 with certificates from noops' local CA
-(``$NOOPS_HOME/tls/ca.crt``: trust it once; each ``APP.localhost`` gets its own leaf by SNI),
-and routes by reading the table the daemon publishes at
+It serves HTTPS on 127.0.0.1 with certificates from the built-in CA (``$NOOPS_HOME/gate/ca``;
+its bundle is copied to ``$NOOPS_HOME/tls/ca.crt``: trust it once, each ``APP.localhost`` gets
+its own leaf by SNI), enforces the gateway's policy on every request (:mod:`noops.gate.pep`),
+speaks mTLS to every instance (:mod:`noops.gate.mtls`), accepts workloads' calls to other apps
+on ``$NOOPS_HOME/run/gateway.sock`` (mTLS with their SVIDs), and routes by reading the table
+the daemon publishes at
 ``$NOOPS_HOME/run/routes.json`` (checked every ``poll_s``; replaced atomically by the writer).
 Being a separate process is what lets apps keep answering while the daemon restarts.
 """
@@ -10,6 +13,7 @@ Being a separate process is what lets apps keep answering while the daemon resta
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -20,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from noops.gate.endpoints import Endpoint, StaticEndpointRegistry
-from noops.gate.proxy import run_forever
-from noops.gate.tls import LocalCA
+from noops.gate.identity import IdentityStore
+from noops.gate.mtls import UpstreamTLS, load_or_create_ca
+from noops.gate.pep import GateFiles, Gatekeeper
+from noops.gate.proxy import FrontDoor, run_forever
+from noops.gate.serving import ServingCerts, write_bundle
 
 __all__ = ["RoutesWatcher", "main"]
 
@@ -58,7 +65,8 @@ class RoutesWatcher:
         apps = data.get("apps", {})
         for app, entry in apps.items():
             endpoints = [Endpoint(e["id"], app, e["socket_path"], bool(e.get("ready")),
-                                  bool(e.get("draining"))) for e in entry.get("endpoints", [])]
+                                  bool(e.get("draining")), str(e.get("spiffe_id", "")))
+                         for e in entry.get("endpoints", [])]
             try:
                 self.registry.set(app, entry.get("hosts", []), endpoints)
             except Exception:  # one bad app must not stop the others routing
@@ -78,12 +86,26 @@ class RoutesWatcher:
             time.sleep(self.poll_s)
 
 
+def _started(door: FrontDoor, serving: ServingCerts, host: str) -> None:
+    log.info("front door on %s:%s", host, door.port)
+
+    async def renew_forever() -> None:
+        while True:
+            await asyncio.sleep(60)
+            if serving.renew():
+                log.info("workload socket certificate renewed")
+
+    _tasks.add(asyncio.get_running_loop().create_task(renew_forever()))
+
+
+_tasks: set[asyncio.Task[None]] = set()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="noops-frontdoor")
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--plain", action="store_true", help="HTTP instead of HTTPS (tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = StaticEndpointRegistry()
@@ -91,15 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     watcher.load()
     stop = threading.Event()
     threading.Thread(target=watcher.run, args=(stop,), daemon=True, name="routes").start()
-    tls = None if args.plain else LocalCA(args.home / "tls").sni_context()
+    files = GateFiles(args.home / "gate")
+    files.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca = load_or_create_ca(files.ca)
+    serving = ServingCerts(ca)
+    write_bundle(ca, args.home / "tls" / "ca.crt")
+    gate = Gatekeeper(files, ca=ca, identities=IdentityStore(files.identity_db), port=args.port)
     pid_file = args.home / "run" / "frontdoor.pid"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))
     try:
-        run_forever(registry, host=args.host, port=args.port, tls=tls,
-                    on_started=lambda door: log.info("front door on %s:%s", args.host, door.port))
+        run_forever(registry, host=args.host, port=args.port, tls=serving.public_context(), gate=gate,
+                    upstream_tls=UpstreamTLS.for_ca(files.ca),
+                    workload=(str(args.home / "run" / "gateway.sock"), serving.workload_context()),
+                    on_started=lambda door: _started(door, serving, args.host))
     finally:
         stop.set()
+        gate.close()
         if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
             pid_file.unlink()
     return 0

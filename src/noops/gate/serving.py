@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from noops.gate.pki import CertificateAuthority, Issued, needs_rotation
+from noops.gate.pki import SVID_TTL_S, CertificateAuthority, Issued, needs_rotation
 
 __all__ = ["ServingCerts", "sni_of"]
 
@@ -42,6 +42,8 @@ class ServingCerts:
         self.ttl_s = ttl_s
         self._contexts: dict[str, tuple[ssl.SSLContext, Issued]] = {}
         self._lock = threading.Lock()
+        self._workload: ssl.SSLContext | None = None
+        self._workload_svid: Issued | None = None
 
     def _build(self, issued: Issued, *, require_client: bool) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -76,8 +78,26 @@ class ServingCerts:
         return self.context_for("localhost")
 
     def workload_context(self) -> ssl.SSLContext:
-        """The workload socket's context: mTLS required, the gateway's own SVID presented."""
-        return self._build(self.ca.issue_gateway_identity(), require_client=True)
+        """The workload socket's context: mTLS required, the gateway's own SVID presented.
+        One context for the life of the listener; :meth:`renew` reloads its SVID in place."""
+        if self._workload is None:
+            self._workload_svid = self.ca.issue_gateway_identity()
+            self._workload = self._build(self._workload_svid, require_client=True)
+        return self._workload
+
+    def renew(self) -> bool:
+        """Re-issue the workload socket's SVID once half its life has passed; new handshakes get
+        the new one, open connections keep theirs. Call it on the event loop that serves the
+        socket (OpenSSL contexts are not changed under a concurrent handshake). True if renewed."""
+        svid = self._workload_svid
+        if self._workload is None or svid is None or not needs_rotation(svid.not_after, SVID_TTL_S):
+            return False
+        fresh = self.ca.issue_gateway_identity()
+        with tempfile.TemporaryDirectory() as tmp:
+            cert_path, key_path = fresh.write(tmp, "leaf")
+            self._workload.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
+        self._workload_svid = fresh
+        return True
 
     def _pick(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         name = (server_name or "").lower().rstrip(".")

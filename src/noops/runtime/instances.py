@@ -6,6 +6,12 @@ private ``/tmp``, the image's non-root user, memory/CPU/pids limits, and a netwo
 only loopback. Its monitor (:mod:`noops.runtime.monitor`) owns the Unix socket that bridges into
 that namespace and the instance's log file. Logs live under ``$NOOPS_HOME/logs/<app>/`` and are
 kept across deploys; runtime state lives under ``/run/noops/instances/<id>/``.
+
+Every instance has a workload identity (:mod:`noops.runtime.identity`): an SVID for
+``spiffe://<td>/app/<app>/<process>`` issued at start and renewed at half-life by
+:meth:`InstanceManager.renew_svids`. The monitor serves the instance socket over mTLS with it and
+lets in only the gateway; the app itself speaks plain HTTP on loopback inside its namespace, and
+reaches other apps through the monitor's egress port (``NOOPS_GATEWAY_URL``).
 """
 
 from __future__ import annotations
@@ -30,14 +36,15 @@ from noops.oci.bundle import ContainerSpec, Runc, write_config
 from noops.oci.image import Image
 from noops.oci.store import ImageStore
 from noops.oci.unpack import LayerCache, mount_rootfs, unmount
-from noops.runtime import netns
+from noops.runtime import identity, netns
+from noops.runtime.identity import SvidIssuer
 from noops.runtime.local import image_user
 from noops.runtime.monitor import MonitorSpec, read_status
 
 __all__ = ["Instance", "InstanceManager", "InstanceSpec"]
 
 RUN_ROOT = Path("/run/noops/instances")
-
+EGRESS_PORT = 15001  # Istio's outbound port: where apps reach other apps (NOOPS_GATEWAY_URL)
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,19 @@ class Instance:
     dir: str
     started_at: float
     monitor_pid: int | None = None
+    spiffe_id: str = ""
+    """The SPIFFE ID the instance socket presents; the gateway pins it (routes.json)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "spec": asdict(self.spec), "socket_path": self.socket_path,
                 "log_path": self.log_path, "dir": self.dir, "started_at": self.started_at,
-                "monitor_pid": self.monitor_pid}
+                "monitor_pid": self.monitor_pid, "spiffe_id": self.spiffe_id}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Instance:
         return cls(data["id"], InstanceSpec(**data["spec"]), data["socket_path"],
-                   data["log_path"], data["dir"], data["started_at"], data.get("monitor_pid"))
+                   data["log_path"], data["dir"], data["started_at"], data.get("monitor_pid"),
+                   data.get("spiffe_id", ""))
 
     def status(self) -> dict[str, Any]:
         return read_status(Path(self.dir) / "monitor.json")
@@ -90,9 +100,22 @@ class Instance:
 
 
 class InstanceManager:
+    """Starts, stops and finds instances of one ``$NOOPS_HOME``.
+
+    ``identity`` issues the instances' SVIDs (``svid_ttl_s`` seconds each); without one,
+    :meth:`start` refuses (an instance socket without mTLS would be an open door), but stopping
+    and reaping work. ``gateway_socket`` is the front door's workload socket the egress dials
+    (default ``$NOOPS_HOME/run/gateway.sock``); ``egress_port`` 0 turns egress off.
+    """
+
     def __init__(self, home: Path, store: ImageStore, runc: Runc,
-                 run_root: Path | None = None) -> None:
+                 run_root: Path | None = None, *, identity: SvidIssuer | None = None,
+                 svid_ttl_s: int = 3600, gateway_socket: Path | None = None,
+                 egress_port: int = EGRESS_PORT) -> None:
         self.home, self.store, self.runc = home, store, runc
+        self.identity, self.svid_ttl_s = identity, svid_ttl_s
+        self.gateway_socket = gateway_socket or home / "run" / "gateway.sock"
+        self.egress_port = egress_port
         self.layers = LayerCache(home / "layers", store)
         # one runtime directory per home, so two homes (a user's, the tests') never adopt or
         # reap each other's instances
@@ -102,6 +125,13 @@ class InstanceManager:
         self.run_root.chmod(0o700)
 
     def start(self, spec: InstanceSpec) -> Instance:
+        if self.identity is None:
+            raise ContainerError("instances need workload certificates: give the InstanceManager "
+                                 "the platform CA (identity=...), as `noops up` does.")
+        if self.egress_port and spec.port == self.egress_port:
+            raise ContainerError(f"port {spec.port} is the egress port inside every instance; "
+                                 "let the app listen on $PORT with another value.")
+        issuer = self.identity
         image = self.store.image(spec.image_digest)
         iid = f"{spec.app}-{spec.process_type}-{uuid.uuid4().hex[:8]}"
         idir = self.run_root / iid
@@ -118,9 +148,16 @@ class InstanceManager:
             rootfs = idir / "rootfs"
             mount_rootfs(self.layers.ensure(image), rootfs, upper=idir / "upper")
             write_config(idir / "bundle", rootfs, self._container_spec(image, spec, ns))
+            svid = identity.write_svid(idir, issuer, spec.app, spec.process_type, self.svid_ttl_s)
+            instance.spiffe_id = svid.spiffe_id
+            gateway = identity.gateway_id(issuer.trust_domain)
             monitor = MonitorSpec(iid, str(idir / "bundle"), self.runc.binary,
                                   str(self.runc.state_root), ns, instance.socket_path, spec.port,
-                                  instance.log_path, grace_s=spec.grace_s)
+                                  instance.log_path, grace_s=spec.grace_s, tls_cert=svid.cert,
+                                  tls_key=svid.key, tls_ca=svid.bundle, allowed_peers=[gateway],
+                                  egress_port=self.egress_port,
+                                  gateway_socket=str(self.gateway_socket) if self.egress_port else "",
+                                  gateway_id=gateway)
             monitor.save(idir / "monitor.json")
             _write_private(idir / "instance.json", json.dumps(instance.to_json()))
             with open(idir / "monitor.log", "ab") as monitor_log:
@@ -146,6 +183,8 @@ class InstanceManager:
         env = dict(image.env)
         env.update(spec.env)
         env.update({"PORT": str(spec.port), "HOME": "/tmp"})
+        if self.egress_port:
+            env["NOOPS_GATEWAY_URL"] = f"http://127.0.0.1:{self.egress_port}"
         uid, gid = image_user(image)
         return ContainerSpec(args=args, env=env, cwd=cfg.get("WorkingDir") or "/", uid=uid,
                              gid=gid, readonly_rootfs=True, netns_path=str(netns.path(ns)),
@@ -200,6 +239,30 @@ class InstanceManager:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return found
+
+    def renew_svids(self, instances: list[Instance], *, now: float | None = None) -> int:
+        """Renew the SVID of every given live instance past half-life; return how many.
+
+        The monitor notices the new files within a second and uses them for new handshakes;
+        open connections keep the certificate they were made with. An instance that goes away
+        meanwhile is skipped.
+        """
+        if self.identity is None:
+            return 0
+        moment = time.time() if now is None else now
+        renewed = 0
+        for inst in instances:
+            idir = Path(inst.dir)
+            if not idir.is_dir() or not identity.renewal_due(identity.read_record(idir),
+                                                              self.svid_ttl_s, moment):
+                continue
+            try:
+                identity.write_svid(idir, self.identity, inst.spec.app, inst.spec.process_type,
+                                    self.svid_ttl_s)
+            except FileNotFoundError:  # stopped and cleaned up while we issued
+                continue
+            renewed += 1
+        return renewed
 
     def reap(self, instance: Instance) -> None:
         """Remove what is left of an exited instance (mounts, namespace, runtime dir)."""

@@ -4,6 +4,11 @@ The image's layers are mounted read-only (overlay; writes land in a throw-away u
 and the root is read-only to the app anyway), the app runs as the image's non-root user with a
 private ``/tmp``, on the host network with ``PORT`` set to the chosen port. Ctrl-C (SIGINT) or
 SIGTERM is forwarded by runc to the app; the container and its mounts are always removed.
+
+This is a developer's runner, outside the platform: no network namespace, no instance monitor,
+so no mTLS and no gateway in front (the port is the app's own, on 127.0.0.1 of the host), and no
+``NOOPS_GATEWAY_URL`` (there is no front door to call other apps through). Everything deployed
+with ``noops deploy`` runs behind mTLS instead (see :mod:`noops.runtime.instances`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,20 @@ Unix socket: a bridge into the instance's network namespace, the only way in. It
 session, so a crash or ``kill -9`` of the daemon leaves the app running, logging and reachable;
 the daemon re-adopts it from the status file on start.
 
+No TLS offload: the instance socket is a TLS 1.3 server presenting the instance's SVID
+(``spiffe://<td>/app/<app>/<process>``) and requiring a client certificate from the noops CA whose
+SPIFFE ID is one of ``allowed_peers`` (the gateway). A connection without one, with another ID,
+or speaking plain HTTP is closed before the app is dialled. Plaintext exists only between this
+process and the app, inside the namespace. The SVID files are re-read when the daemon rotates
+them (new handshakes get the new certificate, open connections keep theirs); an expired SVID is
+never presented: connections are refused until a fresh one arrives.
+
+Egress: inside the namespace, ``127.0.0.1:<egress_port>`` (``NOOPS_GATEWAY_URL`` for the app)
+takes plain HTTP from the app and forwards it over mTLS, with the instance's SVID as the client
+certificate, to the front door's workload socket (``gateway_socket``; Unix sockets cross network
+namespaces), whose server certificate must be ``gateway_id``. The front door authenticates the
+SVID and applies its policy to the ``Host`` the app asked for.
+
 Run as ``python -m noops.runtime.monitor SPEC.json``. The status file (``status.json`` next to
 the spec) always holds the latest truth: ``{"monitor_pid", "state": starting|running|exited,
 "exit_code", "started_at", "finished_at"}``, written atomically.
@@ -21,13 +35,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from noops.gate.mtls import SvidFiles
 
 __all__ = ["MonitorSpec", "main", "read_status"]
 
 _CHUNK = 65536
+_HANDSHAKE_TIMEOUT_S = 10.0
+_SERVER_NAME = "instance.noops.internal"  # noops.gate.mtls.SERVER_NAME (SVIDs have no DNS name)
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,15 @@ class MonitorSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
     grace_s: float = 30.0
+    # mTLS on the instance socket (empty: no SVID configured, every connection is refused)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    allowed_peers: list[str] = field(default_factory=list)
+    # egress for service-to-service calls (no gateway_socket: no egress listener)
+    egress_port: int = 15001
+    gateway_socket: str = ""
+    gateway_id: str = ""
 
     @classmethod
     def load(cls, path: Path) -> MonitorSpec:
@@ -107,13 +135,16 @@ class _Pipe(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
+        if self.pending:
+            self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is None or peer.transport is None:
             self.pending.append(data)
-            assert self.transport is not None
-            self.transport.pause_reading()
+            # a TLS transport can deliver data before connection_made (see Monitor.secure)
+            if self.transport is not None:
+                self.transport.pause_reading()
             return
         peer.transport.write(data)
 
@@ -175,8 +206,43 @@ class _ClientSide(_Pipe):
         self.attach(app)
 
 
+class _Accept(asyncio.Protocol):
+    """A raw connection on the instance socket. Reading is paused at once, so not a byte is read
+    in the clear: :meth:`Monitor.secure` hands the transport to TLS (``start_tls``)."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        raw.pause_reading()
+        self.monitor.spawn(self.monitor.secure(raw))
+
+
+class _EgressSide(_Pipe):
+    """A plain connection from the app to ``127.0.0.1:<egress_port>``: forwarded over mTLS."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.monitor.spawn(self.monitor.forward(self))
+
+
+def _refuse(side: _Pipe, why: str) -> None:
+    """Answer an egress request the gateway could not take with a 502 that says why, and close."""
+    if side.transport is None or side.transport.is_closing():
+        return
+    body = f"noops egress: {why}\n".encode()
+    side.transport.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    side.transport.close()
+
+
 class Monitor:
-    def __init__(self, spec: MonitorSpec, spec_path: Path) -> None:
+    def __init__(self, spec: MonitorSpec, spec_path: Path, tls: SvidFiles | None = None) -> None:
         self.spec, self.spec_path = spec, spec_path
         self.status_path = spec_path.with_name("status.json")
         self.log = _Log(Path(spec.log_path), spec.log_max_bytes, spec.log_keep)
@@ -184,6 +250,97 @@ class Monitor:
                                        "started_at": time.time()}
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
+        self.tls = tls
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0
+        self._refused_logged = float("-inf")
+
+    def spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _refused(self, why: str) -> None:
+        """Count a refused connection; log at most one line per 10 s (a port scan must not
+        flood the app's log)."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 10.0:
+            self._refused_logged = now
+            self.log.write("noops", f"refused a connection: {why} ({self.refused} so far)".encode())
+
+    async def secure(self, raw: asyncio.Transport) -> None:
+        """TLS on a new instance-socket connection with the SVID current now; the app is dialled
+        only once the client proved an allowed SPIFFE ID."""
+        from noops.errors import NoopsError
+
+        loop = asyncio.get_running_loop()
+        if self.tls is None:
+            self._refused("the instance has no SVID configured (a monitor spec without tls_cert);"
+                          " restart the instance from a current daemon")
+            raw.abort()
+            return
+        try:
+            ctx = self.tls.server_context(self.spec.allowed_peers)
+        except NoopsError as exc:
+            self._refused(str(exc))
+            raw.abort()
+            return
+        client = _ClientSide(self.spec.port)
+        try:
+            tls = await loop.start_tls(raw, client, ctx, server_side=True,
+                                       ssl_handshake_timeout=_HANDSHAKE_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self._refused(f"TLS handshake failed ({exc.__class__.__name__}: {exc})")
+            raw.abort()
+            return
+        if tls is None:
+            raw.abort()
+            return
+        peer = self.tls.check_peer(tls.get_extra_info("ssl_object"), self.spec.allowed_peers)
+        if peer is None:
+            self._refused("the client certificate is not an allowed SPIFFE ID "
+                          f"({', '.join(self.spec.allowed_peers) or 'none configured'})")
+            tls.abort()
+            return
+        client.connection_made(tls)  # dials the app; what arrived meanwhile is pending
+
+    async def forward(self, app: _EgressSide) -> None:
+        """Bridge one egress connection to the front door's workload socket over mTLS."""
+        from noops.errors import NoopsError
+
+        loop = asyncio.get_running_loop()
+        if self.tls is None:
+            _refuse(app, "this instance has no SVID to present")
+            return
+        try:
+            ctx = self.tls.client_context()
+            _, gw = await loop.create_unix_connection(
+                _Pipe, self.spec.gateway_socket, ssl=ctx, server_hostname=_SERVER_NAME,
+                ssl_handshake_timeout=_HANDSHAKE_TIMEOUT_S)
+        except (NoopsError, OSError, TimeoutError) as exc:
+            _refuse(app, f"the gateway is not reachable ({exc})")
+            return
+        assert gw.transport is not None
+        if self.tls.check_peer(gw.transport.get_extra_info("ssl_object"),
+                               (self.spec.gateway_id,)) is None:
+            gw.transport.abort()
+            _refuse(app, f"the workload socket is not {self.spec.gateway_id or 'the gateway'}")
+            return
+        if app.transport is None or app.transport.is_closing():
+            gw.transport.close()
+            return
+        app.attach(gw)
+
+    async def _serve_egress(self) -> asyncio.AbstractServer | None:
+        if not self.spec.gateway_socket or not self.spec.egress_port:
+            return None
+        try:
+            return await asyncio.get_running_loop().create_server(
+                lambda: _EgressSide(self), "127.0.0.1", self.spec.egress_port)
+        except OSError as exc:  # the app must run even without egress
+            self.log.write("noops", f"no egress on 127.0.0.1:{self.spec.egress_port}: {exc}".encode())
+            return None
 
     def _save(self) -> None:
         _atomic_json(self.status_path, self.status)
@@ -222,21 +379,29 @@ class Monitor:
             loop.add_signal_handler(sig, self._terminate)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.spec.socket)
-        server = await loop.create_unix_server(
-            lambda: _ClientSide(self.spec.port), path=self.spec.socket)
+        server = await loop.create_unix_server(lambda: _Accept(self), path=self.spec.socket)
         os.chmod(self.spec.socket, 0o600)
+        egress = await self._serve_egress()
         self.proc = await asyncio.create_subprocess_exec(
             self.spec.runc, "--root", self.spec.runc_root, "run", "--bundle", self.spec.bundle,
             self.spec.id, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.status.update(state="running", container_pid=None)
         self._save()
+        if self.tls is None and self.spec.tls_cert:
+            # imported while the app boots (connections wait in the backlog meanwhile): the
+            # socket and the container start as early as before TLS existed
+            from noops.gate.mtls import SvidFiles
+
+            self.tls = SvidFiles(self.spec.tls_cert, self.spec.tls_key, self.spec.tls_ca)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         drains = [asyncio.create_task(self._drain(self.proc.stdout, "stdout")),
                   asyncio.create_task(self._drain(self.proc.stderr, "stderr"))]
         code = await self.proc.wait()
         await asyncio.gather(*drains, return_exceptions=True)
         server.close()
+        if egress is not None:
+            egress.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.spec.socket)
         subprocess.run([self.spec.runc, "--root", self.spec.runc_root, "delete", "--force",

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from noops.appspec import AppSpec
 from noops.runtime.health import ProbeResult, probe_once, wait_until
+from noops.runtime.identity import ProbeTLS
 from noops.runtime.instances import Instance, InstanceManager, InstanceSpec
 
 __all__ = ["RouteSink", "Slot", "Supervisor"]
@@ -83,8 +84,10 @@ class Supervisor:
     def __init__(self, manager: InstanceManager, routes: RouteSink, *, backoff_s: float = 10.0,
                  max_backoff_s: float = 300.0, reset_after_s: float = 600.0,
                  hosts_for: Callable[[str, AppSpec], Sequence[str]] | None = None,
-                 on_event: Callable[[str, str, str, dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[str, str, str, dict[str, Any]], None] | None = None,
+                 tls: ProbeTLS | None = None) -> None:
         self.manager, self.routes = manager, routes
+        self.tls = tls  # how probes dial instance sockets (as the gateway, over mTLS)
         self.backoff_s, self.max_backoff_s, self.reset_after_s = backoff_s, max_backoff_s, reset_after_s
         self.slots: dict[str, Slot] = {}
         self._hosts_for = hosts_for or (lambda app, spec: [f"{app}.localhost", *spec.hosts])
@@ -95,7 +98,8 @@ class Supervisor:
         slots = [s for s in self.slots.values() if s.app == app and s.process_type == "web"]
         spec = max(slots, key=lambda s: s.release).spec if slots else AppSpec()
         endpoints = [{"id": s.instance.id, "app": app, "socket_path": s.instance.socket_path,
-                      "ready": s.ready, "draining": s.draining, "release": s.release}
+                      "ready": s.ready, "draining": s.draining, "release": s.release,
+                      "spiffe_id": s.instance.spiffe_id}
                      for s in slots if s.instance is not None]
         self.routes.publish(app, self._hosts_for(app, spec), endpoints)
 
@@ -128,12 +132,14 @@ class Supervisor:
             return ProbeResult(ok, "running" if ok else "exited right after start")
         host = f"{slot.app}.localhost"
         startup = await wait_until(instance.socket_path, slot.spec.health_path, host,
-                                   slot.spec.startup, alive=instance.alive)
+                                   slot.spec.startup, alive=instance.alive, tls=self.tls,
+                                   peer_id=instance.spiffe_id)
         slot.last_check = f"startup: {startup.detail}"
         if not startup.ok:
             return startup
         ready = await wait_until(instance.socket_path, slot.spec.health_path, host,
-                                 slot.spec.readiness, alive=instance.alive)
+                                 slot.spec.readiness, alive=instance.alive, tls=self.tls,
+                                 peer_id=instance.spiffe_id)
         slot.last_check = f"readiness: {ready.detail}"
         slot.ready = ready.ok
         slot.healthy_since = time.time() if ready.ok else None
@@ -156,7 +162,8 @@ class Supervisor:
             if slot.process_type == "web" and now >= next_ready:
                 next_ready = now + slot.spec.readiness.period_s
                 res = await probe_once(inst.socket_path, slot.spec.health_path,
-                                       f"{slot.app}.localhost", slot.spec.readiness.timeout_s)
+                                       f"{slot.app}.localhost", slot.spec.readiness.timeout_s,
+                                       self.tls, inst.spiffe_id)
                 ready_failures, ready_successes = ((0, ready_successes + 1) if res.ok
                                                    else (ready_failures + 1, 0))
                 was = slot.ready
@@ -170,7 +177,8 @@ class Supervisor:
             if slot.process_type == "web" and now >= next_live:
                 next_live = now + slot.spec.liveness.period_s
                 res = await probe_once(inst.socket_path, slot.spec.health_path,
-                                       f"{slot.app}.localhost", slot.spec.liveness.timeout_s)
+                                       f"{slot.app}.localhost", slot.spec.liveness.timeout_s,
+                                       self.tls, inst.spiffe_id)
                 live_failures = 0 if res.ok else live_failures + 1
                 if live_failures >= slot.spec.liveness.failures:
                     slot.last_check = f"liveness: {res.detail}"

@@ -6,7 +6,7 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,17 +72,16 @@ class Daemon:
         os.kill(pid, 9)
 
 
-@pytest.fixture(scope="session")
-def daemon(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A platform with its own state, logs and certificates for this test session, sharing the
-    machine's test image store (stacks, layers, caches) so nothing is built twice."""
-    home = tmp_path_factory.mktemp("platform-home")
+def _platform(noops_home: Path, home: Path, **settings: str) -> Daemon:
+    """Start ``noops up -d`` on ``home`` (sharing the machine's test image store); ``settings``
+    become ``NOOPS_<NAME>`` environment variables."""
     for shared in ("images", "layers", "cache"):
         (noops_home / shared).mkdir(parents=True, exist_ok=True)
         (home / shared).symlink_to(noops_home / shared)
     port = free_port()
     env = dict(os.environ, NOOPS_HOME=str(home), NOOPS_FRONTDOOR_PORT=str(port),
                NOOPS_RESTART_BACKOFF_S="1")
+    env.update({f"NOOPS_{k.upper()}": v for k, v in settings.items()})
     env.pop("SOURCE_DATE_EPOCH", None)
     d = Daemon(home, port, env)
     # These tests exercise the platform (deploys, health, rollouts); the gateway's enforcement is
@@ -92,5 +91,30 @@ def daemon(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     policy.write_text('[[route]]\nid = "open"\nhost = "*.localhost"\nauthenticated = false\n')
     d.noops("policy", "apply", str(policy))
     d.start()
+    return d
+
+
+@pytest.fixture(scope="session")
+def daemon(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A platform with its own state, logs and certificates for this test session, sharing the
+    machine's test image store (stacks, layers, caches) so nothing is built twice."""
+    d = _platform(noops_home, tmp_path_factory.mktemp("platform-home"))
     yield d
     d.noops("down", "--apps", check=False)
+
+
+@pytest.fixture
+def platform_with(noops_home: Path, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> Iterator[Callable[..., Daemon]]:
+    """``platform_with(svid_ttl_s="20")``: a platform of the test's own with other settings;
+    stopped (apps too) when the test ends."""
+    started: list[Daemon] = []
+
+    def start(**settings: str) -> Daemon:
+        started.append(_platform(noops_home, tmp_path_factory.mktemp("platform-home"),
+                                 **settings))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.noops("down", "--apps", check=False)

@@ -5,26 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from runtime_helpers import tls_get
 
-from helpers import EXAMPLES, needs
+from helpers import needs
 from noops.appspec import AppSpec, Probe
-from noops.build.lifecycle import build_image
-from noops.oci.bundle import Runc
-from noops.oci.store import ImageStore
+from noops.gate.mtls import UpstreamTLS
 from noops.runtime.instances import InstanceManager, InstanceSpec
 from noops.runtime.rollout import DeployError, RolloutPlan, rollout
 from noops.runtime.supervisor import Supervisor
-from noops.settings import Settings
 
 pytestmark = [pytest.mark.runc, pytest.mark.stacks, needs("runc", "mmdebstrap", "ip")]
 
@@ -43,44 +39,21 @@ class Routes:
         return [e for e in self.table.get(app, []) if e["ready"] and not e["draining"]]
 
 
-@pytest.fixture
-def flask_image(noops_settings: Settings, unique: str) -> str:
-    return build_image(noops_settings, EXAMPLES / "flask", tag=f"t-{unique}/flask").digest
-
-
-@pytest.fixture
-def manager(noops_settings: Settings, tmp_path: Path) -> Iterator[InstanceManager]:
-    store = ImageStore(noops_settings.home / "images")
-    # runtime dirs (with overlay mounts) live outside pytest's tmp dirs: a mount left by a
-    # crashed run must never make pytest's own clean-up fail
-    run_root = Path("/run/noops-tests") / tmp_path.name / uuid.uuid4().hex[:8]
-    mgr = InstanceManager(noops_settings.home, store, Runc(), run_root=run_root)
-    yield mgr
-    for leftover in mgr.existing():  # a failed test must not leave containers running
-        mgr.stop(leftover, wait_s=10)
-
-
 def _container_pid(instance_id: str) -> int:
     out = subprocess.run(["runc", "--root", "/run/noops/runc", "state", instance_id],
                          capture_output=True, text=True, check=True).stdout
     return int(json.loads(out)["pid"])
 
 
-def _status(socket_path: str, path: str = "/") -> int:
-    """GET over the instance socket with a plain socket (nothing left open on failure)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(socket_path)
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: app.localhost\r\n\r\n".encode())
-        head = sock.recv(64).split()
-        if len(head) < 2:
-            raise ConnectionError("the instance closed the connection (app not listening yet)")
-        return int(head[1])
+def _status(socket_path: str, gateway: UpstreamTLS, path: str = "/") -> int:
+    """GET over the instance socket as the gateway (mTLS; nothing left open on failure)."""
+    return tls_get(socket_path, gateway.context(), path)[0]
 
 
-def test_crash_restarts_with_backoff(manager: InstanceManager, flask_image: str) -> None:
+def test_crash_restarts_with_backoff(manager: InstanceManager, flask_image: str,
+                                     gateway: UpstreamTLS) -> None:
     async def scenario() -> list[float]:
-        sup = Supervisor(manager, Routes(), backoff_s=1.0, max_backoff_s=8.0)
+        sup = Supervisor(manager, Routes(), backoff_s=1.0, max_backoff_s=8.0, tls=gateway)
         slot, result = await sup.start("crashy", 1, "web", 0,
                                        InstanceSpec("crashy", 1, "web", flask_image, grace_s=5),
                                        FAST)
@@ -93,7 +66,7 @@ def test_crash_restarts_with_backoff(manager: InstanceManager, flask_image: str)
                 assert time.monotonic() < deadline, slot.to_json()
                 await asyncio.sleep(0.1)
         assert [e["exit_code"] for e in slot.exits] == [137, 137, 137]
-        assert slot.instance is not None and _status(slot.instance.socket_path) == 200
+        assert slot.instance is not None and _status(slot.instance.socket_path, gateway) == 200
         await sup.stop(slot)
         return [e["at"] for e in slot.exits], slot.restart_times
 
@@ -104,15 +77,15 @@ def test_crash_restarts_with_backoff(manager: InstanceManager, flask_image: str)
     assert waits[0] < waits[1] < waits[2]
 
 
-def test_port_not_reachable_from_host_namespace(manager: InstanceManager,
-                                                flask_image: str) -> None:
+def test_port_not_reachable_from_host_namespace(manager: InstanceManager, flask_image: str,
+                                                gateway: UpstreamTLS) -> None:
     instance = manager.start(InstanceSpec("isolated", 1, "web", flask_image, port=18931,
                                           grace_s=5))
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                assert _status(instance.socket_path) == 200
+                assert _status(instance.socket_path, gateway) == 200
                 break
             except OSError:
                 assert time.monotonic() < deadline
@@ -125,15 +98,21 @@ def test_port_not_reachable_from_host_namespace(manager: InstanceManager,
         assert oct(idir.stat().st_mode & 0o777) == "0o700"
         for private in (idir / "instance.json", idir / "bundle" / "config.json"):
             assert oct(private.stat().st_mode & 0o777) == "0o600", private
+        # and so does its workload identity (the SVID's private key above all)
+        assert oct((idir / "identity").stat().st_mode & 0o777) == "0o700"
+        for name in ("svid.key", "svid.crt", "ca.crt", "svid.json"):
+            private = idir / "identity" / name
+            assert oct(private.stat().st_mode & 0o777) == "0o600", private
     finally:
         manager.stop(instance)
 
 
-def test_failed_release_never_gets_traffic(manager: InstanceManager, flask_image: str) -> None:
+def test_failed_release_never_gets_traffic(manager: InstanceManager, flask_image: str,
+                                           gateway: UpstreamTLS) -> None:
     routes = Routes()
 
     async def scenario() -> None:
-        sup = Supervisor(manager, routes, backoff_s=1.0)
+        sup = Supervisor(manager, routes, backoff_s=1.0, tls=gateway)
         good = RolloutPlan("roll", 1, flask_image, FAST, {"web": 1}, {})
         await rollout(sup, good)
         serving = routes.ready("roll")
@@ -145,7 +124,7 @@ def test_failed_release_never_gets_traffic(manager: InstanceManager, flask_image
             await rollout(sup, RolloutPlan("roll", 2, flask_image, broken_spec, {"web": 1}, {}))
         assert "404" in str(err.value) and "last log lines" in str(err.value)
         assert [e["release"] for e in routes.ready("roll")] == [1]
-        assert _status(serving[0]["socket_path"]) == 200
+        assert _status(serving[0]["socket_path"], gateway) == 200
         for slot in sup.for_app("roll"):
             await sup.stop(slot)
 
