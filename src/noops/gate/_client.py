@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from noops.gate._client_gate import FORM_LIMIT, GateSide
 from noops.gate._core import Core
-from noops.gate._http import BadRequest, answer, error_response, scan_request, scan_response, status_line
+from noops.gate._exchange import GATEWAY_BEARER, Exchange, normal_path, without_gateway_cookies
+from noops.gate._http import BadRequest, error_response, scan_request, scan_response, status_line
 from noops.gate._tunnel import Tunnel, TunnelInfo
 from noops.gate._upstream import HeadDone, Pool, Upstream
-from noops.gate.endpoints import Endpoint
-from noops.gate.pep import ConnIdentity, Gatekeeper, Request, Verdict
-from noops.gate.policy import normalize_path
+from noops.gate.pep import ConnIdentity, Verdict
 from noops.gate.serving import sni_of
 
 __all__ = ["ClientConnection"]
@@ -40,9 +38,6 @@ _P_PIPELINE, _P_UPSTREAM, _P_WAIT, _P_UPGRADE = 1, 2, 4, 8
 # What the connection's single deadline means.
 _D_NONE, _D_IDLE, _D_HEAD, _D_BODY, _D_UPSTREAM, _D_SEND = range(6)
 _WAIT_LIMIT = 256 * 1024  # request body held while no upstream connection is attached
-_FORM_LIMIT = 16 * 1024  # largest body a gateway page reads (sign-in forms); more is a 413
-_NO_TLS = ConnIdentity()
-Reply = tuple[int, list[tuple[str, str]], bytes]  # a gateway page's answer: status, headers, body
 _RETRY_SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _VIA = b"Via: 1.1 noops\r\n"
 
@@ -51,50 +46,7 @@ class _UpstreamProtocolError(Exception):
     """The app sent something that is not a valid answer to this request."""
 
 
-class Exchange:
-    """One request and its response.
-
-    No ``__slots__``: most fields keep their class-level default for the whole exchange, so
-    creating one sets four attributes instead of thirty.
-    """
-
-    accept = b""
-    chunked = False
-    has_body = False
-    http10 = False
-    is_head = False
-    keep_alive = True
-    websocket = False
-    retry_safe = False
-    complete = False  # the whole request has been read from the client
-    done = False  # finished (answered or abandoned)
-    local_status = 0  # proxy answer deferred to the end of a bodiless request
-    eps: Sequence[Endpoint] = ()
-    tried: set[str] | None = None
-    pool: Pool | None = None
-    up: Upstream | None = None
-    reused = False
-    fresh = False
-    retried = False
-    response_started = False
-    client_chunked = False
-    client_keep = False
-    close_delimited = False
-    up_keep = False
-    pending_bytes = 0
-    verdict: Verdict | None = None  # the gateway's decision (None: no gatekeeper)
-    pending_answer: tuple[int, list[tuple[str, str]], bytes] | None = None
-    form: list[bytes] | None = None  # body of a request to a gateway page, collected
-    form_bytes = 0
-
-    def __init__(self, head: bytes, host: str, request_id: bytes) -> None:
-        self.head = head
-        self.host = host
-        self.request_id = request_id
-        self.pending: list[bytes] = []  # body bytes (already framed) not yet written upstream
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(GateSide, asyncio.Protocol):
     """One client connection (plain or TLS)."""
 
     def __init__(self, core: Core) -> None:
@@ -275,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
             raise BadRequest
         query_at = target.find(b"?")
         raw_path = target if query_at < 0 else target[:query_at]
-        path = _normal_path(raw_path)
+        path = normal_path(raw_path)
         if path is None:
             raise BadRequest
         if path != raw_path:
@@ -308,10 +260,10 @@ class ClientConnection(asyncio.Protocol):
             verdict = self._decide(gate, method, host, path, target, query_at, cookie, authorization,
                                    accept, rid, websocket)
             if verdict.allowed:
-                kept = _without_gateway_cookies(cookie)
+                kept = without_gateway_cookies(cookie)
                 if kept:
                     out += (b"Cookie: ", kept, b"\r\n")
-                if authorization and not _GATEWAY_BEARER.fullmatch(authorization):
+                if authorization and not GATEWAY_BEARER.fullmatch(authorization):
                     out += (b"Authorization: ", authorization, b"\r\n")
                 out.append(verdict.extra)
         out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
@@ -350,7 +302,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if ex.form is not None:
             ex.form_bytes += len(body)
-            if ex.form_bytes <= _FORM_LIMIT:
+            if ex.form_bytes <= FORM_LIMIT:
                 ex.form.append(body)
             return
         if ex.chunked:
@@ -381,52 +333,6 @@ class ClientConnection(asyncio.Protocol):
                 self._run_page(ex)
         elif self.dkind == _D_BODY and ex is self.active:
             self._arm(_D_UPSTREAM, self.t_up)
-
-    # -- the gateway's decision and pages ------------------------------------------------------------
-    def _decide(self, gate: Gatekeeper, method: bytes, host: str, path: bytes, target: bytes,
-                query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes,
-                websocket: bool) -> Verdict:
-        eps = self.core.registry.endpoints(host)
-        if not eps:
-            return Verdict(True)  # no app here: answered 404/503 by _begin, nothing is forwarded
-        req = Request(method=method.decode("ascii"), host=host, app=eps[0].app, path=path.decode("ascii"),
-                      query=target[query_at + 1:].decode("latin-1") if query_at >= 0 else "",
-                      cookie_header=cookie.decode("latin-1"), authorization=authorization.decode("latin-1"),
-                      client_ip=self.peer, request_id=rid.decode("ascii"),
-                      browser=method == b"GET" and b"text/html" in accept, websocket=websocket)
-        return gate.check(self.conn_id or _NO_TLS, req)
-
-    def _answer_later(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
-        if not ex.complete and not ex.has_body:
-            ex.pending_answer = reply  # the end of the head is the end of the request: answer then
-        else:
-            self._send_answer(ex, reply)
-
-    def _send_answer(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
-        status, headers, body = reply
-        close = not (ex.keep_alive and ex.complete) or self.core.draining or self.eof
-        self.out.append(answer(status, headers, body, request_id=ex.request_id, close=close,
-                               head_only=ex.is_head))
-        self._finish(ex, close)
-
-    def _run_page(self, ex: Exchange) -> None:
-        verdict, form = ex.verdict, ex.form
-        assert verdict is not None and verdict.handler is not None and form is not None
-        if ex.form_bytes > _FORM_LIMIT:
-            self._send_answer(ex, (413, [("Content-Type", "text/plain")], b"form too large\n"))
-            return
-        self.deadline, self.dkind = 0.0, _D_NONE
-        self.core.spawn(self._page(ex, verdict.handler, b"".join(form)))
-
-    async def _page(self, ex: Exchange, handler: Callable[[bytes], Awaitable[Reply]], body: bytes) -> None:
-        try:
-            reply = await handler(body)
-        except Exception:
-            log.exception("gateway page failed for %s", ex.request_id.decode())
-            reply = (500, [("Content-Type", "text/plain")], b"the gateway failed to handle this page\n")
-        if ex.done or self.closed or ex is not self.active:
-            return
-        self._send_answer(ex, reply)
 
     # -- routing -------------------------------------------------------------------------------
     def _begin(self, ex: Exchange) -> None:
@@ -867,34 +773,3 @@ class ClientConnection(asyncio.Protocol):
 
 # A noops session secret, as pep.session_secret reads it: the scheme in any case, then the
 # secret with any whitespace around it (a narrower pattern would forward such a bearer).
-_GATEWAY_BEARER = re.compile(rb"(?i:bearer) \s*[A-Za-z0-9_-]{43}\s*")
-_GATEWAY_COOKIE = b"__Host-noops_"
-
-
-def _normal_path(raw: bytes) -> bytes | None:
-    """The normalised request path (:func:`noops.gate.policy.normalize_path`), cached."""
-    cached = _PATHS.get(raw)
-    if cached is not None:
-        return cached
-    try:
-        normal = normalize_path(raw.decode("ascii"))
-    except UnicodeDecodeError:
-        return None
-    if normal is None:
-        return None
-    result = normal.encode("ascii")
-    if len(_PATHS) > 8192:
-        _PATHS.clear()
-    _PATHS[raw] = result
-    return result
-
-
-_PATHS: dict[bytes, bytes] = {}
-
-
-def _without_gateway_cookies(cookie: bytes) -> bytes:
-    """The Cookie value without the gateway's own cookies (session, CSRF, login state)."""
-    if _GATEWAY_COOKIE not in cookie:
-        return cookie
-    kept = [c for c in (p.strip() for p in cookie.split(b";")) if c and not c.startswith(_GATEWAY_COOKIE)]
-    return b"; ".join(kept)

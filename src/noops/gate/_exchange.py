@@ -1,0 +1,96 @@
+"""One request/response exchange of a client connection, and the request-target rules the
+gateway decides on (normalised path, its own credentials)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from noops.gate.policy import normalize_path
+
+if TYPE_CHECKING:
+    from noops.gate._upstream import Pool, Upstream
+    from noops.gate.endpoints import Endpoint
+    from noops.gate.pep import Verdict
+
+__all__ = ["GATEWAY_BEARER", "Exchange", "Reply", "normal_path", "without_gateway_cookies"]
+
+Reply = tuple[int, list[tuple[str, str]], bytes]
+"""A gateway page's answer: status, headers, body."""
+
+
+class Exchange:
+    """One request and its response.
+
+    No ``__slots__``: most fields keep their class-level default for the whole exchange, so
+    creating one sets four attributes instead of thirty.
+    """
+
+    accept = b""
+    chunked = False
+    has_body = False
+    http10 = False
+    is_head = False
+    keep_alive = True
+    websocket = False
+    retry_safe = False
+    complete = False  # the whole request has been read from the client
+    done = False  # finished (answered or abandoned)
+    local_status = 0  # proxy answer deferred to the end of a bodiless request
+    eps: Sequence[Endpoint] = ()
+    tried: set[str] | None = None
+    pool: Pool | None = None
+    up: Upstream | None = None
+    reused = False
+    fresh = False
+    retried = False
+    response_started = False
+    client_chunked = False
+    client_keep = False
+    close_delimited = False
+    up_keep = False
+    pending_bytes = 0
+    verdict: Verdict | None = None  # the gateway's decision (None: no gatekeeper)
+    pending_answer: tuple[int, list[tuple[str, str]], bytes] | None = None
+    form: list[bytes] | None = None  # body of a request to a gateway page, collected
+    form_bytes = 0
+
+    def __init__(self, head: bytes, host: str, request_id: bytes) -> None:
+        self.head = head
+        self.host = host
+        self.request_id = request_id
+        self.pending: list[bytes] = []  # body bytes (already framed) not yet written upstream
+
+
+GATEWAY_BEARER = re.compile(rb"(?i:bearer) \s*[A-Za-z0-9_-]{43}\s*")
+_GATEWAY_COOKIE = b"__Host-noops_"
+
+
+def normal_path(raw: bytes) -> bytes | None:
+    """The normalised request path (:func:`noops.gate.policy.normalize_path`), cached."""
+    cached = _PATHS.get(raw)
+    if cached is not None:
+        return cached
+    try:
+        normal = normalize_path(raw.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    if normal is None:
+        return None
+    result = normal.encode("ascii")
+    if len(_PATHS) > 8192:
+        _PATHS.clear()
+    _PATHS[raw] = result
+    return result
+
+
+_PATHS: dict[bytes, bytes] = {}
+
+
+def without_gateway_cookies(cookie: bytes) -> bytes:
+    """The Cookie value without the gateway's own cookies (session, CSRF, login state)."""
+    if _GATEWAY_COOKIE not in cookie:
+        return cookie
+    kept = [c for c in (p.strip() for p in cookie.split(b";")) if c and not c.startswith(_GATEWAY_COOKIE)]
+    return b"; ".join(kept)
