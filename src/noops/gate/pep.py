@@ -515,12 +515,6 @@ class Gatekeeper:
                 elif item is None:
                     stop = True
 
-    def flush_audit(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every record queued so far is on disk (tests, shutdown)."""
-        done = threading.Event()
-        self._audit_q.put(done)
-        return done.wait(timeout_s)
-
     # -- answers --------------------------------------------------------------------------------
     def deny_page(self, req: Request, status: int, message: str) -> Verdict:
         return self.pages.message(req, status, message)

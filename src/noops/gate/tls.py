@@ -1,7 +1,7 @@
-"""TLS for the front door: a self-signed ``localhost`` certificate and the server context.
+"""A self-signed ``localhost`` certificate and a server context, for the proxy's own tests and
+benchmarks (the front door itself serves certificates from the built-in CA: :mod:`.serving`).
 
-The built-in CA (``gate.pki``, later) will issue real certificates; until then, and for
-development, :func:`localhost_certificate` makes one ECDSA P-256 certificate for ``localhost``,
+:func:`localhost_certificate` makes one ECDSA P-256 certificate for ``localhost``,
 ``*.localhost``, ``127.0.0.1`` and ``::1`` that a client trusts by loading the certificate file
 itself as its CA file.
 
@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from noops.gate._errors import GateError
 
-__all__ = ["LocalCA", "localhost_certificate", "server_context"]
+__all__ = ["localhost_certificate", "server_context"]
 
 CERT_NAME = "localhost.crt"
 KEY_NAME = "localhost.key"
@@ -137,119 +137,3 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
     os.replace(tmp, path)
 
-
-class LocalCA:
-    """A small CA for the front door's development names: ``localhost``, ``*.localhost``, loopback.
-
-    Users trust ``ca.crt`` once (the demo prints its path); the front door issues a leaf for each
-    ``APP.localhost`` name on demand (SNI), so new apps need no new trust. The CA certificate
-    carries name constraints (``localhost`` and its subdomains, 127.0.0.0/8, ::1): even if its
-    key leaked, it could not vouch for any other name. Key files are 0600.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        self.cert_path, self.key_path = self.dir / "ca.crt", self.dir / "ca.key"
-        if self.cert_path.is_file() and self.key_path.is_file():
-            self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-            loaded = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
-            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-                raise GateError(f"{self.key_path} is not an EC key; delete the tls folder")
-            self.key = loaded
-        else:
-            self._create()
-        self._contexts: dict[str, ssl.SSLContext] = {}
-
-    def _create(self) -> None:
-        try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GateError(f"cannot create {self.dir}: {exc.strerror}") from exc
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "noops local CA"),
-                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "noops development")])
-        now = datetime.datetime.now(datetime.UTC)
-        public = self.key.public_key()
-        permitted: list[x509.GeneralName] = [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
-            x509.IPAddress(ipaddress.ip_network("::1/128")),
-        ]
-        self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.NameConstraints(permitted_subtrees=permitted,
-                                                excluded_subtrees=None), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        _write(self.key_path, self.key.private_bytes(serialization.Encoding.PEM,
-                                                     serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()), 0o600)
-        _write(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-    def issue(self, names: list[str], days: int = 90) -> tuple[bytes, bytes]:
-        """A server certificate (PEM, with the CA appended) and its key (PEM) for ``names``."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        sans: list[x509.GeneralName] = []
-        for n in names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                sans.append(x509.DNSName(n))
-        public = key.public_key()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject).public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        chain = cert.public_bytes(serialization.Encoding.PEM) + self.cert.public_bytes(
-            serialization.Encoding.PEM)
-        return chain, key.private_bytes(serialization.Encoding.PEM,
-                                        serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
-
-    def context_for(self, names: list[str]) -> ssl.SSLContext:
-        """A server context presenting a fresh leaf for ``names`` (cached per first name)."""
-        cached = self._contexts.get(names[0])
-        if cached is not None:
-            return cached
-        chain, key = self.issue(names)
-        leaf_dir = self.dir / "leaves"
-        leaf_dir.mkdir(mode=0o700, exist_ok=True)
-        cert_path, key_path = leaf_dir / f"{names[0]}.crt", leaf_dir / f"{names[0]}.key"
-        _write(key_path, key, 0o600)
-        _write(cert_path, chain, 0o644)
-        ctx = server_context(cert_path, key_path)
-        self._contexts[names[0]] = ctx
-        return ctx
-
-    def sni_context(self) -> ssl.SSLContext:
-        """The front door's context: ``localhost``/loopback by default, and per SNI name a leaf
-        for any ``*.localhost`` host (other names keep the default and fail verification)."""
-        default = self.context_for(["localhost", "127.0.0.1", "::1"])
-
-        def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-            name = (server_name or "").lower().rstrip(".")
-            if name.endswith(".localhost") and len(name) <= 253 and name.count(".") <= 8:
-                sslobj.context = self.context_for([name])
-
-        default.sni_callback = pick
-        return default
