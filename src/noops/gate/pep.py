@@ -344,7 +344,7 @@ class Gatekeeper:
         if cert is not None and cert.not_after.timestamp() <= now:
             cert = None  # expired while the connection stayed open
         key = (secret, cert.serial if cert is not None else 0, conn.rejected, req.client_ip, req.host,
-               req.path, req.method)
+               req.path, req.method, req.websocket)
         hit = self._decisions.get(key)
         if hit is not None and hit[2] > now and not device_revoked:
             # The same caller, request and signals within the last second: the same decision,

@@ -128,3 +128,30 @@ def test_signals_change_the_outcome_for_the_same_user(gw: Gateway) -> None:
     assert denied, records
     allowed = [r for r in records if r["outcome"] == "allow" and r["path"] == "/admin"]
     assert any(c["signal"] == "device_cert" and c["points"] > 0 for c in allowed[0]["contributions"])
+
+
+READ_ONLY = """
+[[route]]
+id = "live"
+host = "echo.localhost"
+min_score = 90
+below = "read_only"
+"""
+
+
+def test_read_only_grants_reads_but_never_a_websocket_even_right_after_a_read(gw: Gateway) -> None:
+    from zt_harness import RawConnection, ws_handshake
+
+    gw.apply_policy(READ_ONLY)
+    gw.add_user("reader")
+    cookie = gw.session("reader", {"password"})
+    with gw.client(cookie=cookie) as c:
+        assert c.get(gw.url("echo", "/live")).status_code == 200  # read-only: reads pass
+        r = c.post(gw.url("echo", "/live"), headers={"Accept": "application/json"})
+        assert r.status_code == 403 and "read-only" in r.json()["message"]
+    before = len(gw.apps["echo"].seen)
+    with RawConnection(gw) as conn:  # the same request as the read above, plus Upgrade
+        conn.send(ws_handshake("/live", cookie=cookie, extra=[("Accept", "application/json")]))
+        reply = conn.read_response()
+    assert reply is not None and reply.status == 403
+    assert len(gw.apps["echo"].seen) == before
