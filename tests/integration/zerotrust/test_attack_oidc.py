@@ -15,27 +15,17 @@ with a small OpenID provider run by the test on 127.0.0.1:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
-import secrets
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from zt_harness import Gateway, RawConnection, header_values, raw_get, wait_for
 
-CLIENT_ID = "noops-gate"
-CLIENT_SECRET = "idp-secret-1"
+from oidc_idp import TestIdP, b64url, serve
+
 POLICY = """
 [[route]]
 id = "apps"
@@ -44,161 +34,18 @@ authenticated = true
 """
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-@dataclass
-class IdP:
-    issuer: str = ""
-    redirect_uri: str = ""
-    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
-    mode: str = "ok"
-    codes: dict[str, dict[str, str]] = field(default_factory=dict)
-    authorize_requests: list[dict[str, str]] = field(default_factory=list)
-    token_requests: list[dict[str, str]] = field(default_factory=list)
-
-    def jwks(self) -> dict[str, Any]:
-        n = self.key.public_key().public_numbers()
-        return {
-            "keys": [
-                {
-                    "kty": "EC",
-                    "crv": "P-256",
-                    "kid": "k1",
-                    "alg": "ES256",
-                    "use": "sig",
-                    "x": b64(n.x.to_bytes(32, "big")),
-                    "y": b64(n.y.to_bytes(32, "big")),
-                }
-            ]
-        }
-
-    def id_token(self, nonce: str, access: str) -> str:
-        now = int(time.time())
-        claims = {
-            "iss": self.issuer,
-            "sub": "u-1",
-            "aud": CLIENT_ID,
-            "iat": now,
-            "exp": now + 300,
-            "nonce": "other-nonce" if self.mode == "bad_nonce" else nonce,
-            "email": "ada@example.test",
-            "email_verified": True,
-            "groups": ["dev"],
-            "amr": ["pwd", "mfa"],
-            "at_hash": b64(hashlib.sha256(access.encode()).digest()[:16]),
-        }
-        signing = (
-            f"{b64(json.dumps({'alg': 'ES256', 'kid': 'k1'}).encode())}.{b64(json.dumps(claims).encode())}"
-        )
-        r, s = decode_dss_signature(self.key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
-        return f"{signing}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
-
-
-def _handler(idp: IdP) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _json(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            if url.path == "/.well-known/openid-configuration":
-                self._json(
-                    200,
-                    {
-                        "issuer": idp.issuer,
-                        "authorization_endpoint": f"{idp.issuer}/authorize",
-                        "token_endpoint": f"{idp.issuer}/token",
-                        "jwks_uri": f"{idp.issuer}/jwks",
-                        "response_types_supported": ["code"],
-                        "subject_types_supported": ["public"],
-                        "id_token_signing_alg_values_supported": ["ES256"],
-                        "code_challenge_methods_supported": ["S256"],
-                        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
-                    },
-                )
-            elif url.path == "/jwks":
-                self._json(200, idp.jwks())
-            elif url.path == "/authorize":
-                q = dict(urllib.parse.parse_qsl(url.query))
-                idp.authorize_requests.append(q)
-                if q.get("redirect_uri") != idp.redirect_uri or q.get("client_id") != CLIENT_ID:
-                    self._json(400, {"error": "invalid_request"})
-                    return
-                code = secrets.token_urlsafe(16)
-                idp.codes[code] = {
-                    "challenge": q["code_challenge"],
-                    "nonce": q.get("nonce", ""),
-                    "method": q.get("code_challenge_method", ""),
-                }
-                back = urllib.parse.urlencode({"code": code, "state": q.get("state", ""), "iss": idp.issuer})
-                self.send_response(302)
-                self.send_header("Location", f"{idp.redirect_uri}?{back}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-            else:
-                self._json(404, {"error": "not_found"})
-
-        def do_POST(self) -> None:
-            form = dict(
-                urllib.parse.parse_qsl(self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())
-            )
-            idp.token_requests.append(form)
-            pair = f"{CLIENT_ID}:{CLIENT_SECRET}".encode()
-            if self.headers.get("Authorization") != "Basic " + base64.b64encode(pair).decode():
-                self._json(401, {"error": "invalid_client"})
-                return
-            grant = idp.codes.pop(form.get("code", ""), None)
-            verifier = form.get("code_verifier", "")
-            if (
-                grant is None
-                or grant["method"] != "S256"
-                or b64(hashlib.sha256(verifier.encode()).digest()) != grant["challenge"]
-            ):
-                self._json(400, {"error": "invalid_grant"})
-                return
-            access = secrets.token_urlsafe(24)
-            self._json(
-                200,
-                {
-                    "access_token": access,
-                    "token_type": "Bearer",
-                    "expires_in": 300,
-                    "id_token": idp.id_token(grant["nonce"], access),
-                },
-            )
-
-    return Handler
+@pytest.fixture(scope="module")
+def idp() -> Iterator[TestIdP]:
+    with serve(TestIdP(amr=["pwd", "mfa"])) as state:
+        yield state
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[IdP]:
-    state = IdP()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.issuer = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-@pytest.fixture(scope="module")
-def gw(idp: IdP) -> Iterator[Gateway]:  # this module's own gateway: oidc.toml is read at start
+def gw(idp: TestIdP) -> Iterator[Gateway]:  # this module's own gateway: oidc.toml is read at start
     gateway = Gateway()
     (gateway.gate / "oidc.toml").write_text(
-        f'issuer = "{idp.issuer}"\nclient_id = "{CLIENT_ID}"\n'
-        f'client_secret = "{CLIENT_SECRET}"\nname = "Test IdP"\n'
+        f'issuer = "{idp.issuer}"\nclient_id = "{idp.client_id}"\n'
+        f'client_secret = "{idp.client_secret}"\nname = "Test IdP"\n'
     )
     gateway.add_app("echo")
     gateway.start()
@@ -211,7 +58,7 @@ def gw(idp: IdP) -> Iterator[Gateway]:  # this module's own gateway: oidc.toml i
 
 
 @pytest.fixture(autouse=True)
-def _reset(idp: IdP) -> None:
+def _reset(idp: TestIdP) -> None:
     idp.mode = "ok"
 
 
@@ -246,7 +93,7 @@ def _session(r: Any) -> str | None:
     return None
 
 
-def test_login_with_state_nonce_pkce_and_configured_redirect(gw: Gateway, idp: IdP) -> None:
+def test_login_with_state_nonce_pkce_and_configured_redirect(gw: Gateway, idp: TestIdP) -> None:
     url, login_cookie = _start(
         gw, headers=[("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Proto", "http")]
     )
@@ -264,7 +111,7 @@ def test_login_with_state_nonce_pkce_and_configured_redirect(gw: Gateway, idp: I
     session = _session(r)
     assert session is not None
     token = idp.token_requests[-1]
-    assert b64(hashlib.sha256(token["code_verifier"].encode()).digest()) == q["code_challenge"]
+    assert b64url(hashlib.sha256(token["code_verifier"].encode()).digest()) == q["code_challenge"]
     assert token["code_verifier"] not in decoded
     with RawConnection(gw) as c:
         ok = c.request(raw_get("/x", cookie=session))
@@ -272,7 +119,7 @@ def test_login_with_state_nonce_pkce_and_configured_redirect(gw: Gateway, idp: I
     assert header_values(ok.json(), "X-Noops-Assertion")
 
 
-def test_tampered_state_creates_no_session(gw: Gateway, idp: IdP) -> None:
+def test_tampered_state_creates_no_session(gw: Gateway, idp: TestIdP) -> None:
     url, login_cookie = _start(gw)
     back = _authorize(url)
     tokens = len(idp.token_requests)
@@ -284,7 +131,7 @@ def test_tampered_state_creates_no_session(gw: Gateway, idp: IdP) -> None:
     assert r.status == 401 and _session(r) is None
 
 
-def test_callback_without_the_login_cookie_is_refused(gw: Gateway, idp: IdP) -> None:
+def test_callback_without_the_login_cookie_is_refused(gw: Gateway, idp: TestIdP) -> None:
     url, _cookie = _start(gw)
     back = _authorize(url)  # an attacker's own valid callback URL, opened in the victim's browser
     r = _callback(gw, back, None)
@@ -294,7 +141,7 @@ def test_callback_without_the_login_cookie_is_refused(gw: Gateway, idp: IdP) -> 
     assert r.status == 401 and _session(r) is None
 
 
-def test_replayed_callback_is_refused(gw: Gateway, idp: IdP) -> None:
+def test_replayed_callback_is_refused(gw: Gateway, idp: TestIdP) -> None:
     url, login_cookie = _start(gw)
     back = _authorize(url)
     assert _callback(gw, back, login_cookie).status == 303
@@ -302,14 +149,14 @@ def test_replayed_callback_is_refused(gw: Gateway, idp: IdP) -> None:
     assert r.status == 401 and _session(r) is None
 
 
-def test_nonce_mismatch_is_refused(gw: Gateway, idp: IdP) -> None:
+def test_nonce_mismatch_is_refused(gw: Gateway, idp: TestIdP) -> None:
     idp.mode = "bad_nonce"
     url, login_cookie = _start(gw)
     r = _callback(gw, _authorize(url), login_cookie)
     assert r.status == 401 and _session(r) is None
 
 
-def test_pkce_stops_code_injection(gw: Gateway, idp: IdP) -> None:
+def test_pkce_stops_code_injection(gw: Gateway, idp: TestIdP) -> None:
     victim_url, victim_cookie = _start(gw)
     victim_state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(victim_url).query))["state"]
     attacker_url, _ = _start(gw)
@@ -319,7 +166,7 @@ def test_pkce_stops_code_injection(gw: Gateway, idp: IdP) -> None:
     assert idp.token_requests[-1]["code"] == stolen["code"]  # redeemed with the wrong verifier: refused
 
 
-def test_unsafe_rd_refused_before_the_provider(gw: Gateway, idp: IdP) -> None:
+def test_unsafe_rd_refused_before_the_provider(gw: Gateway, idp: TestIdP) -> None:
     before = len(idp.authorize_requests)
     for rd in ("//evil.example", "https://evil.example", "/\\evil.example"):
         with RawConnection(gw) as c:
@@ -329,7 +176,7 @@ def test_unsafe_rd_refused_before_the_provider(gw: Gateway, idp: IdP) -> None:
     assert len(idp.authorize_requests) == before
 
 
-def test_deprovisioned_oidc_user_loses_access_at_once(gw: Gateway, idp: IdP) -> None:
+def test_deprovisioned_oidc_user_loses_access_at_once(gw: Gateway, idp: TestIdP) -> None:
     url, login_cookie = _start(gw)
     session = _session(_callback(gw, _authorize(url), login_cookie))
     assert session is not None
