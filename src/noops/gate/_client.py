@@ -24,9 +24,9 @@ from noops.gate._client_gate import FORM_LIMIT, GateSide
 from noops.gate._core import Core
 from noops.gate._exchange import GATEWAY_BEARER, Exchange, normal_path, without_gateway_cookies
 from noops.gate._http import BadRequest, error_response, scan_request, scan_response, status_line
+from noops.gate._pep_types import ConnIdentity, Verdict
 from noops.gate._tunnel import Tunnel, TunnelInfo
 from noops.gate._upstream import HeadDone, Pool, Upstream
-from noops.gate.pep import ConnIdentity, Verdict
 from noops.gate.serving import sni_of
 
 __all__ = ["ClientConnection"]

@@ -7,9 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from noops.gate._exchange import Exchange, Reply
+from noops.gate._exchange import Exchange
 from noops.gate._http import answer
-from noops.gate.pep import ConnIdentity, Gatekeeper, Request, Verdict
+from noops.gate._pep_types import ConnIdentity, Reply, Request, Verdict
+from noops.gate.pep import Gatekeeper
 
 if TYPE_CHECKING:
     from noops.gate._core import Core
@@ -35,8 +36,8 @@ class GateSide:
     deadline: float
     dkind: int
 
-    def _finish(self, ex: Exchange, close: bool) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by ClientConnection
+        def _finish(self, ex: Exchange, close: bool) -> None: ...
 
     def _decide(self, gate: Gatekeeper, method: bytes, host: str, path: bytes, target: bytes,
                 query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes,
@@ -51,13 +52,13 @@ class GateSide:
                       browser=method == b"GET" and b"text/html" in accept, websocket=websocket)
         return gate.check(self.conn_id or _NO_TLS, req)
 
-    def _answer_later(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
+    def _answer_later(self, ex: Exchange, reply: Reply) -> None:
         if not ex.complete and not ex.has_body:
             ex.pending_answer = reply  # the end of the head is the end of the request: answer then
         else:
             self._send_answer(ex, reply)
 
-    def _send_answer(self, ex: Exchange, reply: tuple[int, list[tuple[str, str]], bytes]) -> None:
+    def _send_answer(self, ex: Exchange, reply: Reply) -> None:
         status, headers, body = reply
         close = not (ex.keep_alive and ex.complete) or self.core.draining or self.eof
         self.out.append(answer(status, headers, body, request_id=ex.request_id, close=close,

@@ -10,15 +10,11 @@ from typing import TYPE_CHECKING
 from noops.gate.policy import normalize_path
 
 if TYPE_CHECKING:
+    from noops.gate._pep_types import Reply, Verdict
     from noops.gate._upstream import Pool, Upstream
     from noops.gate.endpoints import Endpoint
-    from noops.gate.pep import Verdict
 
-__all__ = ["GATEWAY_BEARER", "Exchange", "Reply", "normal_path", "without_gateway_cookies"]
-
-Reply = tuple[int, list[tuple[str, str]], bytes]
-"""A gateway page's answer: status, headers, body."""
-
+__all__ = ["GATEWAY_BEARER", "Exchange", "normal_path", "without_gateway_cookies"]
 
 class Exchange:
     """One request and its response.
@@ -52,7 +48,7 @@ class Exchange:
     up_keep = False
     pending_bytes = 0
     verdict: Verdict | None = None  # the gateway's decision (None: no gatekeeper)
-    pending_answer: tuple[int, list[tuple[str, str]], bytes] | None = None
+    pending_answer: Reply | None = None
     form: list[bytes] | None = None  # body of a request to a gateway page, collected
     form_bytes = 0
 

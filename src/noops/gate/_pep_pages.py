@@ -33,21 +33,20 @@ import time
 import tomllib
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from noops.gate._errors import GateError
+from noops.gate._pep_types import ConnIdentity, Reply, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH
 from noops.gate.identity import OIDCProvider, clear_session_cookie, session_cookie
 from noops.gate.policy import Decision, normalize_path
-from noops.gate.trust import score
 
 if TYPE_CHECKING:
-    from noops.gate.pep import ConnIdentity, Gatekeeper, Request, Verdict
+    from noops.gate.pep import Gatekeeper
 
 __all__ = ["Pages", "safe_redirect"]
 
-Answer = tuple[int, list[tuple[str, str]], bytes]
+Answer = Reply
 
 CSRF_COOKIE: Final = "__Host-noops_csrf"
 OIDC_COOKIE: Final = "__Host-noops_oidc"
@@ -144,8 +143,6 @@ class Pages:
 
     # -- dispatch -------------------------------------------------------------------------------
     def route(self, conn: ConnIdentity, req: Request) -> Verdict:
-        from noops.gate.pep import Verdict
-
         path, method = req.path, req.method
         if path == JWKS_PATH and method in ("GET", "HEAD"):
             return Verdict(False, response=_json(200, self.gate.signer.jwks()))
@@ -172,8 +169,6 @@ class Pages:
 
     def refusal(self, req: Request, decision: Decision, signed_in: bool) -> Verdict:
         """The answer for a request the policy did not allow."""
-        from noops.gate.pep import Verdict
-
         rd = urllib.parse.quote(safe_redirect(req.path + ("?" + req.query if req.query else "")) or "/",
                                 safe="/")
         if decision.outcome == "deny" and "unauthenticated" in decision.reasons and not signed_in:
@@ -190,8 +185,6 @@ class Pages:
         return self.message(req, 403, decision.user_message or "access denied", signed_in=signed_in)
 
     def message(self, req: Request, status: int, message: str, *, signed_in: bool = False) -> Verdict:
-        from noops.gate.pep import Verdict
-
         if not req.browser:
             return Verdict(False, response=_json(status, {"error": "denied" if status == 403 else "error",
                                                            "message": message,
@@ -257,15 +250,8 @@ class Pages:
         return _html(200, "Sign out", inner, headers)
 
     def _whoami(self, conn: ConnIdentity, req: Request) -> Answer:
-        from noops.gate.pep import session_secret
-
-        gate = self.gate
-        now = time.time()
-        cached = gate.session_for(session_secret(req), now)
-        cert = conn.cert
-        signals = gate._signals(req, cached, cert if cert is not None and cert.kind == "device" else None,
-                                conn.rejected == "revoked", now)
-        trust = score(signals, gate.trust_config, datetime.fromtimestamp(now, UTC))
+        a = self.gate.assess(conn, req, time.time())
+        cached, cert, trust = a.session, a.cert, a.trust
         return _json(200, {
             "user": cached.session.user if cached else None,
             "groups": sorted(cached.groups) if cached else [],
@@ -300,8 +286,6 @@ class Pages:
         return _redirect(rd, [("Set-Cookie", session_cookie(secret))])
 
     async def _verify(self, req: Request, body: bytes) -> Answer:
-        from noops.gate.pep import session_secret
-
         gate = self.gate
         form = _form(body[:_MAX_FORM])
         rd = safe_redirect(form.get("rd", "/"))
@@ -331,8 +315,6 @@ class Pages:
         return _redirect(rd, [("Set-Cookie", session_cookie(new_secret))])
 
     async def _logout(self, req: Request, body: bytes) -> Answer:
-        from noops.gate.pep import session_secret
-
         gate = self.gate
         form = _form(body[:_MAX_FORM])
         secret = session_secret(req)

@@ -30,21 +30,23 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from noops.gate._identity_sessions import COOKIE_NAME
+from noops.gate._pep_known import KnownPlaces
+from noops.gate._pep_pages import Pages
+from noops.gate._pep_types import ConnIdentity, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH, AssertionSigner
 from noops.gate.audit import AuditLog
-from noops.gate.identity import IdentityStore, Session, session_cookie_from_header
+from noops.gate.identity import IdentityStore, Session
 from noops.gate.pki import CertificateAuthority, CertificateRejected, VerifiedIdentity
 from noops.gate.policy import Decision, Identity, Policy, PolicyError, PolicyStore, RequestFacts
 from noops.gate.trust import Signal, TrustConfig, TrustResult, score
 
-__all__ = ["DEFAULT_POLICY", "ConnIdentity", "GateFiles", "Gatekeeper", "Request", "Verdict",
+__all__ = ["DEFAULT_POLICY", "Assessment", "ConnIdentity", "GateFiles", "Gatekeeper", "Request", "Verdict",
            "session_secret"]
 
 log = logging.getLogger("noops.gate.pep")
@@ -112,38 +114,22 @@ class GateFiles:
 
 
 @dataclass(slots=True)
-class ConnIdentity:
-    """What one connection's TLS handshake proved (checked once, when the connection opens)."""
-
-    cert: VerifiedIdentity | None = None
-    rejected: str | None = None   # reason code of a certificate that was presented but refused
-    sni: str | None = None
-
-
-@dataclass(slots=True)
-class Verdict:
-    """The enforcement point's answer for one request.
-
-    ``allowed``: forward, adding ``extra`` (header lines) upstream. Otherwise either
-    ``response`` — ``(status, headers, body)`` to answer at once — or ``handler``, a gateway page
-    that needs the request body first and returns such a triple.
-    """
-
-    allowed: bool
-    extra: bytes = b""
-    response: tuple[int, list[tuple[str, str]], bytes] | None = None
-    handler: Callable[[bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]] | None = None
-    user: str | None = None
-    session_id: str | None = None
-    device_serial: int | None = None
-
-
-@dataclass(slots=True)
 class _CachedSession:
     session: Session
     groups: frozenset[str]
     fetched: float
     cookie: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What :meth:`Gatekeeper.assess` found: the live session, the still-valid client
+    certificate, the trust result and the identity the policy sees."""
+
+    session: _CachedSession | None
+    cert: VerifiedIdentity | None
+    trust: TrustResult
+    identity: Identity
 
 
 @dataclass(slots=True)
@@ -156,37 +142,9 @@ class _Behaviour:
     failed: list[float] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """The facts of one request the front door hands over."""
-
-    method: str
-    host: str
-    app: str
-    path: str
-    query: str
-    cookie_header: str  # the request's Cookie header(s), "" when none
-    authorization: str  # the request's Authorization header, "" when none
-    client_ip: str
-    request_id: str
-    browser: bool  # a top-level GET that accepts HTML: redirect it to the login page
-    websocket: bool = False  # an Upgrade to a two-way channel: never granted read-only
-
-
 def _json_time(now: float) -> str:
     """``now`` as the audit log writes times (canonical JSON of an ISO 8601 UTC string)."""
     return '"' + datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds") + '"'
-
-
-def session_secret(req: Request) -> str | None:
-    """The session secret a request carries: the cookie, else ``Authorization: Bearer``."""
-    if req.cookie_header:
-        secret = session_cookie_from_header(req.cookie_header)
-        if secret is not None:
-            return secret
-    if req.authorization[:7].lower() == "bearer ":
-        return session_cookie_from_header(f"{COOKIE_NAME}={req.authorization[7:].strip()}")
-    return None
 
 
 class Gatekeeper:
@@ -218,13 +176,9 @@ class Gatekeeper:
         self._assertions: dict[tuple[Any, ...], tuple[bytes, float]] = {}
         self._behaviour: dict[str, _Behaviour] = {}
         self._revocation_cursor = self._latest_revocation()
-        self._revoked_serials = self.ca._registry.revoked()
-        from noops.gate._pep_known import KnownPlaces
-
+        self._revoked_serials = self.ca.revoked_serials()
         self.known = KnownPlaces(files.known)
         self.close_tunnels: Callable[[Callable[[Any], bool]], int] = lambda _pred: 0
-        from noops.gate._pep_pages import Pages
-
         self.pages = Pages(self)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -290,7 +244,7 @@ class Gatekeeper:
             closed = self.close_tunnels(lambda info: info.session_id in gone_sids)
             if closed:
                 log.info("closed %d websocket(s) of revoked sessions", closed)
-        revoked = self.ca._registry.revoked()
+        revoked = self.ca.revoked_serials()
         if revoked is not self._revoked_serials:
             fresh = revoked - self._revoked_serials
             self._revoked_serials = revoked
@@ -333,34 +287,25 @@ class Gatekeeper:
         except Exception:
             log.exception("decision failed for %s; denied", req.request_id)
             self._record(req, None, None, None, None, "deny", ["pdp_error"], None)
-            return self.deny_page(req, 500, "The gateway could not decide on this request.")
+            return self.pages.message(req, 500, "The gateway could not decide on this request.")
 
     def _check(self, conn: ConnIdentity, req: Request) -> Verdict:
         now = time.time()
         secret = session_secret(req)
-        cert = conn.cert
-        device_revoked = conn.rejected == "revoked" or (cert is not None
-                                                        and cert.serial in self._revoked_serials)
-        if cert is not None and cert.not_after.timestamp() <= now:
-            cert = None  # expired while the connection stayed open
-        key = (secret, cert.serial if cert is not None else 0, conn.rejected, req.client_ip, req.host,
-               req.path, req.method, req.websocket)
+        presented = conn.cert
+        key = (secret, presented.serial if presented is not None else 0, conn.rejected, req.client_ip,
+               req.host, req.path, req.method, req.websocket)
         hit = self._decisions.get(key)
-        if hit is not None and hit[2] > now and not device_revoked:
+        if hit is not None and hit[2] > now and (presented is None or (
+                presented.serial not in self._revoked_serials and presented.not_after.timestamp() > now)):
             # The same caller, request and signals within the last second: the same decision,
             # audited again as its own record (see _DECISION_TTL_S).
             self._seen(hit[3], now)
             self._audit_q.put(("f", {**hit[1], "time": _json_time(now), "request_id": f'"{req.request_id}"'}))
             return hit[0]
-        session = self.session_for(secret, now)
-        user = session.session.user if session is not None else None
-        spiffe_id = cert.spiffe_id if cert is not None and cert.kind == "workload" else None
-        device_ok = (cert is not None and cert.kind == "device" and not device_revoked
-                     and (user is None or cert.user == user))
-        signals = self._signals(req, session, cert if device_ok else None, device_revoked, now)
-        trust = score(signals, self.trust_config, datetime.fromtimestamp(now, UTC))
-        identity = Identity(user=user, groups=session.groups if session is not None else frozenset(),
-                            device_cert=device_ok and user is not None, spiffe_id=spiffe_id)
+        a = self.assess(conn, req, now, secret)
+        session, cert, trust, identity = a.session, a.cert, a.trust, a.identity
+        user, spiffe_id = identity.user, identity.spiffe_id
         decision = self._policy.decide(
             RequestFacts(req.host, req.path, req.method, req.client_ip, req.request_id), trust, identity)
         if decision.outcome == "read_only" and req.websocket:
@@ -382,6 +327,26 @@ class Gatekeeper:
             self._decisions[key] = (verdict, self.audit.fragments(record), now + _DECISION_TTL_S, rate_key)
             return verdict
         return self.pages.refusal(req, decision, session is not None)
+
+    def assess(self, conn: ConnIdentity, req: Request, now: float,
+               secret: str | None = None) -> Assessment:
+        """Who is calling and how much the gateway trusts it (signals -> score), without
+        deciding anything: the first half of every decision, and what ``/.noops/whoami`` shows."""
+        session = self.session_for(secret if secret is not None else session_secret(req), now)
+        cert = conn.cert
+        revoked = conn.rejected == "revoked" or (cert is not None and cert.serial in self._revoked_serials)
+        if cert is not None and cert.not_after.timestamp() <= now:
+            cert = None  # expired while the connection stayed open
+        user = session.session.user if session is not None else None
+        spiffe_id = cert.spiffe_id if cert is not None and cert.kind == "workload" else None
+        # a device certificate counts only for its own user, and never once revoked
+        device_ok = (cert is not None and cert.kind == "device" and not revoked
+                     and (user is None or cert.user == user))
+        signals = self._signals(req, session, cert if device_ok else None, revoked, now)
+        trust = score(signals, self.trust_config, datetime.fromtimestamp(now, UTC))
+        identity = Identity(user=user, groups=session.groups if session is not None else frozenset(),
+                            device_cert=device_ok and user is not None, spiffe_id=spiffe_id)
+        return Assessment(session, cert, trust, identity)
 
     def _signals(self, req: Request, session: _CachedSession | None, cert: VerifiedIdentity | None,
                  device_revoked: bool, now: float) -> list[Signal]:
@@ -514,7 +479,3 @@ class Gatekeeper:
                     item.set()
                 elif item is None:
                     stop = True
-
-    # -- answers --------------------------------------------------------------------------------
-    def deny_page(self, req: Request, status: int, message: str) -> Verdict:
-        return self.pages.message(req, status, message)

@@ -302,6 +302,11 @@ class CertificateAuthority:
         self._registry.update(change, moment)
         return [int(s, 16) for s in targets]
 
+    def revoked_serials(self) -> frozenset[int]:
+        """Every revoked serial (re-read when the registry changed on disk; the same object
+        while it did not, so callers can spot a change with ``is``)."""
+        return self._registry.revoked()
+
     def is_revoked(self, serial: int) -> bool:
         """Whether ``serial`` is revoked (re-reads the registry when it changed on disk)."""
         return serial in self._registry.revoked()
