@@ -91,10 +91,7 @@ def _provision_totp(store: IdentityStore, name: str) -> dict[str, str]:
     return {"totp_secret": secret, "otpauth_uri": uri}
 
 
-def _print_user(con: object, data: dict[str, object]) -> None:
-    from rich.console import Console
-
-    assert isinstance(con, Console)
+def _print_user(con: Console, data: dict[str, object]) -> None:
     con.print(f"added user {data['name']}")
     if "totp_secret" in data:
         con.print(f"authenticator secret: {data['totp_secret']}\n"
