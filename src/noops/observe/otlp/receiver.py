@@ -50,7 +50,15 @@ from noops.observe.otlp.decode import (
 )
 from noops.observe.otlp.wal import WAL, WalError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Receiver", "ReceiverSettings", "TelemetryStore", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Receiver",
+    "ReceiverSettings",
+    "TelemetryStore",
+    "serve",
+    "serve_unix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -402,3 +410,24 @@ async def serve(receiver: Receiver, host: str = DEFAULT_HOST, port: int = DEFAUL
     config = uvicorn.Config(receiver.app, host=host, port=port, loop="uvloop", http="httptools",
                             lifespan="on", log_level="warning", access_log=False)  # fmt: skip
     await uvicorn.Server(config).serve()
+
+
+async def serve_unix(receiver: Receiver, path: str | Path) -> None:
+    """Run ``receiver.app`` (the same OTLP/HTTP app) on the Unix socket ``path`` until cancelled.
+
+    A stale socket file left by a crash is replaced; the socket is made ``0o660``.
+    """
+    import uvicorn
+
+    sock = Path(path)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.unlink(missing_ok=True)
+    config = uvicorn.Config(receiver.app, uds=str(sock), loop="uvloop", http="httptools",
+                            lifespan="on", log_level="warning", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if sock.exists():
+        sock.chmod(0o660)
+    await task
