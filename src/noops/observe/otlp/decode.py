@@ -215,14 +215,15 @@ def _pb_attrs(ctx: _Ctx, kvs: Any) -> Attrs:
     chars = 0
     for kv in kvs:
         key, v = kv.key, kv.value
-        if v.WhichOneof("value") == "string_value":  # the common case, kept inline for speed
-            val = v.string_value
-            if len(val) > MAX_VALUE_CHARS:
-                val = ctx.cut(val, MAX_VALUE_CHARS)
-            else:
-                chars += len(val)
-        else:
+        # The common case, kept inline for speed: a non-empty string_value can only be the set
+        # member of the oneof, so WhichOneof is only asked when it is empty.
+        val = v.string_value
+        if not val and v.WhichOneof("value") != "string_value":
             val = _pb_str(ctx, v)
+        elif len(val) > MAX_VALUE_CHARS:
+            val = ctx.cut(val, MAX_VALUE_CHARS)
+        else:
+            chars += len(val)
         if len(key) > MAX_KEY_CHARS:
             key = ctx.cut(key, MAX_KEY_CHARS)
         else:
