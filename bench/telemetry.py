@@ -251,8 +251,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def _du(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
+    if path.is_file():  # DuckDB: the file plus its own log, if one is left
+        return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".wal")) if p.exists())
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
@@ -264,6 +264,7 @@ class Result:
     cpu_s: float = 0.0
     rejected: int = 0
     throttled: int = 0
+    reconnects: int = 0
     disk_bytes: int = 0
     query_ms: list[float] = field(default_factory=list)
     trace_ms: list[float] = field(default_factory=list)
@@ -290,7 +291,7 @@ class Sender:
         self.step_ns = HOUR_NS // self.traces
         self._next = itertools.count()
         self._lock = threading.Lock()
-        self.acked = self.rejected = self.throttled = 0
+        self.acked = self.rejected = self.throttled = self.reconnects = 0
         self.sample: list[str] = []
         self.errors: list[str] = []
 
@@ -308,9 +309,18 @@ class Sender:
                 idx = range(first, min(first + self.per_req, self.traces))
                 body, tids = factory.request([self.t0_ns + i * self.step_ns for i in idx])
                 while True:
-                    conn.request("POST", "/v1/traces", body, headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    try:
+                        conn.request("POST", "/v1/traces", body, headers)
+                        resp = conn.getresponse()
+                        data = resp.read()
+                    except (ConnectionError, http.client.HTTPException):
+                        # not acknowledged (e.g. a keep-alive connection closed by the server as
+                        # the request went out): reconnect and send it again
+                        conn.close()
+                        with self._lock:
+                            self.reconnects += 1
+                        time.sleep(0.1)
+                        continue
                     if resp.status in (429, 503):
                         with self._lock:
                             self.throttled += 1
@@ -394,6 +404,7 @@ def run_backend(backend: str, spans: int, batch: int, connections: int, workdir:
         res.wall_s = time.perf_counter() - wall0
         res.cpu_s = _cpu_s(proc.pid) - cpu0
         res.rejected, res.throttled = sender.rejected, sender.throttled
+        res.reconnects = sender.reconnects
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -434,7 +445,7 @@ def report(r: Result) -> str:
     return "\n".join([
         f"{r.backend}: {r.spans:,} spans in {r.wall_s:.1f} s wall "
         f"({r.spans / r.wall_s:,.0f} spans/s), receiver CPU {r.cpu_s:.1f} s, "
-        f"rejected {r.rejected}, throttled requests {r.throttled}",
+        f"rejected {r.rejected}, throttled requests {r.throttled}, reconnects {r.reconnects}",
         _line("ingest spans/s per core", f"{r.spans_per_core:,.0f}",
               r.spans_per_core >= TARGET_SPANS_PER_CORE, f">= {TARGET_SPANS_PER_CORE:,}"),
         _line("bytes per span on disk", f"{r.bytes_per_span:.1f}",

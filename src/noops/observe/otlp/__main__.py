@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,8 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # uvicorn handles SIGTERM itself (graceful drain), then re-raises it with the previous
+    # handler restored: this one turns it into a normal exit, so the store is closed (DuckDB
+    # checkpoints its own log into the file) instead of the process dying on the signal.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     settings = ReceiverSettings(queue_requests=args.queue_requests, batch_rows=args.batch_rows)
     try:
         store: TelemetryStore
