@@ -393,3 +393,41 @@ def test_fuzzed_requests_get_a_clear_answer_and_the_receiver_keeps_serving(otlp_
         assert r.status_code == 200
     srv.store.wait(lambda: any(s["SpanName"] == "s7" for s in srv.store.spans))
     assert srv.receiver.stats()["bad_requests"] == answers[400]
+
+
+def test_wal_append_batch_numbers_records_consecutively_and_replays_them(tmp_path: Path) -> None:
+    wal = WAL(tmp_path, segment_bytes=64)
+    assert wal.append("traces", b"a") == 1
+    assert wal.append_batch([("logs", b"b"), ("metrics", b"c" * 100), ("traces", b"d")]) == [2, 3, 4]
+    wal.close()
+    assert list(WAL(tmp_path).replay()) == [(1, "traces", b"a"), (2, "logs", b"b"),
+                                             (3, "metrics", b"c" * 100), (4, "traces", b"d")]
+
+
+def test_concurrent_requests_share_wal_fsyncs(otlp_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = otlp_server(MemoryStore())
+    real_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.05)  # a slow disk: requests pile up behind the write in progress
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    writes: list[int] = []
+    append_batch = srv.receiver.wal.append_batch
+
+    def counting(records: list[tuple[str, bytes]]) -> list[int]:
+        writes.append(len(records))
+        return append_batch(records)
+
+    monkeypatch.setattr(srv.receiver.wal, "append_batch", counting)
+
+    def send(i: int) -> int:
+        r = httpx.post(f"{srv.url}/v1/traces", content=body_of(span_json(i)), headers={"content-type": JS})
+        return r.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(send, range(48))) == {200}
+    assert sum(writes) == 48 and len(writes) < 48 and max(writes) > 1
+    srv.store.wait(lambda: len(srv.store.spans) == 48)
+    assert sorted(int(s["SpanName"][1:]) for s in srv.store.spans) == list(range(48))
