@@ -40,8 +40,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from otlp_harness import MemoryStore, ReceiverProcess, RunningReceiver
 
-from conftest import MemoryStore, ReceiverProcess, RunningReceiver
 from noops.observe.otlp.receiver import Receiver
 from noops.observe.otlp.wal import WAL, WalError
 from noops.observe.store import DuckDBStore
