@@ -217,6 +217,14 @@ class _TlsFiles:
         return self._ctx
 
 
+def _describe(exc: httpx.HTTPError) -> str:
+    reason = str(exc) or str(exc.__cause__ or exc.__context__ or "")
+    if not reason and isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
+        reason = ("the server closed the connection (a zero-trust front door does this when no "
+                  "acceptable client certificate is presented)")
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
 def _days_left(der: bytes | None, now: float) -> float | None:
     if not der:
         return None
@@ -427,7 +435,7 @@ class Probes:
         except httpx.TimeoutException:
             error = f"timed out after {probe.timeout_s:g}s"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = _describe(exc)
         duration_ms = (time.perf_counter() - started) * 1000
         if days is not None and days < probe.tls_warn_days:
             warning = f"TLS certificate expires in {days:.1f} days"
