@@ -8,8 +8,8 @@ and ``alert_deliveries`` tables of the rules database.
 Measuring (:meth:`Alerts.evaluate`)
     Service rules read the store's minute rollup (``TelemetryStore.timeseries``) over the last
     ``window_s`` of *complete* minutes before ``now`` (the running minute is partial and would
-    understate rates). ``error_rate`` is ``100 * errors / requests`` (%); ``p95``/``p99`` is the
-    request-weighted mean of the per-minute estimates (each within ±4.4 %), in ms. Fewer than
+    understate rates). ``error_rate`` is ``100 * errors / requests`` (%); ``p95``/``p99`` (ms) is
+    estimated from the per-minute p50/p95/p99 (:func:`window_quantile`; each within ±4.4 %). Fewer than
     ``min_requests`` requests in the window is "no data", which never breaches.
     ``slo`` (objective in %, e.g. 99.9 over 30 days) fires on the multi-window burn rates of the
     Google SRE workbook: error ratio / (1 - objective) above 14.4 over both 1 h and 5 min
@@ -33,10 +33,12 @@ import asyncio
 import builtins
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +59,7 @@ from noops.observe._rules_common import (
 from noops.observe.probes import Probes
 from noops.observe.store.base import TelemetryStore, TimeseriesPoint
 
-__all__ = ["AlertEvent", "AlertKind", "AlertRule", "Alerts", "payload"]
+__all__ = ["AlertEvent", "AlertKind", "AlertRule", "Alerts", "payload", "window_quantile"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,32 @@ def _webhook(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise RuleUsageError(f"bad webhook URL {url!r}: it needs http:// or https:// and a host")
     return str(parsed)
+
+
+def _minute_cdf(v: float, point: TimeseriesPoint) -> float:
+    """A minute's latency distribution, piecewise linear through its p50/p95/p99."""
+    knots = ((0.0, 0.0), (point["p50_ms"], 0.5), (point["p95_ms"], 0.95), (point["p99_ms"], 0.99))
+    for (x0, y0), (x1, y1) in itertools.pairwise(knots):
+        if v < x1:
+            return y0 + (y1 - y0) * (v - x0) / (x1 - x0) if x1 > x0 else y0
+    return 1.0
+
+
+def window_quantile(points: Sequence[TimeseriesPoint], q: float) -> float:
+    """Estimate the ``q`` latency quantile (ms) of a window from its per-minute rollup points:
+    the value where the request-weighted mixture of the minutes' distributions reaches ``q``
+    (exact when every minute looks the same; a burst of slow minutes is not averaged away)."""
+    total = sum(p["count"] for p in points)
+    if total == 0:
+        return 0.0
+    lo, hi = 0.0, max(p["p99_ms"] for p in points)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(p["count"] * _minute_cdf(mid, p) for p in points) >= q * total:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def payload(rule: AlertRule, status: str, uid: str, episode: str, at: float,
@@ -318,8 +346,7 @@ class Alerts:
             what = f"error rate {value:.2f}%"
             unit = "%"
         else:
-            value = sum((p["p95_ms"] if rule.kind == "p95" else p["p99_ms"]) * p["count"]
-                        for p in points) / count
+            value = window_quantile(points, 0.95 if rule.kind == "p95" else 0.99)
             what = f"{rule.kind} {value:.1f} ms"
             unit = " ms"
         breach = value > rule.threshold
@@ -415,47 +442,51 @@ class Alerts:
         """POST every notification due at ``now``; returns what was attempted (webhook, event
         id, outcome). Blocking: call it from a thread."""
         at = epoch(now)
-        due = self.db.query(
+        out: builtins.list[dict[str, Any]] = []
+        with httpx.Client(timeout=self.http_timeout_s) as client:
+            # A delivered notification can unblock the next one of the same alert and webhook
+            # (firing before resolved), so ask again until nothing is due; failures move
+            # next_at past ``at``, so this ends.
+            while due := self._due(at):
+                out += [self._post(client, row, at) for row in due]
+        return out
+
+    def _due(self, at: float) -> builtins.list[Any]:
+        return self.db.query(
             "SELECT d.event_id, d.webhook, d.attempts, e.uid, e.payload FROM alert_deliveries d "
             "JOIN alert_events e ON e.id = d.event_id WHERE d.status = 'pending' AND "
             "d.next_at <= ? AND NOT EXISTS (SELECT 1 FROM alert_deliveries d2 JOIN alert_events e2 "
             "ON e2.id = d2.event_id WHERE d2.webhook = d.webhook AND e2.alert_id = e.alert_id "
             "AND d2.event_id < d.event_id AND d2.status = 'pending') ORDER BY d.event_id",
             (at,))
-        if not due:
-            return []
-        out = []
-        with httpx.Client(timeout=self.http_timeout_s) as client:
-            for row in due:
-                error = ""
-                try:
-                    resp = client.post(row["webhook"], content=row["payload"],
-                                       headers={"content-type": "application/json",
-                                                "idempotency-key": row["uid"],
-                                                "user-agent": "noops-alerts/1"})
-                    if not 200 <= resp.status_code < 300:
-                        error = f"HTTP {resp.status_code}"
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                attempts = row["attempts"] + 1
-                if not error:
-                    status, next_at = "delivered", at
-                elif attempts >= MAX_ATTEMPTS:
-                    status, next_at = "failed", at
-                    log.warning("alert webhook %s gave up after %d attempts: %s", row["webhook"],
-                                attempts, error)
-                else:
-                    status = "pending"
-                    next_at = at + min(BACKOFF_S * 2 ** (attempts - 1), BACKOFF_CAP_S)
-                with self.db.tx() as con:
-                    con.execute("UPDATE alert_deliveries SET status = ?, attempts = ?, next_at = ?, "
-                                "last_error = ?, delivered_at = ? WHERE event_id = ? AND webhook = ?",
-                                (status, attempts, next_at, error,
-                                 at if status == "delivered" else None, row["event_id"],
-                                 row["webhook"]))
-                out.append({"event": row["uid"], "webhook": row["webhook"], "status": status,
-                            "attempts": attempts, "error": error})
-        return out
+
+    def _post(self, client: httpx.Client, row: Any, at: float) -> dict[str, Any]:
+        error = ""
+        try:
+            resp = client.post(row["webhook"], content=row["payload"],
+                               headers={"content-type": "application/json",
+                                        "idempotency-key": row["uid"],
+                                        "user-agent": "noops-alerts/1"})
+            if not 200 <= resp.status_code < 300:
+                error = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        attempts = row["attempts"] + 1
+        if not error:
+            status, next_at = "delivered", at
+        elif attempts >= MAX_ATTEMPTS:
+            status, next_at = "failed", at
+            log.warning("alert webhook %s gave up after %d attempts: %s", row["webhook"],
+                        attempts, error)
+        else:
+            status, next_at = "pending", at + min(BACKOFF_S * 2 ** (attempts - 1), BACKOFF_CAP_S)
+        with self.db.tx() as con:
+            con.execute("UPDATE alert_deliveries SET status = ?, attempts = ?, next_at = ?, "
+                        "last_error = ?, delivered_at = ? WHERE event_id = ? AND webhook = ?",
+                        (status, attempts, next_at, error, at if status == "delivered" else None,
+                         row["event_id"], row["webhook"]))
+        return {"event": row["uid"], "webhook": row["webhook"], "status": status,
+                "attempts": attempts, "error": error}
 
     async def run_forever(self, stop: asyncio.Event, every_s: float = 15.0) -> None:
         """Evaluate and deliver every ``every_s`` (in a worker thread) until ``stop`` is set."""
