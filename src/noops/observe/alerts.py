@@ -443,12 +443,16 @@ class Alerts:
         id, outcome). Blocking: call it from a thread."""
         at = epoch(now)
         out: builtins.list[dict[str, Any]] = []
+        due = self._due(at)
+        if not due:
+            return out
         with httpx.Client(timeout=self.http_timeout_s) as client:
             # A delivered notification can unblock the next one of the same alert and webhook
             # (firing before resolved), so ask again until nothing is due; failures move
             # next_at past ``at``, so this ends.
-            while due := self._due(at):
+            while due:
                 out += [self._post(client, row, at) for row in due]
+                due = self._due(at)
         return out
 
     def _due(self, at: float) -> builtins.list[Any]:

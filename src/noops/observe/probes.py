@@ -413,8 +413,10 @@ class Probes:
     async def _check_http(self, probe: Probe, at: float) -> tuple[ProbeResult, dict[str, Any]]:
         trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
         headers = {"traceparent": f"00-{trace_id}-{span_id}-01", "user-agent": "noops-probe/1"}
+        # Plain HTTP follows no redirects, so it never needs a trust store (loading one per
+        # check would cost more than the check).
         verify: ssl.SSLContext | bool = (self._tls.context() if probe.target.startswith("https")
-                                         else True)
+                                         else False)
         status: int | None = None
         error, warning, days = "", "", None
         started = time.perf_counter()
