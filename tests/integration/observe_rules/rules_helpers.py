@@ -10,9 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
+
 from helpers import free_port
+from noops.observe.alerts import Alerts
+from noops.observe.markers import DeployMarkers
+from noops.observe.probes import Probes
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)  # on a minute boundary
 NS = 1_000_000_000
@@ -121,3 +127,14 @@ def webhook_routes(handler: BaseHTTPRequestHandler, _: Recorder) -> tuple[int, s
 def posted(recorder: Recorder) -> list[dict[str, Any]]:
     with recorder.lock:
         return [json.loads(r["body"]) for r in recorder.requests]
+
+
+@dataclass
+class RulesApi:
+    """The rule routes served by uvicorn on ``home/noops.sock`` (where the CLI looks)."""
+
+    home: Path
+    http: httpx.Client
+    markers: DeployMarkers
+    probes: Probes
+    alerts: Alerts

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rules_helpers import Served, at, posted, span_rows
 
 from helpers import free_port
 from noops.observe._rules_common import RuleNotFound, RuleUsageError
-from noops.observe.alerts import BACKOFF_S, Alerts
+from noops.observe.alerts import Alerts
 from noops.observe.probes import Probes
 from noops.observe.store import DuckDBStore
-from rules_helpers import Served, at, posted, span_rows
 
 pytestmark = pytest.mark.observe
 

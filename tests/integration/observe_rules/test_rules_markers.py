@@ -7,11 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from rules_helpers import at, span_rows
 
 from noops.observe._rules_common import RuleNotFound, RuleUsageError
 from noops.observe.markers import DeployMarkers
 from noops.observe.store import DuckDBStore
-from rules_helpers import at, span_rows
 
 pytestmark = pytest.mark.observe
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rules_helpers import Served, app_routes, serve
 
 from helpers import free_port
 from noops.gate.pki import CertificateAuthority
 from noops.observe._rules_common import RuleUsageError
 from noops.observe.probes import Probes
 from noops.observe.store import DuckDBStore
-from rules_helpers import Served, app_routes, serve
 
 pytestmark = pytest.mark.observe
 
