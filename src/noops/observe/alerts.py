@@ -25,6 +25,8 @@ Notifications (:meth:`Alerts.deliver`)
     :func:`payload`) with an ``Idempotency-Key`` header; a non-2xx answer or a network error is
     retried with exponential backoff (5 s doubling, at most 5 min apart, 10 attempts), and a
     ``resolved`` notification waits until the ``firing`` one of the same alert and webhook is out.
+Bounds
+    Only the newest ``keep_events`` events (1000) are kept, with their delivery records.
 """
 
 from __future__ import annotations
@@ -212,11 +214,13 @@ class Alerts:
     ``probes`` for probe rules)."""
 
     def __init__(self, db_path: Path | str, store: TelemetryStore,
-                 probes: Probes | None = None, *, http_timeout_s: float = 5.0) -> None:
+                 probes: Probes | None = None, *, http_timeout_s: float = 5.0,
+                 keep_events: int = 1000) -> None:
         self.db = RuleStore(db_path, _SCHEMA)
         self.store = store
         self.probes = probes
         self.http_timeout_s = http_timeout_s
+        self.keep_events = max(1, int(keep_events))
 
     # -- rules ------------------------------------------------------------------------------------
     def add(self, kind: str, service: str | None = None, *, threshold: str | float | None = None,
@@ -328,6 +332,8 @@ class Alerts:
             event = self._step(rule, at, value, breach, message)
             if event is not None:
                 events.append(event)
+        if events:
+            self._prune()
         return events
 
     def _measure(self, rule: AlertRule, now: float) -> tuple[float | None, bool, str]:
@@ -436,6 +442,14 @@ class Alerts:
                         "next_at, last_error) VALUES (?, ?, 'pending', 0, ?, '')",
                         (cur.lastrowid, hook, at))
         return AlertEvent(uid, rule.id, status, episode, at, body)
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep_events`` events (and any still being delivered)."""
+        with self.db.tx() as con:
+            con.execute("DELETE FROM alert_events WHERE id <= (SELECT id FROM alert_events "
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?) AND NOT EXISTS (SELECT 1 FROM "
+                        "alert_deliveries d WHERE d.event_id = alert_events.id "
+                        "AND d.status = 'pending')", (self.keep_events,))
 
     # -- notifications ----------------------------------------------------------------------------
     def deliver(self, now: datetime | float | None = None) -> builtins.list[dict[str, Any]]:

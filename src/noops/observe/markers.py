@@ -8,6 +8,7 @@ Contract
 * :meth:`DeployMarkers.record` is idempotent: a marker with the same ``fingerprint`` (or, without
   one, the same service, version and kind within ``dedup_window_s``, 10 minutes by default) is
   returned instead of a second one (``Marker.deduplicated`` is then true).
+* At most ``keep`` markers (10 000) are kept; recording one deletes the oldest beyond that.
 * :meth:`DeployMarkers.observe_spans` is the ingest hook for a ``service.version`` seen in
   telemetry: after the first call for a (service, version) pair it is a set lookup. It records a
   ``version`` marker only if no marker of any kind names that version yet, so a release recorded by
@@ -42,6 +43,7 @@ MarkerKind = Literal["deploy", "config", "scale", "rollback", "rebase", "version
 KINDS: Final = frozenset(get_args(MarkerKind))
 DEDUP_WINDOW_S: Final = 600.0
 COMPARE_WINDOW: Final = timedelta(minutes=15)
+KEEP: Final = 10_000  # markers kept (newest by id); older ones are deleted on insert
 _SEEN_MAX: Final = 10_000  # bound the in-memory (service, version) cache of observe_spans
 
 _SCHEMA: Final = """
@@ -89,10 +91,11 @@ class DeployMarkers:
     """Deploy markers in ``db_path`` (SQLite, WAL), compared against ``store``."""
 
     def __init__(self, db_path: Path | str, store: TelemetryStore, *,
-                 dedup_window_s: float = DEDUP_WINDOW_S) -> None:
+                 dedup_window_s: float = DEDUP_WINDOW_S, keep: int = KEEP) -> None:
         self.db = RuleStore(db_path, _SCHEMA)
         self.store = store
         self.dedup_window_s = dedup_window_s
+        self.keep = max(1, int(keep))
         self._seen: set[tuple[str, str]] = set()
         self._seen_lock = threading.Lock()
 
@@ -129,6 +132,8 @@ class DeployMarkers:
                 (service, version, kind, moment, source, fp, description,
                  json.dumps(attributes or {}, sort_keys=True), epoch(None)))
             row = con.execute("SELECT * FROM markers WHERE id = ?", (cur.lastrowid,)).fetchone()
+            con.execute("DELETE FROM markers WHERE id <= (SELECT id FROM markers ORDER BY id DESC "
+                        "LIMIT 1 OFFSET ?)", (self.keep,))
         with self._seen_lock:
             self._remember(service, version)
         return _marker(row)

@@ -15,6 +15,8 @@ Contract
 * HTTP checks send a sampled W3C ``traceparent`` (a new trace per check) and write their own
   client span (ServiceName ``noops-probe``), so the request shows up in APM as a trace with a
   root and as an edge on the service map.
+* ``localhost`` and ``*.localhost`` targets are connected on 127.0.0.1 with the name kept in
+  ``Host`` and TLS SNI (the resolver may not know ``APP.localhost``).
 * HTTPS and TLS checks trust the system roots plus ``ca_file`` and present ``client_cert``
   (certificate, key) when given: the front door is zero-trust. The files are re-read when their
   modification time changes, so a renewed certificate is picked up on the next round.
@@ -66,6 +68,7 @@ MIN_EVERY_S: Final = 5.0
 DEFAULT_TIMEOUT_S: Final = 10.0
 BODY_CAP: Final = 1 << 20  # bytes of a response body searched for expect_text / parsed as JSON
 PROBE_SERVICE: Final = "noops-probe"
+LOOPBACK: Final = "127.0.0.1"
 _UNSET: Final = object()
 
 _SCHEMA: Final = """
@@ -215,6 +218,20 @@ class _TlsFiles:
                                      "key and CA paths") from exc
             self._ctx, self._stamp = ctx, stamp
         return self._ctx
+
+
+def _is_localhost(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")
+
+
+def _loopback(url: httpx.URL, headers: dict[str, str]) -> tuple[httpx.URL, dict[str, Any]]:
+    """``*.localhost`` names are loopback (RFC 6761) but the system resolver may not know them:
+    connect to 127.0.0.1 and keep the name in ``Host`` and in TLS SNI / certificate checks, as a
+    browser would for the front door at https://APP.localhost:8443/."""
+    if not _is_localhost(url.host):
+        return url, {}
+    headers["host"] = url.netloc.decode("ascii")
+    return url.copy_with(host=LOOPBACK), {"sni_hostname": url.host}
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -421,8 +438,9 @@ class Probes:
         error, warning, days = "", "", None
         started = time.perf_counter()
         try:
+            url, extensions = _loopback(httpx.URL(probe.target), headers)
             async with httpx.AsyncClient(verify=verify, timeout=probe.timeout_s) as client, \
-                    client.stream("GET", probe.target, headers=headers) as resp:
+                    client.stream("GET", url, headers=headers, extensions=extensions) as resp:
                 status = resp.status_code
                 body = bytearray()
                 async for chunk in resp.aiter_bytes():
@@ -488,8 +506,10 @@ class Probes:
         days, error, warning = None, "", ""
         try:
             ctx = self._tls.context() if tls else None
+            address = LOOPBACK if _is_localhost(host) else host
             _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ctx, server_hostname=host if tls else None),
+                asyncio.open_connection(address, port, ssl=ctx,
+                                        server_hostname=host if tls else None),
                 timeout=probe.timeout_s)
             try:
                 if tls:

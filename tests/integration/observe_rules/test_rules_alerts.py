@@ -239,3 +239,16 @@ def test_bad_rules_are_refused(alerts: Alerts, kind: str, service: str | None,
     with pytest.raises((RuleUsageError, RuleNotFound), match=message):
         alerts.add(kind, service, **options)  # type: ignore[arg-type]
     assert alerts.list() == []
+
+
+def test_event_history_is_bounded(rules_db: Path, tstore: DuckDBStore) -> None:
+    for start in (0, 10, 20):  # three bad minutes, each its own episode
+        tstore.insert_spans(span_rows("shop", at(start), 1, 60, error_every=1, seed=start))
+    alerts = Alerts(rules_db, tstore, keep_events=3)
+    try:
+        alerts.add("error_rate", "shop", threshold=5, window="1m", min_requests=1)
+        made = [e.status for m in range(0, 25) for e in alerts.evaluate(at(m))]
+        assert made == ["firing", "resolved"] * 3
+        assert [e["status"] for e in alerts.events()] == ["resolved", "firing", "resolved"]
+    finally:
+        alerts.close()

@@ -121,3 +121,13 @@ def test_compare_without_traffic_says_so(markers: DeployMarkers) -> None:
     out = markers.compare(marker, now=at(20))
     assert out["before"]["count"] == 0 and out["after"]["count"] == 0
     assert "no traffic before" in out["note"] and "delta" not in out
+
+
+def test_marker_history_is_bounded(rules_db: Path, tstore: DuckDBStore) -> None:
+    markers = DeployMarkers(rules_db, tstore, keep=3)
+    try:
+        for n in range(5):
+            markers.record("shop", f"v{n}", at=at(n * 30))
+        assert [m.version for m in markers.list()] == ["v4", "v3", "v2"]
+    finally:
+        markers.close()

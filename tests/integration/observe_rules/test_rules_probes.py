@@ -126,7 +126,7 @@ def ca(tmp_path: Path) -> CertificateAuthority:
 @pytest.fixture
 def mtls_server(ca: CertificateAuthority) -> Iterator[Served]:
     """HTTPS with a 2-day serving certificate that requires a client certificate from the CA."""
-    issued = ca.issue_gateway_cert(["localhost"], ttl_s=2 * 86400)
+    issued = ca.issue_gateway_cert(["localhost", "shop.localhost"], ttl_s=2 * 86400)
     served = serve(app_routes, tls=ca.server_ssl_context(issued))
     yield served
     served.stop()
@@ -143,6 +143,15 @@ def test_https_probe_presents_a_client_certificate(ca: CertificateAuthority, mtl
         url = f"{mtls_server.url}/health"
         ok = asyncio.run(with_cert.check(with_cert.add(url, json_path="$.status").id))
         assert ok.ok, ok.error
+        # The front door's name: APP.localhost, connected on loopback with Host and SNI kept.
+        front = f"https://shop.localhost:{mtls_server.port}/health"
+        via_name = asyncio.run(with_cert.check(with_cert.add(front).id))
+        assert via_name.ok, via_name.error
+        assert mtls_server.recorder.requests[-1]["headers"]["host"] == \
+            f"shop.localhost:{mtls_server.port}"
+        wrong = f"https://other.localhost:{mtls_server.port}/health"  # not in the certificate
+        mismatch = asyncio.run(with_cert.check(with_cert.add(wrong).id))
+        assert not mismatch.ok and "other.localhost" in mismatch.error
         assert ok.tls_days_left is not None and 1.9 < ok.tls_days_left <= 2.0
         assert ok.warning == f"TLS certificate expires in {ok.tls_days_left:.1f} days"
         refused = asyncio.run(without.check(without.add(url).id))
