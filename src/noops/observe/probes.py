@@ -418,6 +418,10 @@ class Probes:
                 result, span = await self._check_socket(probe, at), None
         except RuleUsageError as exc:  # unusable TLS files: a failed check that says why
             result, span = ProbeResult(probe.id, at, False, 0.0, error=str(exc)), None
+        except Exception as exc:  # a prober must outlive any one target's misbehaviour
+            log.exception("probe %s: unexpected failure", probe.name)
+            result, span = ProbeResult(probe.id, at, False, 0.0,
+                                       error=f"{type(exc).__name__}: {exc}"), None
         self._record(result)
         if self.store is not None:
             try:
@@ -456,6 +460,8 @@ class Probes:
             error = f"timed out after {probe.timeout_s:g}s"
         except httpx.HTTPError as exc:
             error = _describe(exc)
+        except OSError as exc:  # e.g. a TLS alert read after the handshake, not mapped by httpx
+            error = f"{type(exc).__name__}: {exc}"
         duration_ms = (time.perf_counter() - started) * 1000
         if days is not None and days < probe.tls_warn_days:
             warning = f"TLS certificate expires in {days:.1f} days"

@@ -21,6 +21,26 @@ GET      /api/alerts/events              ``?alert=&limit=`` notifications, newes
 
 Every error is ``{"error": message, "kind": ErrorClass}`` with the error's ``http_status``.
 Store queries run in a worker thread so the event loop never waits on DuckDB.
+
+Wiring (what the daemon does)::
+
+    db = settings.home / "observe" / "rules.db"          # one SQLite file, WAL
+    markers = DeployMarkers(db, store)
+    probes = Probes(db, store, client_cert=(svid_crt, svid_key), ca_file=ca_bundle)
+    alerts = Alerts(db, store, probes)
+    routes += rules_routes(markers, probes, alerts)      # before any catch-all route
+    stop = asyncio.Event()
+    tasks = [probes.run_forever(stop), alerts.run_forever(stop, every_s=15)]
+    # per release / config change / scale / rollback / rebase:
+    markers.record(app, version, "deploy", fingerprint=f"{app}:{kind}:{version}", description=...)
+    # per app, idempotent:
+    probes.ensure(f"https://{app}.localhost:{port}/", name=f"{app} front door", app=app)
+    # in the OTLP ingest path, per (service.name, service.version) of a batch:
+    markers.observe_spans(service, version)
+    # on shutdown: stop.set(); await the tasks; close() each of the three
+
+Rewriting the certificate files (``Issued.write``) is enough for the prober to present a
+renewed SVID on its next check; :meth:`Probes.set_tls` switches to other files.
 """
 
 from __future__ import annotations
