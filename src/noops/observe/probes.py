@@ -33,28 +33,29 @@ import builtins
 import contextlib
 import json
 import logging
-import os
 import random
-import secrets
-import ssl
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import httpx
-from cryptography import x509
 
+from noops.observe._probe_checks import (
+    PROBE_SERVICE,
+    Probe,
+    ProbeResult,
+    TlsFiles,
+    check_http,
+    check_socket,
+    host_port,
+)
 from noops.observe._rules_common import (
     RuleNotFound,
     RuleStore,
     RuleUsageError,
     compile_json_path,
     epoch,
-    iso,
-    match_json_path,
     parse_duration,
 )
 from noops.observe.store.base import TelemetryStore
@@ -66,9 +67,6 @@ log = logging.getLogger(__name__)
 ProbeKind = Literal["http", "tcp", "tls"]
 MIN_EVERY_S: Final = 5.0
 DEFAULT_TIMEOUT_S: Final = 10.0
-BODY_CAP: Final = 1 << 20  # bytes of a response body searched for expect_text / parsed as JSON
-PROBE_SERVICE: Final = "noops-probe"
-LOOPBACK: Final = "127.0.0.1"
 _UNSET: Final = object()
 
 _SCHEMA: Final = """
@@ -88,50 +86,6 @@ CREATE INDEX IF NOT EXISTS probe_results_probe_at ON probe_results (probe_id, at
 """
 
 
-@dataclass(frozen=True)
-class Probe:
-    id: int
-    name: str
-    kind: str
-    target: str
-    app: str | None
-    every_s: float
-    timeout_s: float
-    expect_status: int
-    expect_text: str | None
-    json_path: str | None
-    json_expect: str | None  # JSON text of the expected value; None: the path must exist
-    tls_warn_days: float
-    created: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "kind": self.kind, "target": self.target,
-                "app": self.app, "every_s": self.every_s, "timeout_s": self.timeout_s,
-                "expect_status": self.expect_status, "expect_text": self.expect_text,
-                "json_path": self.json_path,
-                "json_expect": None if self.json_expect is None else json.loads(self.json_expect),
-                "tls_warn_days": self.tls_warn_days, "created": iso(self.created)}
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    probe_id: int
-    at: float
-    ok: bool
-    duration_ms: float
-    status: int | None = None
-    error: str = ""
-    warning: str = ""
-    tls_days_left: float | None = None
-    trace_id: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"probe_id": self.probe_id, "at": iso(self.at), "at_epoch_s": self.at,
-                "ok": self.ok, "duration_ms": round(self.duration_ms, 3), "status": self.status,
-                "error": self.error, "warning": self.warning,
-                "tls_days_left": self.tls_days_left, "trace_id": self.trace_id}
-
-
 def _probe(row: Any) -> Probe:
     return Probe(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row
 
@@ -141,22 +95,6 @@ def _result(row: Any) -> ProbeResult:
                        duration_ms=row["duration_ms"], status=row["status"], error=row["error"],
                        warning=row["warning"], tls_days_left=row["tls_days_left"],
                        trace_id=row["trace_id"])
-
-
-def _host_port(target: str, kind: str) -> tuple[str, int]:
-    parts = urlsplit(target if "://" in target else f"{kind}://{target}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise RuleUsageError(f"bad port in {target!r}: {exc}") from exc
-    if not parts.hostname:
-        raise RuleUsageError(f"{target!r} has no host; write {kind}://HOST:PORT")
-    if port is None:
-        if kind == "tls":
-            port = 443
-        else:
-            raise RuleUsageError(f"{target!r} has no port; write tcp://HOST:PORT")
-    return parts.hostname, port
 
 
 def _validate_target(target: str, kind: str | None) -> tuple[str, str]:
@@ -181,72 +119,9 @@ def _validate_target(target: str, kind: str | None) -> tuple[str, str]:
     if kind in ("tcp", "tls"):
         if scheme and scheme not in (kind, "https"):
             raise RuleUsageError(f"bad {kind} target {text!r}: write {kind}://HOST:PORT")
-        host, port = _host_port(text.replace("https://", "tls://", 1), kind)
+        host, port = host_port(text.replace("https://", "tls://", 1), kind)
         return kind, f"{kind}://{host}:{port}"
     raise RuleUsageError(f"unknown probe kind {kind!r}; use http, tcp or tls")
-
-
-def _json_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-class _TlsFiles:
-    """A client SSL context from files, rebuilt when a file's mtime changes."""
-
-    def __init__(self, client_cert: tuple[Path, Path] | None, ca_file: Path | None) -> None:
-        self.client_cert, self.ca_file = client_cert, ca_file
-        self._stamp: tuple[float, ...] | None = None
-        self._ctx: ssl.SSLContext | None = None
-
-    def _files(self) -> list[Path]:
-        return [*(self.client_cert or ()), *([self.ca_file] if self.ca_file else [])]
-
-    def context(self) -> ssl.SSLContext:
-        try:
-            stamp = tuple(os.stat(p).st_mtime_ns for p in self._files())
-        except OSError as exc:
-            raise RuleUsageError(f"probe TLS file missing: {exc}") from exc
-        if self._ctx is None or stamp != self._stamp:
-            ctx = ssl.create_default_context()
-            try:
-                if self.ca_file:
-                    ctx.load_verify_locations(cafile=str(self.ca_file))
-                if self.client_cert:
-                    ctx.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
-            except (OSError, ssl.SSLError) as exc:
-                raise RuleUsageError(f"probe TLS files unusable ({exc}); check the certificate, "
-                                     "key and CA paths") from exc
-            self._ctx, self._stamp = ctx, stamp
-        return self._ctx
-
-
-def _is_localhost(host: str) -> bool:
-    return host == "localhost" or host.endswith(".localhost")
-
-
-def _loopback(url: httpx.URL, headers: dict[str, str]) -> tuple[httpx.URL, dict[str, Any]]:
-    """``*.localhost`` names are loopback (RFC 6761) but the system resolver may not know them:
-    connect to 127.0.0.1 and keep the name in ``Host`` and in TLS SNI / certificate checks, as a
-    browser would for the front door at https://APP.localhost:8443/."""
-    if not _is_localhost(url.host):
-        return url, {}
-    headers["host"] = url.netloc.decode("ascii")
-    return url.copy_with(host=LOOPBACK), {"sni_hostname": url.host}
-
-
-def _describe(exc: httpx.HTTPError) -> str:
-    reason = str(exc) or str(exc.__cause__ or exc.__context__ or "")
-    if not reason and isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
-        reason = ("the server closed the connection (a zero-trust front door does this when no "
-                  "acceptable client certificate is presented)")
-    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-
-
-def _days_left(der: bytes | None, now: float) -> float | None:
-    if not der:
-        return None
-    cert = x509.load_der_x509_certificate(der)
-    return round((cert.not_valid_after_utc.timestamp() - now) / 86400.0, 3)
 
 
 class Probes:
@@ -260,7 +135,7 @@ class Probes:
         self.store = store
         self.keep_results = max(1, int(keep_results))
         self.jitter = max(0.0, float(jitter))
-        self._tls = _TlsFiles(None, None)
+        self._tls = TlsFiles(None, None)
         self.set_tls(client_cert=client_cert, ca_file=ca_file)
         self._next: dict[int, float] = {}
         self._inflight: set[int] = set()
@@ -271,7 +146,7 @@ class Probes:
         """Present ``client_cert`` = (certificate, key) PEM paths and trust ``ca_file`` as well
         as the system roots on HTTPS and TLS checks."""
         cert = (Path(client_cert[0]), Path(client_cert[1])) if client_cert else None
-        self._tls = _TlsFiles(cert, Path(ca_file) if ca_file else None)
+        self._tls = TlsFiles(cert, Path(ca_file) if ca_file else None)
 
     # -- definitions ------------------------------------------------------------------------------
     def add(self, target: str, *, every: str | float = "30s", expect_status: int = 200,
@@ -413,9 +288,9 @@ class Probes:
         at = time.time()
         try:
             if probe.kind == "http":
-                result, span = await self._check_http(probe, at)
+                result, span = await check_http(probe, self._tls, at)
             else:
-                result, span = await self._check_socket(probe, at), None
+                result, span = await check_socket(probe, self._tls, at), None
         except RuleUsageError as exc:  # unusable TLS files: a failed check that says why
             result, span = ProbeResult(probe.id, at, False, 0.0, error=str(exc)), None
         except Exception as exc:  # a prober must outlive any one target's misbehaviour
@@ -430,110 +305,6 @@ class Probes:
                 log.warning("probe %s: cannot write its result to the telemetry store: %s",
                             probe.name, exc)
         return result
-
-    async def _check_http(self, probe: Probe, at: float) -> tuple[ProbeResult, dict[str, Any]]:
-        trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-        headers = {"traceparent": f"00-{trace_id}-{span_id}-01", "user-agent": "noops-probe/1"}
-        # Plain HTTP follows no redirects, so it never needs a trust store (loading one per
-        # check would cost more than the check).
-        verify: ssl.SSLContext | bool = (self._tls.context() if probe.target.startswith("https")
-                                         else False)
-        status: int | None = None
-        error, warning, days = "", "", None
-        started = time.perf_counter()
-        try:
-            url, extensions = _loopback(httpx.URL(probe.target), headers)
-            async with httpx.AsyncClient(verify=verify, timeout=probe.timeout_s) as client, \
-                    client.stream("GET", url, headers=headers, extensions=extensions) as resp:
-                status = resp.status_code
-                body = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    body += chunk
-                    if len(body) >= BODY_CAP:
-                        break
-                stream = resp.extensions.get("network_stream")
-                ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-                if ssl_object is not None:
-                    days = _days_left(ssl_object.getpeercert(binary_form=True), time.time())
-            error = self._judge(probe, status, bytes(body[:BODY_CAP]))
-        except httpx.TimeoutException:
-            error = f"timed out after {probe.timeout_s:g}s"
-        except httpx.HTTPError as exc:
-            error = _describe(exc)
-        except OSError as exc:  # e.g. a TLS alert read after the handshake, not mapped by httpx
-            error = f"{type(exc).__name__}: {exc}"
-        duration_ms = (time.perf_counter() - started) * 1000
-        if days is not None and days < probe.tls_warn_days:
-            warning = f"TLS certificate expires in {days:.1f} days"
-        result = ProbeResult(probe.id, at, not error, duration_ms, status, error, warning, days,
-                             trace_id)
-        url = httpx.URL(probe.target)
-        span = {"Timestamp": int(at * 1e9), "TraceId": trace_id, "SpanId": span_id,
-                "SpanName": f"GET {url.path or '/'}", "SpanKind": "Client",
-                "ServiceName": PROBE_SERVICE,
-                "ResourceAttributes": {"service.name": PROBE_SERVICE},
-                "ScopeName": "noops.observe.probes",
-                "SpanAttributes": {"http.request.method": "GET", "url.full": probe.target,
-                                   "server.address": url.host, "noops.probe.id": str(probe.id),
-                                   "noops.probe.name": probe.name,
-                                   **({"http.response.status_code": str(status)}
-                                      if status is not None else {})},
-                "Duration": int(duration_ms * 1e6),
-                "StatusCode": "Error" if error else "Unset", "StatusMessage": error}
-        return result, span
-
-    @staticmethod
-    def _judge(probe: Probe, status: int, body: bytes) -> str:
-        """'' when the response meets the probe's expectations, else why not."""
-        if status != probe.expect_status:
-            return f"status {status}, expected {probe.expect_status}"
-        text = body.decode("utf-8", "replace")
-        if probe.expect_text is not None and probe.expect_text not in text:
-            return f"text {probe.expect_text!r} not found in the response"
-        if probe.json_path is not None:
-            try:
-                doc = json.loads(text)
-            except ValueError:
-                return "the response is not JSON (--json-path needs a JSON body)"
-            found, value = match_json_path(doc, compile_json_path(probe.json_path))
-            if not found:
-                return f"JSON path {probe.json_path} not found in the response"
-            if probe.json_expect is not None:
-                want = json.loads(probe.json_expect)
-                if value != want and not (isinstance(want, str) and _json_text(value) == want):
-                    return (f"JSON path {probe.json_path} is {_json_text(value)!r}, expected "
-                            f"{_json_text(want)!r}")
-        return ""
-
-    async def _check_socket(self, probe: Probe, at: float) -> ProbeResult:
-        host, port = _host_port(probe.target, probe.kind)
-        tls = probe.kind == "tls"
-        started = time.perf_counter()
-        days, error, warning = None, "", ""
-        try:
-            ctx = self._tls.context() if tls else None
-            address = LOOPBACK if _is_localhost(host) else host
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, ssl=ctx,
-                                        server_hostname=host if tls else None),
-                timeout=probe.timeout_s)
-            try:
-                if tls:
-                    ssl_object = writer.get_extra_info("ssl_object")
-                    days = _days_left(ssl_object.getpeercert(binary_form=True) if ssl_object
-                                      else None, time.time())
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    await writer.wait_closed()
-        except TimeoutError:
-            error = f"timed out after {probe.timeout_s:g}s"
-        except (OSError, ssl.SSLError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        duration_ms = (time.perf_counter() - started) * 1000
-        if days is not None and days < probe.tls_warn_days:
-            warning = f"TLS certificate expires in {days:.1f} days"
-        return ProbeResult(probe.id, at, not error, duration_ms, None, error, warning, days)
 
     # -- recording --------------------------------------------------------------------------------
     def _record(self, result: ProbeResult) -> None:
