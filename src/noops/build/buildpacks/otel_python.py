@@ -6,7 +6,12 @@ Layout of ``/layers/noops_python/otel``:
   packages ``opentelemetry-bootstrap -a requirements`` names for the app's installed libraries,
   installed with ``pip install --target``. Distributions the app's own ``venv`` layer already
   holds are removed from ``site/``, and the install is constrained to the app's exact versions,
-  so the app always imports its own ``protobuf``/``wrapt``/... and never a second copy.
+  so the app always imports its own ``protobuf``/``wrapt``/... and never a second copy. The
+  one exception is the OpenTelemetry packages themselves (some libraries, e.g. FastAPI, depend
+  on ``opentelemetry-api``): the SDK needs its own API release, and one API copy must serve the
+  app and the SDK (its global tracer provider lives there), so the layer's copy comes first
+  and the app's is shadowed. The API is backward compatible within 1.x; an app whose API is
+  newer (major.minor) than the layer's gets no layer rather than an older API.
 * ``boot/sitecustomize.py`` — starts the SDK when the runtime configured telemetry (see that
   module's docstring: inert without ``OTEL_*`` endpoint settings or with
   ``OTEL_SDK_DISABLED=true``).
@@ -143,6 +148,21 @@ def _installed(site: Path) -> dict[str, Path]:
     return found
 
 
+def _is_otel(name: str) -> bool:
+    return name.startswith("opentelemetry-")
+
+
+def _newer_api(app_packages: dict[str, str]) -> str | None:
+    """The app's own opentelemetry-api version when its major.minor is newer than the layer's."""
+    theirs = app_packages.get("opentelemetry-api", "")
+    match = re.match(r"(\d+)\.(\d+)", theirs)
+    ours = re.match(r"(\d+)\.(\d+)", OTEL_SDK_VERSION)
+    assert ours is not None
+    if match and tuple(map(int, match.groups())) > tuple(map(int, ours.groups())):
+        return theirs
+    return None
+
+
 def otel_layer(ctx: BuildContext, python: str, app_packages: dict[str, str]) -> LayerOut | None:
     """The ``otel`` launch layer for an app whose venv holds ``app_packages`` (None: left out)."""
     wanted = bootstrap_requirements(ctx, app_packages)
@@ -156,11 +176,17 @@ def otel_layer(ctx: BuildContext, python: str, app_packages: dict[str, str]) -> 
         if layer is not None:
             return layer
 
+    newer = _newer_api(app_packages)
+    if newer:
+        ctx.log(f"python: OpenTelemetry auto-instrumentation left out of this image: the app "
+                f"installs opentelemetry-api {newer}, newer than the {OTEL_SDK_VERSION} this "
+                "noops ships; the app builds and runs without automatic telemetry.")
+        return None
     host = ctx.layer_dir(LAYER)
     root = ctx.container_layer_path(LAYER)
-    constraints = ctx.cache_path("otel-bootstrap") / f"constraints-{_digest(base + str(app_packages))}.txt"
-    constraints.parent.mkdir(parents=True, exist_ok=True)
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(app_packages.items())))
+    pins = {n: v for n, v in app_packages.items() if not _is_otel(n)}
+    constraints = ctx.cache_path("otel-bootstrap") / f"constraints-{_digest(base + str(pins))}.txt"
+    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
     ctx.log(f"python: installing OpenTelemetry {OTEL_SDK_VERSION} auto-instrumentation "
             f"({len(wanted)} instrumentations) into {root}")
     try:
@@ -182,7 +208,7 @@ def otel_layer(ctx: BuildContext, python: str, app_packages: dict[str, str]) -> 
     site = host / "site"
     installed = _installed(site)
     for name, info in installed.items():
-        if name in app_packages:  # the app's venv has this exact version (constraints)
+        if name in pins:  # the app's venv has this exact version (constraints)
             _remove_dist(site, info)
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts with a build-time shebang
     closure = sorted(installed)
