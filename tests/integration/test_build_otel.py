@@ -168,3 +168,39 @@ def test_app_pins_win_over_opentelemetry(noops_settings: Settings, store: ImageS
     assert any("auto-instrumentation left out" in line for line in lines)
     running = run_image(report.name, *_env(receiver, f"conflict-{unique}"))
     assert wait_http(running.url + "/")[0] == 200
+
+
+def test_express_example_sends_traces_and_opting_out_is_inert(
+        noops_settings: Settings, store: ImageStore, unique: str, run_image: Any,
+        otlp_server: Any) -> None:
+    report = build_image(noops_settings, EXAMPLES / "express", tag=f"t-{unique}/express")
+    names = [layer["name"] for layer in report.layers]
+    assert names.index("noops/node:otel") == names.index("noops/node:modules") + 1
+    dirs = _layer_dirs(noops_settings, store, report)
+    assert not (dirs["noops/node:modules"] / "layers/noops_node/modules/node_modules/@opentelemetry"
+                ).exists()
+    receiver = otlp_server()
+    service = f"shop-express-{unique}"
+    running = run_image(report.name, *_env(receiver, service))
+    status, body = wait_http(running.url + "/")
+    assert status == 200 and "noops example: express" in body
+    receiver.store.wait(lambda: _server_span(receiver.store, service, "/") is not None, 30)
+    span = _server_span(receiver.store, service, "/")
+    assert span is not None
+    attrs = span["SpanAttributes"]
+    assert "200" in (attrs.get("http.status_code"), attrs.get("http.response.status_code")), attrs
+    assert span["ResourceAttributes"]["service.version"] == "t1"
+    receiver.store.wait(lambda: bool(receiver.store.metrics), 30)
+    output = _stop(running)
+    assert "GET / 200" in output
+
+    quiet = otlp_server()
+    disabled = run_image(report.name, *_env(quiet, "off", OTEL_SDK_DISABLED="true"))
+    bare = run_image(report.name)
+    for app in (disabled, bare):
+        assert wait_http(app.url + "/")[0] == 200
+    outputs = [_stop(disabled), _stop(bare)]
+    assert quiet.store.spans == [] and quiet.store.logs == [] and not quiet.store.metrics
+    for output in outputs:
+        assert "GET / 200" in output
+        assert "OpenTelemetry" not in output and "Error" not in output, output

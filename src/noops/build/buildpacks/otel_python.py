@@ -51,7 +51,7 @@ CORE_REQUIREMENTS = (
     f"opentelemetry-exporter-otlp-proto-http=={OTEL_SDK_VERSION}",
 )
 LAYER = "otel"
-_DATA = Path(__file__).parent / "otel_data"
+_DATA = Path(__file__).parent / "otel_data" / "python"
 
 
 def norm(name: str) -> str:
