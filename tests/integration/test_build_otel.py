@@ -22,7 +22,9 @@ from noops.oci.unpack import LayerCache
 from noops.settings import Settings
 
 pytestmark = [pytest.mark.runc, pytest.mark.stacks, needs("runc", "mmdebstrap")]
-__all__ = ["otlp_server"]  # the receiver fixture, shared with the OTLP receiver's tests
+# The OTLP receiver's own test harness (an in-memory store behind a real receiver on 127.0.0.1),
+# re-exported so pytest finds the fixture here.
+__all__ = ["otlp_server"]
 
 OTEL = "noops/python:otel"
 VENV = "noops/python:venv"
@@ -204,3 +206,31 @@ def test_express_example_sends_traces_and_opting_out_is_inert(
     for output in outputs:
         assert "GET / 200" in output
         assert "OpenTelemetry" not in output and "Error" not in output, output
+
+
+def test_two_service_shop_is_one_trace(noops_settings: Settings, unique: str, run_image: Any,
+                                       otlp_server: Any) -> None:
+    inventory = build_image(noops_settings, EXAMPLES / "shop-inventory",
+                            tag=f"t-{unique}/shop-inventory")
+    frontend = build_image(noops_settings, EXAMPLES / "shop-frontend",
+                           tag=f"t-{unique}/shop-frontend")
+    receiver = otlp_server()
+    back = run_image(inventory.name, *_env(receiver, "shop-inventory"))
+    wait_http(back.url + "/healthz")
+    front = run_image(frontend.name,
+                      *_env(receiver, "shop-frontend", INVENTORY_URL=back.url))
+    status, body = wait_http(front.url + "/")
+    assert status == 200 and "Enamel mug (mug): 12 in stock" in body, body
+
+    store = receiver.store
+    store.wait(lambda: _server_span(store, "shop-inventory", "/items") is not None
+               and _server_span(store, "shop-frontend", "/") is not None, 30)
+    served = _server_span(store, "shop-inventory", "/items")
+    page = _server_span(store, "shop-frontend", "/")
+    assert served is not None and page is not None
+    assert served["TraceId"] == page["TraceId"]  # one trace across both services
+    calls = [s for s in store.spans if s["ServiceName"] == "shop-frontend"
+             and s["SpanKind"] == "Client" and s["SpanId"] == served["ParentSpanId"]]
+    assert calls and calls[0]["TraceId"] == page["TraceId"]
+    store.wait(lambda: any(log["TraceId"] == page["TraceId"] and "listed 3 items" in str(log["Body"])
+                           for log in list(store.logs)), 30)
