@@ -195,7 +195,9 @@ def otel_layer(ctx: BuildContext, python: str, app_packages: dict[str, str]) -> 
                  "-c", f"{ctx.cache_dir('otel-bootstrap')}/{constraints.name}",
                  *CORE_REQUIREMENTS, *wanted],
                 what="pip install (OpenTelemetry auto-instrumentation)")
-    except CommandFailed:
+    except CommandFailed as exc:
+        if "ResolutionImpossible" not in exc.output:
+            raise  # no network, no such release...: as loud as a failed dependency install
         ctx.log("python: OpenTelemetry auto-instrumentation left out of this image: the app's "
                 f"pinned packages conflict with OpenTelemetry {OTEL_SDK_VERSION} (pip's message "
                 "is above). The app builds and runs without telemetry; relax the pins pip "
