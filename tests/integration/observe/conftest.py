@@ -85,18 +85,25 @@ def make_dataset(traces: int = 400, seed: int = 7, t0: datetime = T0, minutes: i
     res = {"service.version": "1.2.3", "host.name": "node-1"}
 
     def span(trace: str, parent: str, service: str, name: str, kind: str, start: int, dur: int,
-             error: bool = False) -> str:
+             error: bool = False, attrs: dict[str, str] | None = None, host: str = "node-1",
+             exception: bool = True) -> str:
         sid = f"{rnd.getrandbits(64):016x}"
+        event = error and exception
         ds.spans.append({
             "Timestamp": start, "TraceId": trace, "SpanId": sid, "ParentSpanId": parent,
             "SpanName": name, "SpanKind": kind, "ServiceName": service,
-            "ResourceAttributes": {**res, "service.name": service}, "ScopeName": "otel",
-            "SpanAttributes": {"http.route": name} if kind == "Server" else {},
+            "ResourceAttributes": {**res, "service.name": service, "host.name": host},
+            "ScopeName": "otel",
+            "SpanAttributes": {"http.route": name, **(attrs or {})} if kind == "Server"
+            else dict(attrs or {}),
             "Duration": dur, "StatusCode": "Error" if error else "Unset",
-            "StatusMessage": "boom" if error else "",
-            "Events.Timestamp": [start + 1000] if error else [],
-            "Events.Name": ["exception"] if error else [],
-            "Events.Attributes": [{"exception.type": "ValueError"}] if error else [],
+            "StatusMessage": f"upstream answered 50{trace[0] in '0123'} after {dur} ns"
+            if error else "",
+            "Events.Timestamp": [start + 1000] if event else [],
+            "Events.Name": ["exception"] if event else [],
+            "Events.Attributes": [{"exception.type": "ValueError", "exception.message":
+                                   f"no item {dur % 1000} for {uuid.UUID(int=dur)}"}]
+            if event else [],
         })
         return sid
 
@@ -105,17 +112,23 @@ def make_dataset(traces: int = 400, seed: int = 7, t0: datetime = T0, minutes: i
         start = ns(t0) + rnd.randrange(minutes * 60 * NS)
         route = rnd.choice(["GET /", "GET /cart", "POST /checkout"])
         api_dur = int(rnd.lognormvariate(17, 0.8))  # ~25 ms median
+        canary = i % 5 == 0  # api on node-2 is ten times slower: what correlations must find
+        api_dur *= 10 if canary else 1
         api_err = rnd.random() < 0.1
         front_dur = api_dur + int(rnd.lognormvariate(15, 0.5))
         root = span(trace, "", "frontend", route, "Server", start, front_dur, api_err and i % 2 == 0)
+        # frontend calls api through the noops egress endpoint (an mTLS hop) ...
         client = span(trace, root, "frontend", "GET api", "Client", start + 1000, api_dur + 500_000,
-                      api_err)
+                      api_err, attrs={"url.full": "http://127.0.0.1:15001/items"}, exception=False)
         server = span(trace, client, "api", rnd.choice(["GET /items", "GET /items/{id}"]), "Server",
-                      start + 250_000, api_dur, api_err)
+                      start + 250_000, api_dur, api_err, host="node-2" if canary else "node-1")
         if i % 3:
+            # ... api calls db directly; only some db spans say they were reached over mTLS.
             db_dur = int(rnd.lognormvariate(14, 1.0))
-            c2 = span(trace, server, "api", "SELECT items", "Client", start + 300_000, db_dur + 100_000)
-            span(trace, c2, "db", "query", "Server", start + 350_000, db_dur, i % 41 == 0)
+            c2 = span(trace, server, "api", "SELECT items", "Client", start + 300_000,
+                      db_dur + 100_000, attrs={"server.address": "db", "server.port": "5432"})
+            span(trace, c2, "db", "query", "Server", start + 350_000, db_dur, i % 41 == 0,
+                 attrs={"noops.mtls": "true"} if i % 2 else {})
         span(trace, server, "api", "render", "Internal", start + 400_000, 1_000_000)
         for j, (sev, num) in enumerate([("INFO", 9), ("ERROR", 17) if api_err else ("DEBUG", 5)]):
             ds.logs.append({
