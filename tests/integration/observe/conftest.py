@@ -185,3 +185,49 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     store = open_store(backend, tmp_path)
     yield backend, store, tmp_path
     store.close()
+
+
+@dataclass
+class ApmApi:
+    """The APM routes of a real DuckDB store, served by uvicorn on ``home/noops.sock`` (where the
+    CLI looks for the daemon), filled with SDK-recorded traffic (:mod:`sdk_traffic`)."""
+
+    home: Path
+    store: TelemetryStore
+    traffic: Any
+
+    def get(self, path: str, **params: Any) -> Any:
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=str(self.home / "noops.sock"))
+        with httpx.Client(transport=transport, base_url="http://noops", timeout=30) as client:
+            return client.get(path, params=params)
+
+
+@pytest.fixture(scope="module")
+def apm_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApmApi]:
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from noops.observe.api import apm_routes
+    from sdk_traffic import record_shop_traffic
+
+    home = tmp_path_factory.mktemp("home")
+    store = DuckDBStore(home / "telemetry.duckdb")
+    traffic = record_shop_traffic(store)
+    config = uvicorn.Config(Starlette(routes=apm_routes(store)), uds=str(home / "noops.sock"),
+                            log_level="warning", lifespan="off", loop="asyncio")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
+        time.sleep(0.01)
+    yield ApmApi(home, store, traffic)
+    server.should_exit = True
+    thread.join(15)
+    store.close()
