@@ -210,10 +210,10 @@ def apm_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApmApi]:
     import time
 
     import uvicorn
+    from sdk_traffic import record_shop_traffic
     from starlette.applications import Starlette
 
     from noops.observe.api import apm_routes
-    from sdk_traffic import record_shop_traffic
 
     home = tmp_path_factory.mktemp("home")
     store = DuckDBStore(home / "telemetry.duckdb")
