@@ -30,6 +30,10 @@ def _ms(value: float) -> str:
     return f"{value / 1000:.2f}s" if value >= 1000 else f"{value:.1f}ms"
 
 
+def _rate(per_s: float) -> str:
+    return f"{per_s:.2f}" if per_s >= 1 else f"{per_s:.3g}"
+
+
 def _when(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
@@ -55,7 +59,7 @@ def apm(ctx: Ctx, service: str | None, since: str) -> None:
                 return
             table = Table("SERVICE", "REQ/S", "ERRORS", "P50", "P95", "P99", "REQUESTS", box=None)
             for r in rows:
-                table.add_row(r["service"], f"{r['rate_per_s']:.2f}", f"{r['error_pct']:.1f}%",
+                table.add_row(r["service"], _rate(r['rate_per_s']), f"{r['error_pct']:.1f}%",
                               _ms(r["p50_ms"]), _ms(r["p95_ms"]), _ms(r["p99_ms"]),
                               str(r["count"]))
             con.print(table)
@@ -72,7 +76,7 @@ def apm(ctx: Ctx, service: str | None, since: str) -> None:
         table = Table("ENDPOINT", "REQ/S", "ERRORS", "P50", "P95", "P99", "REQUESTS", box=None)
         for r in eps["endpoints"]:
             name = f"{r['endpoint']} ({r['folded']} names)" if r["folded"] else r["endpoint"]
-            table.add_row(escape(name), f"{r['rate_per_s']:.2f}", f"{r['error_pct']:.1f}%",
+            table.add_row(escape(name), _rate(r['rate_per_s']), f"{r['error_pct']:.1f}%",
                           _ms(r["p50_ms"]), _ms(r["p95_ms"]), _ms(r["p99_ms"]), str(r["count"]))
         con.print(table if eps["endpoints"] else f"{service}: no requests in the last {since}")
         if errs:
@@ -98,7 +102,7 @@ def _print_map(ctx: Ctx, edges: list[dict[str, Any]]) -> None:
         for e in edges:
             mtls = "[green]yes[/]" if e["mtls"] else (
                 f"[red]no[/] ({e['mtls_calls']}/{e['calls']})")
-            table.add_row(escape(e["client"]), "→", escape(e["server"]), f"{e['rate_per_s']:.2f}",
+            table.add_row(escape(e["client"]), "→", escape(e["server"]), _rate(e['rate_per_s']),
                           str(e["calls"]), str(e["errors"]), _ms(e["p95_ms"]), mtls)
         con.print(table)
 

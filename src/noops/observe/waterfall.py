@@ -31,10 +31,11 @@ class TraceNotFoundError(NoopsError):
 
 def waterfall(spans: Sequence[dict[str, Any]], logs: Sequence[dict[str, Any]] = ()
               ) -> dict[str, Any]:
-    """Spans in depth-first order, children by start time; a span whose parent is not stored is
-    a root. Each span gets ``depth``, ``offset_ms`` (from the trace's first start) and
-    ``duration_ms``; the trace gets ``start_ns``, ``duration_ms`` (first start to last end),
-    ``services`` and ``logs`` (oldest first, each with the ``offset_ms`` of its timestamp)."""
+    """Spans in depth-first order, children by start time; a span whose parent is not stored
+    is a root, and so is the earliest span of a parent-id cycle. Each span gets ``depth``,
+    ``offset_ms`` (from the trace's first start) and ``duration_ms``; the trace gets
+    ``start_ns``, ``duration_ms`` (first start to last end), ``services`` and ``logs`` (oldest
+    first, each with the ``offset_ms`` of its timestamp)."""
     if not spans:
         raise TraceNotFoundError("no spans for this trace")
     ids = {s["SpanId"] for s in spans}
@@ -49,10 +50,18 @@ def waterfall(spans: Sequence[dict[str, Any]], logs: Sequence[dict[str, Any]] = 
     t1 = max(s["Timestamp"] + s["Duration"] for s in spans)
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
+    # Spans in a cycle of parent ids are reachable from no root: each such cycle is then laid
+    # out from its earliest span, so no stored span goes missing.
+    rest = sorted(spans, key=lambda s: (s["Timestamp"], s["SpanId"]), reverse=True)
     stack = [(s, 0) for s in reversed(children[""])]
-    while stack:
+    while stack or rest:
+        if not stack:
+            first = rest.pop()
+            if first["SpanId"] not in seen:
+                stack.append((first, 0))
+            continue
         span, depth = stack.pop()
-        if span["SpanId"] in seen:  # a cycle of parent ids: show each span once
+        if span["SpanId"] in seen:  # duplicated span ids: show each once
             continue
         seen.add(span["SpanId"])
         out.append({

@@ -7,6 +7,8 @@ it in ``OPT_OUTS`` and the test calls :func:`opt_out`, which skips with the stat
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import tempfile
 import uuid
@@ -23,12 +25,7 @@ from noops.observe.store.duckdb import duck_type
 
 BACKENDS = ("duckdb", "chdb")
 
-OPT_OUTS: dict[str, dict[str, str]] = {
-    "chdb": {
-        "file_size_bounded": "ClickHouse keeps replaced parts for old_parts_lifetime (480 s) "
-                             "after a DELETE mutation; disk is reclaimed later by the merger",
-    },
-}
+OPT_OUTS: dict[str, dict[str, str]] = {}
 
 
 def opt_out(backend: str, capability: str) -> None:
@@ -55,6 +52,22 @@ def describe(backend: str, store: Any, table: str) -> dict[str, str]:
     return {r[0]: r[1] for r in store._tuples(
         "SELECT name, type FROM system.columns WHERE database = currentDatabase() "
         "AND table = {t:String}", t=table)}
+
+
+def disk_bytes(backend: str, store: Any, tmp: Path) -> int:
+    """What the store occupies on disk: the DuckDB file, or every file under the data paths of
+    the ClickHouse database's tables (active parts and replaced ones not yet removed)."""
+    if backend == "duckdb":
+        return (tmp / "telemetry.duckdb").stat().st_size
+    paths = [r[0] for r in store._tuples(
+        "SELECT arrayJoin(data_paths) AS p FROM system.tables WHERE database = currentDatabase()")]
+    total = 0
+    for path in paths:
+        for root, _, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # a part removed meanwhile
+                    total += os.stat(os.path.join(root, name)).st_size
+    return total
 
 
 def expected_type(backend: str) -> Callable[[str], str]:

@@ -98,7 +98,7 @@ def record_shop_traffic(store: TelemetryStore, requests: int = 40) -> Traffic:
                 with trace.use_span(pay, end_on_exit=False):
                     if failed:
                         exc = ValueError(f"card {4000 + i} declined")
-                        pay.record_exception(exc)
+                        pay.record_exception(exc, timestamp=start + 3 * MS)
                         pay.set_status(Status(StatusCode.ERROR, str(exc)))
                         shop.log(start + 3 * MS, "ERROR", f"payment failed: card {4000 + i} "
                                  "declined", **{"order.id": str(i)})

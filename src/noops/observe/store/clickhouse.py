@@ -515,6 +515,19 @@ class ClickHouseStore:
         if signal not in schema.SIGNAL_TABLES:
             raise StoreUsageError(f"unknown signal {signal!r}; use {', '.join(schema.SIGNAL_TABLES)}")
         cutoff = to_ns(now or datetime.now(UTC)) - max_age // timedelta(microseconds=1) * 1000
+        for table in schema.SIGNAL_TABLES[signal]:
+            # Whole days well before the cutoff go as partitions (no rewrite; every table here is
+            # PARTITION BY toDate(…), so ``partition`` reads as a date); the day margin covers
+            # otel_traces_trace_id_ts, partitioned by Start but expired by End.
+            old = self._tuples(
+                "SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() "
+                "AND table = {t:String} AND active AND toDateOrNull(partition) < "
+                "toDate(fromUnixTimestamp64Nano({c:Int64})) - 1", t=table, c=cutoff)
+            with self._guard():
+                for (partition,) in old:
+                    if not str(partition).isalnum():
+                        continue
+                    self._x.command(f"ALTER TABLE {table} DROP PARTITION ID '{partition}'")
         with self._guard():
             for table in schema.SIGNAL_TABLES[signal]:
                 # A synchronous mutation: parts are rewritten without the rows before returning.
