@@ -331,6 +331,9 @@ def test_retention_deletes(fresh: tuple[str, TelemetryStore, Any]) -> None:
     assert store.logs(end=T0, limit=10_000) == []
     assert len(store.logs(limit=10_000)) == len(new.logs)
     assert store.timeseries("api", T0 - timedelta(days=3), T0) == []
+    assert store.service_map(T0 - timedelta(days=3), T0) == []
+    assert {(e["client"], e["server"]) for e in store.service_map(START, END)} == {
+        ("frontend", "api"), ("api", "db")}
     with pytest.raises(StoreUsageError):
         store.retention("profiles", timedelta(days=1))  # type: ignore[arg-type]
 
