@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from noops.gate._pep_known import KnownPlaces
 from noops.gate._pep_pages import Pages
 from noops.gate._pep_types import ConnIdentity, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH, AssertionSigner
-from noops.gate.audit import AuditLog
+from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
 from noops.gate.identity import IdentityStore, Session
 from noops.gate.pki import CertificateAuthority, CertificateRejected, VerifiedIdentity
 from noops.gate.policy import Decision, Identity, Policy, PolicyError, PolicyStore, RequestFacts
@@ -142,9 +143,28 @@ class _Behaviour:
     failed: list[float] = field(default_factory=list)
 
 
-def _json_time(now: float) -> str:
-    """``now`` as the audit log writes times (canonical JSON of an ISO 8601 UTC string)."""
-    return '"' + datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds") + '"'
+class _JsonTime:
+    """Unix times as the audit log writes them (canonical JSON of an ISO 8601 UTC string with
+    microseconds), the date and time of day formatted once per second. One per thread."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now // 1)
+        micro = round((now - second) * 1e6)  # as datetime.fromtimestamp rounds (half even)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self.second:
+            self.second = second
+            self.prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f'{self.prefix}{micro:06d}+00:00"'
+
+
+_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z._-]*")
 
 
 class Gatekeeper:
@@ -157,9 +177,9 @@ class Gatekeeper:
         self.ca = ca
         self.identities = identities
         self.port = port
-        self._decisions: dict[tuple[Any, ...], tuple[Verdict, dict[str, str], float, str]] = {}
-        self._audit_q: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event | None] = \
-            queue.SimpleQueue()
+        self._decisions: dict[tuple[Any, ...], tuple[Verdict, RecordTemplate, float, str]] = {}
+        # ("r", record) or ("t", template, time, request id): a reused decision's record
+        self._audit_q: queue.SimpleQueue[tuple[Any, ...] | threading.Event | None] = queue.SimpleQueue()
         self.policy_store = policy_store or PolicyStore(files.policy)
         self._policy = self._load_policy()
         self._policy_checked = 0.0
@@ -301,7 +321,7 @@ class Gatekeeper:
             # The same caller, request and signals within the last second: the same decision,
             # audited again as its own record (see _DECISION_TTL_S).
             self._seen(hit[3], now)
-            self._audit_q.put(("f", {**hit[1], "time": _json_time(now), "request_id": f'"{req.request_id}"'}))
+            self._audit_q.put(("t", hit[1], now, req.request_id))  # the writer fills the template
             return hit[0]
         a = self.assess(conn, req, now, secret)
         session, cert, trust, identity = a.session, a.cert, a.trust, a.identity
@@ -324,7 +344,8 @@ class Gatekeeper:
             if len(self._decisions) > 50_000:
                 self._decisions.clear()
             rate_key = user if user is not None else "ip:" + req.client_ip
-            self._decisions[key] = (verdict, self.audit.fragments(record), now + _DECISION_TTL_S, rate_key)
+            template = self.audit.template(self.audit.fragments(record), ("time", "request_id"))
+            self._decisions[key] = (verdict, template, now + _DECISION_TTL_S, rate_key)
             return verdict
         return self.pages.refusal(req, decision, session is not None)
 
@@ -460,6 +481,8 @@ class Gatekeeper:
 
     def _audit_writer(self) -> None:
         stop = False
+        json_time = _JsonTime()
+        plain_id = _PLAIN_ID.fullmatch
         while not stop:
             items = [self._audit_q.get()]
             while len(items) < 4096:
@@ -467,12 +490,20 @@ class Gatekeeper:
                     items.append(self._audit_q.get_nowait())
                 except queue.Empty:
                     break
-            batch = [i for i in items if isinstance(i, tuple)]
-            if batch:
-                try:
-                    self.audit.append_fragments([self.audit.fragments(r) if kind == "r" else r
-                                                 for kind, r in batch])
-                except Exception:
+            batch: list[dict[str, str] | tuple[RecordTemplate, tuple[str, str]]] = []
+            try:
+                for item in items:
+                    if not isinstance(item, tuple):
+                        continue
+                    if item[0] == "r":
+                        batch.append(self.audit.fragments(item[1]))
+                    else:
+                        rid = item[3]
+                        batch.append((item[1], (json_time(item[2]), f'"{rid}"' if plain_id(rid)
+                                                else json_fragment(rid))))
+                if batch:
+                    self.audit.append_fragments(batch)
+            except Exception:
                     log.exception("audit write failed; %d record(s) lost", len(batch))
             for item in items:
                 if isinstance(item, threading.Event):
