@@ -69,6 +69,7 @@ _DECISION_TTL_S: Final = 1.0
 """An allow decision is reused for the same caller (session, certificate, address) and request
 (host, path, method) for this long; any revocation, policy or trust change drops every reused
 decision at once, and a revoked device is checked on every request regardless."""
+_RAW: Final = "raw"  # marks a decision key made of the raw request (Gatekeeper.reuse)
 _SESSION_TTL_S: Final = 2.0      # a cached session is re-read after this (slides its idle timer)
 _ASSERTION_REUSE_S: Final = 60.0  # an assertion is re-signed after this (it lives 300 s)
 _AUDIT_GATHER_S: Final = 0.002
@@ -302,32 +303,64 @@ class Gatekeeper:
             return ConnIdentity(rejected=exc.reason, sni=sni)
 
     # -- requests -------------------------------------------------------------------------------
-    def check(self, conn: ConnIdentity, req: Request) -> Verdict:
+    def check(self, conn: ConnIdentity, req: Request, raw: tuple[Any, ...] | None = None) -> Verdict:
         """Decide one request (see the module docstring). Never raises: an internal failure
-        is a deny (fail closed), logged and audited."""
+        is a deny (fail closed), logged and audited.
+
+        ``raw``: the request as the front door read it (see :meth:`reuse`); an allow decision is
+        then also found by :meth:`reuse` for the next second.
+        """
         if req.path.startswith(_LOCAL_PREFIX) or req.path == JWKS_PATH:
             return self.pages.route(conn, req)
         try:
-            return self._check(conn, req)
+            return self._check(conn, req, raw)
         except Exception:
             log.exception("decision failed for %s; denied", req.request_id)
             self._record(req, None, None, None, None, "deny", ["pdp_error"], None)
             return self.pages.message(req, 500, "The gateway could not decide on this request.")
 
-    def _check(self, conn: ConnIdentity, req: Request) -> Verdict:
+    def reuse(self, conn: ConnIdentity, client_ip: str, raw: tuple[Any, ...], request_id: str,
+              ) -> Verdict | None:
+        """The allow decision :meth:`check` made within the last second for the same connection
+        identity, address and ``raw`` request, or None (then build the :class:`Request` and call
+        :meth:`check` with the same ``raw``).
+
+        ``raw`` holds everything of the request the decision rests on, as the front door read
+        it: ``(cookie, authorization, host, normalised path, method, websocket)``; the raw
+        credentials make the key finer than the session secret, never coarser. The rules are
+        those of the reuse inside :meth:`check`: any revocation, policy or trust change has
+        dropped the decision, the client certificate is checked for revocation and expiry here,
+        and the request is counted and audited as its own record.
+        """
+        presented = conn.cert
+        hit = self._decisions.get((_RAW, *raw, presented.serial if presented is not None else 0,
+                                   conn.rejected, client_ip))
+        if hit is None:
+            return None
+        return self._reused(hit, presented, time.time(), request_id)
+
+    def _reused(self, hit: tuple[Verdict, RecordTemplate, float, str], presented: VerifiedIdentity | None,
+                now: float, request_id: str) -> Verdict | None:
+        if hit[2] <= now or (presented is not None and (
+                presented.serial in self._revoked_serials or presented.not_after.timestamp() <= now)):
+            return None
+        # The same caller, request and signals within the last second: the same decision,
+        # audited again as its own record (see _DECISION_TTL_S).
+        self._seen(hit[3], now)
+        self._audit_q.put(("t", hit[1], now, request_id))  # the writer fills the template
+        return hit[0]
+
+    def _check(self, conn: ConnIdentity, req: Request, raw: tuple[Any, ...] | None = None) -> Verdict:
         now = time.time()
         secret = session_secret(req)
         presented = conn.cert
         key = (secret, presented.serial if presented is not None else 0, conn.rejected, req.client_ip,
                req.host, req.path, req.method, req.websocket)
         hit = self._decisions.get(key)
-        if hit is not None and hit[2] > now and (presented is None or (
-                presented.serial not in self._revoked_serials and presented.not_after.timestamp() > now)):
-            # The same caller, request and signals within the last second: the same decision,
-            # audited again as its own record (see _DECISION_TTL_S).
-            self._seen(hit[3], now)
-            self._audit_q.put(("t", hit[1], now, req.request_id))  # the writer fills the template
-            return hit[0]
+        if hit is not None:
+            reused = self._reused(hit, presented, now, req.request_id)
+            if reused is not None:
+                return reused
         a = self.assess(conn, req, now, secret)
         session, cert, trust, identity = a.session, a.cert, a.trust, a.identity
         user, spiffe_id = identity.user, identity.spiffe_id
@@ -350,7 +383,9 @@ class Gatekeeper:
                 self._decisions.clear()
             rate_key = user if user is not None else "ip:" + req.client_ip
             template = self.audit.template(self.audit.fragments(record), ("time", "request_id"))
-            self._decisions[key] = (verdict, template, now + _DECISION_TTL_S, rate_key)
+            entry = self._decisions[key] = (verdict, template, now + _DECISION_TTL_S, rate_key)
+            if raw is not None:
+                self._decisions[(_RAW, *raw, key[1], conn.rejected, req.client_ip)] = entry
             return verdict
         return self.pages.refusal(req, decision, session is not None)
 
