@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noops.gate.audit import RECORD_FIELDS, AuditError, AuditLog, canonical_json, verify
+from noops.gate.audit import RECORD_FIELDS, AuditError, AuditLog, canonical_json, json_fragment, verify
 from noops.gate.trust import Contribution
 
 T0 = datetime(2026, 5, 6, 10, 0, tzinfo=UTC)
@@ -44,6 +44,30 @@ def test_same_fields_for_allow_and_deny_and_chain(tmp_path: Path) -> None:
     assert allow["time"] == "2026-05-06T10:00:00.000000+00:00"
     assert verify(tmp_path / "audit.jsonl").ok
     assert verify(tmp_path).records == 2
+
+
+def test_template_lines_equal_whole_records(tmp_path: Path) -> None:
+    """A record filled into a template (a reused decision) is byte for byte the line the whole
+    record makes, chained with the others; a value with ``%`` in a fixed field stays literal."""
+    whole = AuditLog(tmp_path / "whole.jsonl", clock=lambda: T0)
+    filled = AuditLog(tmp_path / "filled.jsonl", clock=lambda: T0)
+    base = record(0, user="50%-done")
+    template = filled.template(filled.fragments(base), ("time", "request_id"))
+    for i in range(3):
+        rec = {**base, "time": T0 + timedelta(seconds=i), "request_id": f"r{i}\n"}
+        whole.append(rec)
+        filled.append_fragments([(template, (json_fragment(rec["time"]), json_fragment(rec["request_id"])))])
+    filled.append({"outcome": "deny"})  # whole records and templates share one chain
+    whole.append({"outcome": "deny"})
+    whole.close()
+    filled.close()
+    assert (tmp_path / "filled.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert verify(tmp_path / "filled.jsonl").records == 4
+    assert lines(tmp_path / "filled.jsonl")[2]["request_id"] == "r2\\x0a"
+    with pytest.raises(AuditError, match="takes 2 values"):
+        AuditLog(tmp_path / "other.jsonl").append_fragments([(template, ("x",))])
+    with pytest.raises(AuditError, match="missing"):
+        filled.template({"user": '"a"'}, ("time",))
 
 
 def test_secrets_are_never_logged(tmp_path: Path) -> None:

@@ -45,12 +45,17 @@ class GateSide:
         eps = self.core.registry.endpoints(host)
         if not eps:
             return Verdict(True)  # no app here: answered 404/503 by _begin, nothing is forwarded
+        conn = self.conn_id or _NO_TLS
+        raw = (cookie, authorization, host, path, method, websocket)
+        reused = gate.reuse(conn, self.peer, raw, rid.decode("ascii"))
+        if reused is not None:
+            return reused
         req = Request(method=method.decode("ascii"), host=host, app=eps[0].app, path=path.decode("ascii"),
                       query=target[query_at + 1:].decode("latin-1") if query_at >= 0 else "",
                       cookie_header=cookie.decode("latin-1"), authorization=authorization.decode("latin-1"),
                       client_ip=self.peer, request_id=rid.decode("ascii"),
                       browser=method == b"GET" and b"text/html" in accept, websocket=websocket)
-        return gate.check(self.conn_id or _NO_TLS, req)
+        return gate.check(conn, req, raw)
 
     def _answer_later(self, ex: Exchange, reply: Reply) -> None:
         if not ex.complete and not ex.has_body:

@@ -49,8 +49,10 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "AuditRecord",
+    "RecordTemplate",
     "VerifyResult",
     "canonical_json",
+    "json_fragment",
     "verify",
 ]
 
@@ -95,9 +97,54 @@ class VerifyResult:
     reason: str = ""
 
 
+class RecordTemplate:
+    """The line layout of records that differ only in a few fields (``variable``), built once
+    from :meth:`AuditLog.fragments` by :meth:`AuditLog.template`.
+
+    Both texts a record needs (the hashed one without ``hash``, and the written line) are
+    ``%``-format strings whose fixed parts are the canonical JSON fragments in sorted key
+    order, so filling them gives byte for byte what :func:`canonical_json` makes of the whole
+    record. ``variable`` values are passed to :meth:`AuditLog.append_fragments` as canonical
+    JSON text of already sanitised values, in the order given here.
+    """
+
+    __slots__ = ("hashed", "hashed_order", "line", "line_order", "variable")
+
+    def __init__(self, fields: Mapping[str, str], variable: Sequence[str]) -> None:
+        self.variable = tuple(variable)
+        missing = [name for name in self.variable if name not in fields]
+        if missing or _CHAIN_FIELDS & set(fields):
+            raise AuditError(f"a record template needs every variable field ({missing} missing) "
+                             "and no chain field")
+        # slot numbers: 0 seq, 1 prev_hash, 2 hash, 3.. the variable fields
+        slots = {"seq": 0, "prev_hash": 1, "hash": 2} | {n: 3 + i for i, n in enumerate(self.variable)}
+        self.hashed, self.hashed_order = self._layout(fields, slots, with_hash=False)
+        self.line, self.line_order = self._layout(fields, slots, with_hash=True)
+
+    @staticmethod
+    def _layout(fields: Mapping[str, str], slots: dict[str, int],
+                with_hash: bool) -> tuple[str, tuple[int, ...]]:
+        keys = sorted({*fields, "seq", "prev_hash", *(("hash",) if with_hash else ())})
+        parts: list[str] = []
+        order: list[int] = []
+        for key in keys:
+            if key in slots:
+                parts.append(f'"{key}":%s')
+                order.append(slots[key])
+            else:
+                parts.append(f'"{key}":' + fields[key].replace("%", "%%"))
+        return "{" + ",".join(parts) + "}", tuple(order)
+
+
 def canonical_json(value: object) -> str:
     """Sorted keys, no spaces, ASCII only: the form hashed and written."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def json_fragment(value: object) -> str:
+    """``value`` sanitised like a record field (secrets cut, control characters escaped), as
+    canonical JSON: what :meth:`AuditLog.append_fragments` takes for one field."""
+    return canonical_json(_clean(value))
 
 
 def _escape_char(match: re.Match[str]) -> str:
@@ -268,26 +315,46 @@ class AuditLog:
         differ only in a few fields, then hand copies to :meth:`append_fragments`."""
         return {k: canonical_json(v) for k, v in self._prepare(record).items()}
 
-    def append_fragments(self, items: Sequence[Mapping[str, str]]) -> list[tuple[int, str, str]]:
+    def template(self, fields: Mapping[str, str], variable: Sequence[str]) -> RecordTemplate:
+        """A :class:`RecordTemplate` of ``fields`` (:meth:`fragments`) whose ``variable`` fields
+        change from record to record; fill it in :meth:`append_fragments`."""
+        return RecordTemplate(fields, variable)
+
+    def append_fragments(self, items: Sequence[Mapping[str, str] | tuple[RecordTemplate, Sequence[str]]],
+                         ) -> list[tuple[int, str, str]]:
         """Chain, write and fsync records given as :meth:`fragments` (field -> canonical JSON of
-        an already sanitised value); one fsync for all. Returns ``(seq, prev_hash, hash)`` each.
+        an already sanitised value), or as ``(template, values)``: a :class:`RecordTemplate` and
+        the canonical JSON of its variable fields, in its order. One fsync for all. Returns
+        ``(seq, prev_hash, hash)`` each.
 
         The line is assembled from the fragments in sorted key order, which is byte for byte
         what :func:`canonical_json` makes of the whole record, so :func:`verify` is unchanged.
         """
         out: list[tuple[int, str, str]] = []
+        sha256 = hashlib.sha256
         with self._lock:
             if self._fd < 0:
                 raise AuditError("the audit log is closed; open a new AuditLog")
             lines: list[bytes] = []
             seq, head, size = self._seq, self._head, self._size
             try:
-                for fields in items:
-                    body = {**fields, "seq": str(seq), "prev_hash": f'"{head}"'}
-                    text = "{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}"
-                    digest = hashlib.sha256(text.encode()).hexdigest()
-                    body["hash"] = f'"{digest}"'
-                    line = ("{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}\n").encode()
+                for item in items:
+                    if isinstance(item, tuple):
+                        tpl, values = item
+                        if len(values) != len(tpl.variable):
+                            raise AuditError(f"a record template takes {len(tpl.variable)} values "
+                                             f"({', '.join(tpl.variable)}), got {len(values)}")
+                        slot = [str(seq), f'"{head}"', "", *values]
+                        text = tpl.hashed % tuple([slot[i] for i in tpl.hashed_order])
+                        digest = sha256(text.encode()).hexdigest()
+                        slot[2] = f'"{digest}"'
+                        line = (tpl.line % tuple([slot[i] for i in tpl.line_order]) + "\n").encode()
+                    else:
+                        body = {**item, "seq": str(seq), "prev_hash": f'"{head}"'}
+                        text = "{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}"
+                        digest = sha256(text.encode()).hexdigest()
+                        body["hash"] = f'"{digest}"'
+                        line = ("{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}\n").encode()
                     if size and size + len(line) > self.max_bytes:
                         self._write(lines)
                         os.fsync(self._fd)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from noops.gate._pep_known import KnownPlaces
 from noops.gate._pep_pages import Pages
 from noops.gate._pep_types import ConnIdentity, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH, AssertionSigner
-from noops.gate.audit import AuditLog
+from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
 from noops.gate.identity import IdentityStore, Session
 from noops.gate.pki import CertificateAuthority, CertificateRejected, VerifiedIdentity
 from noops.gate.policy import Decision, Identity, Policy, PolicyError, PolicyStore, RequestFacts
@@ -68,8 +69,14 @@ _DECISION_TTL_S: Final = 1.0
 """An allow decision is reused for the same caller (session, certificate, address) and request
 (host, path, method) for this long; any revocation, policy or trust change drops every reused
 decision at once, and a revoked device is checked on every request regardless."""
+_RAW: Final = "raw"  # marks a decision key made of the raw request (Gatekeeper.reuse)
 _SESSION_TTL_S: Final = 2.0      # a cached session is re-read after this (slides its idle timer)
 _ASSERTION_REUSE_S: Final = 60.0  # an assertion is re-signed after this (it lives 300 s)
+_AUDIT_GATHER_S: Final = 0.002
+"""After writing a batch the audit writer sleeps this long instead of blocking on the queue, as
+long as records keep coming: a put() on the event loop then never has to wake it (a futex call
+and a GIL hand-over per record otherwise). Records wait at most this long, plus the fsync of the
+batch before, to be written; when a sleep finds nothing the writer blocks again until the next."""
 _MFA_ORDER: Final = ("oidc_mfa", "totp", "oidc", "password")
 _LOCAL_PREFIX: Final = "/.noops/"
 
@@ -142,9 +149,28 @@ class _Behaviour:
     failed: list[float] = field(default_factory=list)
 
 
-def _json_time(now: float) -> str:
-    """``now`` as the audit log writes times (canonical JSON of an ISO 8601 UTC string)."""
-    return '"' + datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds") + '"'
+class _JsonTime:
+    """Unix times as the audit log writes them (canonical JSON of an ISO 8601 UTC string with
+    microseconds), the date and time of day formatted once per second. One per thread."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now // 1)
+        micro = round((now - second) * 1e6)  # as datetime.fromtimestamp rounds (half even)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self.second:
+            self.second = second
+            self.prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f'{self.prefix}{micro:06d}+00:00"'
+
+
+_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z._-]*")
 
 
 class Gatekeeper:
@@ -157,9 +183,9 @@ class Gatekeeper:
         self.ca = ca
         self.identities = identities
         self.port = port
-        self._decisions: dict[tuple[Any, ...], tuple[Verdict, dict[str, str], float, str]] = {}
-        self._audit_q: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event | None] = \
-            queue.SimpleQueue()
+        self._decisions: dict[tuple[Any, ...], tuple[Verdict, RecordTemplate, float, str]] = {}
+        # ("r", record) or ("t", template, time, request id): a reused decision's record
+        self._audit_q: queue.SimpleQueue[tuple[Any, ...] | threading.Event | None] = queue.SimpleQueue()
         self.policy_store = policy_store or PolicyStore(files.policy)
         self._policy = self._load_policy()
         self._policy_checked = 0.0
@@ -277,32 +303,64 @@ class Gatekeeper:
             return ConnIdentity(rejected=exc.reason, sni=sni)
 
     # -- requests -------------------------------------------------------------------------------
-    def check(self, conn: ConnIdentity, req: Request) -> Verdict:
+    def check(self, conn: ConnIdentity, req: Request, raw: tuple[Any, ...] | None = None) -> Verdict:
         """Decide one request (see the module docstring). Never raises: an internal failure
-        is a deny (fail closed), logged and audited."""
+        is a deny (fail closed), logged and audited.
+
+        ``raw``: the request as the front door read it (see :meth:`reuse`); an allow decision is
+        then also found by :meth:`reuse` for the next second.
+        """
         if req.path.startswith(_LOCAL_PREFIX) or req.path == JWKS_PATH:
             return self.pages.route(conn, req)
         try:
-            return self._check(conn, req)
+            return self._check(conn, req, raw)
         except Exception:
             log.exception("decision failed for %s; denied", req.request_id)
             self._record(req, None, None, None, None, "deny", ["pdp_error"], None)
             return self.pages.message(req, 500, "The gateway could not decide on this request.")
 
-    def _check(self, conn: ConnIdentity, req: Request) -> Verdict:
+    def reuse(self, conn: ConnIdentity, client_ip: str, raw: tuple[Any, ...], request_id: str,
+              ) -> Verdict | None:
+        """The allow decision :meth:`check` made within the last second for the same connection
+        identity, address and ``raw`` request, or None (then build the :class:`Request` and call
+        :meth:`check` with the same ``raw``).
+
+        ``raw`` holds everything of the request the decision rests on, as the front door read
+        it: ``(cookie, authorization, host, normalised path, method, websocket)``; the raw
+        credentials make the key finer than the session secret, never coarser. The rules are
+        those of the reuse inside :meth:`check`: any revocation, policy or trust change has
+        dropped the decision, the client certificate is checked for revocation and expiry here,
+        and the request is counted and audited as its own record.
+        """
+        presented = conn.cert
+        hit = self._decisions.get((_RAW, *raw, presented.serial if presented is not None else 0,
+                                   conn.rejected, client_ip))
+        if hit is None:
+            return None
+        return self._reused(hit, presented, time.time(), request_id)
+
+    def _reused(self, hit: tuple[Verdict, RecordTemplate, float, str], presented: VerifiedIdentity | None,
+                now: float, request_id: str) -> Verdict | None:
+        if hit[2] <= now or (presented is not None and (
+                presented.serial in self._revoked_serials or presented.not_after.timestamp() <= now)):
+            return None
+        # The same caller, request and signals within the last second: the same decision,
+        # audited again as its own record (see _DECISION_TTL_S).
+        self._seen(hit[3], now)
+        self._audit_q.put(("t", hit[1], now, request_id))  # the writer fills the template
+        return hit[0]
+
+    def _check(self, conn: ConnIdentity, req: Request, raw: tuple[Any, ...] | None = None) -> Verdict:
         now = time.time()
         secret = session_secret(req)
         presented = conn.cert
         key = (secret, presented.serial if presented is not None else 0, conn.rejected, req.client_ip,
                req.host, req.path, req.method, req.websocket)
         hit = self._decisions.get(key)
-        if hit is not None and hit[2] > now and (presented is None or (
-                presented.serial not in self._revoked_serials and presented.not_after.timestamp() > now)):
-            # The same caller, request and signals within the last second: the same decision,
-            # audited again as its own record (see _DECISION_TTL_S).
-            self._seen(hit[3], now)
-            self._audit_q.put(("f", {**hit[1], "time": _json_time(now), "request_id": f'"{req.request_id}"'}))
-            return hit[0]
+        if hit is not None:
+            reused = self._reused(hit, presented, now, req.request_id)
+            if reused is not None:
+                return reused
         a = self.assess(conn, req, now, secret)
         session, cert, trust, identity = a.session, a.cert, a.trust, a.identity
         user, spiffe_id = identity.user, identity.spiffe_id
@@ -324,7 +382,10 @@ class Gatekeeper:
             if len(self._decisions) > 50_000:
                 self._decisions.clear()
             rate_key = user if user is not None else "ip:" + req.client_ip
-            self._decisions[key] = (verdict, self.audit.fragments(record), now + _DECISION_TTL_S, rate_key)
+            template = self.audit.template(self.audit.fragments(record), ("time", "request_id"))
+            entry = self._decisions[key] = (verdict, template, now + _DECISION_TTL_S, rate_key)
+            if raw is not None:
+                self._decisions[(_RAW, *raw, key[1], conn.rejected, req.client_ip)] = entry
             return verdict
         return self.pages.refusal(req, decision, session is not None)
 
@@ -460,19 +521,35 @@ class Gatekeeper:
 
     def _audit_writer(self) -> None:
         stop = False
+        json_time = _JsonTime()
+        plain_id = _PLAIN_ID.fullmatch
+        busy = False
         while not stop:
-            items = [self._audit_q.get()]
+            if busy:  # see _AUDIT_GATHER_S: no blocking get() while records keep coming
+                time.sleep(_AUDIT_GATHER_S)
+                items: list[tuple[Any, ...] | threading.Event | None] = []
+            else:
+                items = [self._audit_q.get()]
             while len(items) < 4096:
                 try:
                     items.append(self._audit_q.get_nowait())
                 except queue.Empty:
                     break
-            batch = [i for i in items if isinstance(i, tuple)]
-            if batch:
-                try:
-                    self.audit.append_fragments([self.audit.fragments(r) if kind == "r" else r
-                                                 for kind, r in batch])
-                except Exception:
+            busy = bool(items)
+            batch: list[dict[str, str] | tuple[RecordTemplate, tuple[str, str]]] = []
+            try:
+                for item in items:
+                    if not isinstance(item, tuple):
+                        continue
+                    if item[0] == "r":
+                        batch.append(self.audit.fragments(item[1]))
+                    else:
+                        rid = item[3]
+                        batch.append((item[1], (json_time(item[2]), f'"{rid}"' if plain_id(rid)
+                                                else json_fragment(rid))))
+                if batch:
+                    self.audit.append_fragments(batch)
+            except Exception:
                     log.exception("audit write failed; %d record(s) lost", len(batch))
             for item in items:
                 if isinstance(item, threading.Event):

@@ -21,6 +21,7 @@ import asyncio
 import datetime
 import ssl
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,21 @@ def test_revoked_device_rejected_and_not_renewable_by_itself(gw: Gateway, env: d
     gw.ca.revoke(serial, "key_compromise")
     assert _device_request(gw, (cert, key), env["cookie"]) in ("handshake", 403)
     assert gw.ca.is_revoked(serial)
+
+
+def test_revoked_device_refused_on_its_open_connection_within_the_reuse_second(
+        gw: Gateway, env: dict[str, Any]) -> None:
+    """An allow decision is reused for a second on a kept-alive connection; revoking the
+    device certificate in that second must still refuse the next request on that connection."""
+    cert, key, serial = gw.device("tablet", "mia")
+    request = raw_get("/device", cookie=env["cookie"], headers=[("Accept", "application/json")])
+    with RawConnection(gw, cert=(cert, key)) as c:
+        first = c.request(request)
+        assert first is not None and first.status == 200
+        gw.ca.revoke(serial, "key_compromise")
+        time.sleep(0.2)  # > the gateway's revocation poll (50 ms), < the 1 s decision reuse
+        again = c.request(request)
+        assert again is not None and again.status == 403
 
 
 def test_device_certificate_of_another_user_counts_for_nothing(gw: Gateway, env: dict[str, Any]) -> None:
