@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.backend == "duckdb":
             from noops.observe.store import DuckDBStore
 
+            args.store.parent.mkdir(parents=True, exist_ok=True)
             store = DuckDBStore(args.store)
         else:
             from noops.observe.store.clickhouse import ClickHouseStore
