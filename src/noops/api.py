@@ -19,6 +19,7 @@ GET      /api/apps/{app}/logs                    ``?process=&lines=&follow=1`` (
 GET      /api/apps/{app}/export/kubernetes       manifests (JSON list)
 POST     /api/gc                                 remove unpinned images and layers
 GET      /api/events                             ``?app=&since=`` platform events
+GET      /metrics                                the platform's metrics, Prometheus text format
 =======  =====================================  ============================================
 """
 
@@ -228,6 +229,7 @@ def make_app(platform: Platform) -> Starlette:
                              for e in state.events(app, since_id=since)])
 
     routes = [
+        Route("/metrics", platform.telemetry.metrics_endpoint),
         Route("/api/health", _errors(health)),
         Route("/api/apps", _errors(apps), methods=["GET", "POST"]),
         Route("/api/apps/{app}", _errors(app_detail)),
