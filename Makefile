@@ -42,6 +42,7 @@ bench: deps
 	$(PY) bench/deploy.py
 	$(PY) bench/proxy.py
 	$(PY) bench/gateway.py
+	$(PY) bench/telemetry.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -468,3 +468,97 @@ def test_fuzz_mutated_real_protobuf(cut: int, flip: int) -> None:
 
 
 SPANS = sdk_spans()
+
+
+# --- hostile values inside a well-formed request: every item is a row or counted as rejected ------
+
+hostile_scalars = (
+    st.integers(min_value=-(2**70), max_value=2**70)  # beyond 64 bits both ways
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)  # non-hex ids, lone surrogates, NUL
+    | st.sampled_from(["", "zz" * 16, "0" * 32, "F" * 33, "-1", "1e30", "18446744073709551616",
+                       "NaN", "SPAN_KIND_NOPE", "\ud800", "\x00"])
+    | st.booleans()
+    | st.none()
+)
+hostile_values = st.recursive(
+    hostile_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+deep_any = st.integers(min_value=1, max_value=60).map(
+    lambda n: json.loads('{"arrayValue":{"values":[' * n + '{"intValue":"1"}' + "]}}" * n)
+)
+SPAN_FIELDS = ["traceId", "spanId", "parentSpanId", "name", "kind", "startTimeUnixNano",
+               "endTimeUnixNano", "attributes", "events", "links", "status", "traceState"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=4),
+    edits=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(SPAN_FIELDS), hostile_values),
+                   max_size=6),
+    attr=hostile_values | deep_any,
+)
+def test_fuzz_json_hostile_values_account_for_every_span(n: int, edits: Any, attr: Any) -> None:
+    spans = [span(attributes=[{"key": "k", "value": attr}]) for _ in range(n)]
+    for i, key, value in edits:
+        spans[i % n][key] = value
+    try:
+        r = decode_traces(traces_json(*spans), JS)
+    except OtlpDecodeError as exc:
+        assert str(exc)
+        return
+    assert len(r.rows) + r.rejected == n, "a span was neither stored nor counted as rejected"
+    for row in r.rows:
+        assert len(row["TraceId"]) == 32 and int(row["TraceId"], 16) > 0
+        assert 0 <= row["Duration"] < 2**64 and 0 < row["Timestamp"] < 2**64
+        for k, v in row["SpanAttributes"].items():
+            assert isinstance(k, str) and isinstance(v, str)
+            (k + v).encode()  # storable: valid UTF-8, no lone surrogates
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    trace_id=st.binary(max_size=20), span_id=st.binary(max_size=10), name=st.text(max_size=30),
+    kind=st.integers(-5, 2**31 - 1), start=st.integers(0, 2**64 - 1), end=st.integers(0, 2**64 - 1),
+    status=st.integers(-5, 2**31 - 1), int_attr=st.integers(-(2**63), 2**63 - 1),
+    depth=st.integers(0, 40), raw=st.binary(max_size=64),
+)
+def test_fuzz_protobuf_hostile_values_account_for_every_span(
+    trace_id: bytes, span_id: bytes, name: str, kind: int, start: int, end: int, status: int,
+    int_attr: int, depth: int, raw: bytes,
+) -> None:
+    req = ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    nested = AnyValue(int_value=int_attr)
+    for _ in range(depth):
+        nested = AnyValue(array_value={"values": [nested]})
+    s = ss.spans.add(trace_id=trace_id, span_id=span_id, name=name, kind=kind,  # type: ignore[arg-type]
+                     start_time_unix_nano=start, end_time_unix_nano=end)
+    s.status.code = status  # type: ignore[assignment]
+    s.attributes.extend([KeyValue(key="i", value=AnyValue(int_value=int_attr)),
+                         KeyValue(key="deep", value=nested),
+                         KeyValue(key="b", value=AnyValue(bytes_value=raw))])
+    ss.spans.add().CopyFrom(s)
+    try:
+        r = decode_traces(req.SerializeToString(), PB)
+    except OtlpDecodeError as exc:
+        assert str(exc)
+        return
+    assert len(r.rows) + r.rejected == 2
+    for row in r.rows:
+        assert row["SpanAttributes"]["i"] == str(int_attr)
+        assert row["Duration"] == end - start >= 0
+
+
+@pytest.mark.parametrize("body", [
+    b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "\xff\xfe"}]}]}]}',  # invalid UTF-8
+    b"[" * 100_000 + b"]" * 100_000,  # nesting deeper than the parser allows
+    b'{"resourceSpans": 1e999}',
+    b"\xef\xbb\xbf" + b"{}" * 3,
+])
+def test_hostile_json_bodies_are_a_400_error(body: bytes) -> None:
+    with pytest.raises(OtlpDecodeError) as err:
+        decode_traces(body, JS)
+    assert str(err.value)

@@ -340,3 +340,94 @@ def test_sdk_to_the_real_duckdb_store(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     store.close()
+
+
+# --- hostile requests over HTTP: 400/413/415 with a message, and the receiver keeps serving --------
+
+def _status_message(r: httpx.Response) -> str:
+    from google.rpc.status_pb2 import Status
+
+    if r.headers["content-type"].startswith(JS):
+        return str(r.json()["message"])
+    return Status.FromString(r.content).message
+
+
+def test_fuzzed_requests_get_a_clear_answer_and_the_receiver_keeps_serving(otlp_server: Server) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    srv = otlp_server(MemoryStore(), max_body_bytes=64 * 1024, max_decompressed_bytes=256 * 1024)
+    valid = encode_spans([]).SerializeToString()
+    bomb = gzip.compress(b"\x00" * (1024 * 1024))  # 1 KiB that inflates past the cap
+    bodies = (
+        st.binary(max_size=2048)
+        | st.builds(lambda b, i, x: b[:i] + bytes([b[i % len(b)] ^ x]) + b[i + 1 :] if b else b,
+                    st.just(body_of(span_json(1), span_json(2))), st.integers(0, 400), st.integers(1, 255))
+        | st.sampled_from([bomb, b"\x1f\x8b\x08" + b"\x00" * 20, b"x" * (70 * 1024), b"{}" * 40_000,
+                           b"[" * 50_000, valid,
+                           b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":1e400}]}]}]}'])
+    )
+    media = st.sampled_from([PB, JS, f"{JS}; charset=utf-8", "text/plain", "", "application/x-protobuf;x"])
+    encodings = st.sampled_from(["", "identity", "gzip", "deflate", "br", "gzip, gzip"])
+    answers: dict[int, int] = {}
+
+    with httpx.Client(base_url=srv.url, timeout=30) as client:
+
+        @settings(max_examples=250, deadline=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @given(body=bodies, ctype=media, enc=encodings, path=st.sampled_from(["traces", "logs", "metrics"]),
+               compress=st.booleans())
+        def check(body: bytes, ctype: str, enc: str, path: str, compress: bool) -> None:
+            if compress and enc == "gzip":
+                body = gzip.compress(body)
+            r = client.post(f"/v1/{path}", content=body,
+                            headers={"content-type": ctype, "content-encoding": enc})
+            answers[r.status_code] = answers.get(r.status_code, 0) + 1
+            assert r.status_code in (200, 400, 413, 415), r.text
+            if r.status_code != 200:
+                assert _status_message(r), "an error answer must say why"
+
+        check()
+        assert {400, 413, 415} <= set(answers), answers
+        r = client.post("/v1/traces", content=body_of(span_json(7)), headers={"content-type": JS})
+        assert r.status_code == 200
+    srv.store.wait(lambda: any(s["SpanName"] == "s7" for s in srv.store.spans))
+    assert srv.receiver.stats()["bad_requests"] == answers[400]
+
+
+def test_wal_append_batch_numbers_records_consecutively_and_replays_them(tmp_path: Path) -> None:
+    wal = WAL(tmp_path, segment_bytes=64)
+    assert wal.append("traces", b"a") == 1
+    assert wal.append_batch([("logs", b"b"), ("metrics", b"c" * 100), ("traces", b"d")]) == [2, 3, 4]
+    wal.close()
+    assert list(WAL(tmp_path).replay()) == [(1, "traces", b"a"), (2, "logs", b"b"),
+                                             (3, "metrics", b"c" * 100), (4, "traces", b"d")]
+
+
+def test_concurrent_requests_share_wal_fsyncs(otlp_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = otlp_server(MemoryStore())
+    real_fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.05)  # a slow disk: requests pile up behind the write in progress
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    writes: list[int] = []
+    append_batch = srv.receiver.wal.append_batch
+
+    def counting(records: list[tuple[str, bytes]]) -> list[int]:
+        writes.append(len(records))
+        return append_batch(records)
+
+    monkeypatch.setattr(srv.receiver.wal, "append_batch", counting)
+
+    def send(i: int) -> int:
+        r = httpx.post(f"{srv.url}/v1/traces", content=body_of(span_json(i)), headers={"content-type": JS})
+        return r.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(send, range(48))) == {200}
+    assert sum(writes) == 48 and len(writes) < 48 and max(writes) > 1
+    srv.store.wait(lambda: len(srv.store.spans) == 48)
+    assert sorted(int(s["SpanName"][1:]) for s in srv.store.spans) == list(range(48))

@@ -8,7 +8,7 @@ from noops.observe.otlp.decode import (
     decode_metrics,
     decode_traces,
 )
-from noops.observe.otlp.receiver import Receiver, ReceiverSettings, TelemetryStore, serve
+from noops.observe.otlp.receiver import Receiver, ReceiverSettings, TelemetryStore, serve, serve_unix
 from noops.observe.otlp.wal import WAL, WalError
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "decode_metrics",
     "decode_traces",
     "serve",
+    "serve_unix",
 ]

@@ -215,14 +215,15 @@ def _pb_attrs(ctx: _Ctx, kvs: Any) -> Attrs:
     chars = 0
     for kv in kvs:
         key, v = kv.key, kv.value
-        if v.WhichOneof("value") == "string_value":  # the common case, kept inline for speed
-            val = v.string_value
-            if len(val) > MAX_VALUE_CHARS:
-                val = ctx.cut(val, MAX_VALUE_CHARS)
-            else:
-                chars += len(val)
-        else:
+        # The common case, kept inline for speed: a non-empty string_value can only be the set
+        # member of the oneof, so WhichOneof is only asked when it is empty.
+        val = v.string_value
+        if not val and v.WhichOneof("value") != "string_value":
             val = _pb_str(ctx, v)
+        elif len(val) > MAX_VALUE_CHARS:
+            val = ctx.cut(val, MAX_VALUE_CHARS)
+        else:
+            chars += len(val)
         if len(key) > MAX_KEY_CHARS:
             key = ctx.cut(key, MAX_KEY_CHARS)
         else:
@@ -549,12 +550,12 @@ def _span_row(
         raise _Reject("missing startTimeUnixNano")
     if end < start:
         raise _Reject("endTimeUnixNano before startTimeUnixNano")
-    ev = list(events)
+    ev: list[tuple[Any, ...]] = list(events) if events else []
     _check_size(ctx)
-    ln = [
+    ln: list[tuple[Any, ...]] = [
         (_hex_id(t, 16, "link traceId", required=True), _hex_id(s, 8, "link spanId", required=True), ts, a)
         for t, s, ts, a in links
-    ]
+    ] if links else []
     ctx.result.rows.append(
         {
             "Timestamp": start,
@@ -572,15 +573,23 @@ def _span_row(
             "Duration": end - start,
             "StatusCode": _enum(_STATUS_CODES, status_code, "status code"),
             "StatusMessage": status_msg,
-            "Events.Timestamp": [e[0] for e in ev],
-            "Events.Name": [e[1] for e in ev],
-            "Events.Attributes": [e[2] for e in ev],
-            "Links.TraceId": [x[0] for x in ln],
-            "Links.SpanId": [x[1] for x in ln],
-            "Links.TraceState": [x[2] for x in ln],
-            "Links.Attributes": [x[3] for x in ln],
+            **(_nested(_EVENT_COLUMNS, ev) if ev else _empty(_EVENT_COLUMNS)),
+            **(_nested(_LINK_COLUMNS, ln) if ln else _empty(_LINK_COLUMNS)),
         }
     )
+
+
+_EVENT_COLUMNS = ("Events.Timestamp", "Events.Name", "Events.Attributes")
+_LINK_COLUMNS = ("Links.TraceId", "Links.SpanId", "Links.TraceState", "Links.Attributes")
+
+
+def _nested(columns: tuple[str, ...], items: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+    """Parallel lists (ClickHouse ``Nested``) from one tuple per item."""
+    return {c: [it[i] for it in items] for i, c in enumerate(columns)}
+
+
+def _empty(columns: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {c: [] for c in columns}
 
 
 def _span_pb(ctx: _Ctx, sc: _Scope, s: Any) -> None:
@@ -591,9 +600,9 @@ def _span_pb(ctx: _Ctx, sc: _Scope, s: Any) -> None:
         attrs=_pb_attrs(ctx, s.attributes), status_code=s.status.code,
         status_msg=ctx.cut(s.status.message, MAX_VALUE_CHARS),
         events=[(e.time_unix_nano, ctx.cut(e.name, MAX_VALUE_CHARS), _pb_attrs(ctx, e.attributes))
-                for e in s.events],
+                for e in s.events] if s.events else (),
         links=[(lk.trace_id, lk.span_id, ctx.cut(lk.trace_state, MAX_VALUE_CHARS),
-                _pb_attrs(ctx, lk.attributes)) for lk in s.links],
+                _pb_attrs(ctx, lk.attributes)) for lk in s.links] if s.links else (),
     )  # fmt: skip
 
 

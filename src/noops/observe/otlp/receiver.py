@@ -1,6 +1,7 @@
 """The OTLP/HTTP receiver: ``POST /v1/{traces,logs,metrics}`` → WAL → bounded queue → store.
 
-A request is answered ``200`` only after its accepted items are fsync'd in the :class:`WAL`;
+A request is answered ``200`` only after its accepted items are fsync'd in the :class:`WAL`
+(requests that arrive together share one fsync: group commit);
 a writer task then drains a bounded queue into the :class:`TelemetryStore` in batches and
 checkpoints the WAL up to the highest sequence below which everything is stored. On start the
 WAL is replayed into the store, so what was acknowledged before a crash is not lost.
@@ -50,7 +51,15 @@ from noops.observe.otlp.decode import (
 )
 from noops.observe.otlp.wal import WAL, WalError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Receiver", "ReceiverSettings", "TelemetryStore", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Receiver",
+    "ReceiverSettings",
+    "TelemetryStore",
+    "serve",
+    "serve_unix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +169,7 @@ class Receiver:
         self._queue: asyncio.Queue[_Item] | None = None
         self._reserved = 0
         self._wal_lock: asyncio.Lock | None = None
+        self._wal_pending: list[tuple[str, bytes, asyncio.Future[int]]] = []
         self._inflight: set[int] = set()
         self._last_seq = 0
         self._writer: asyncio.Task[None] | None = None
@@ -348,10 +358,7 @@ class Receiver:
                                "the telemetry store is behind; retry later", **retry)  # fmt: skip
         self._reserved += 1  # a slot is ours before we await, so the queue can never overflow
         try:
-            async with self._wal_lock:
-                seq = await anyio.to_thread.run_sync(self.wal.append, signal, _TAGS[media] + body)
-                self._inflight.add(seq)
-                self._last_seq = seq
+            seq = await self._wal_append(signal, _TAGS[media] + body)
         except (WalError, OSError):
             log.exception("WAL append failed")
             return self._error(media, 503, _GRPC_UNAVAILABLE, "cannot persist telemetry right now", **retry)
@@ -359,6 +366,28 @@ class Receiver:
             self._reserved -= 1
         self._queue.put_nowait(_Item(seq, signal, result))
         return None
+
+    async def _wal_append(self, signal: str, payload: bytes) -> int:
+        """Group commit: requests arriving while a WAL write is in progress are written together
+        by the next one, with one fsync; each gets its own sequence number once durable."""
+        assert self._wal_lock is not None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._wal_pending.append((signal, payload, fut))
+        async with self._wal_lock:
+            if not fut.done():  # else an earlier holder of the lock committed it
+                batch, self._wal_pending = self._wal_pending, []
+                try:
+                    seqs = await anyio.to_thread.run_sync(
+                        self.wal.append_batch, [(sig, data) for sig, data, _ in batch])
+                except (WalError, OSError) as exc:
+                    for *_, f in batch:
+                        f.set_exception(exc)
+                else:
+                    for (*_, f), seq in zip(batch, seqs, strict=True):
+                        self._inflight.add(seq)
+                        f.set_result(seq)
+                    self._last_seq = seqs[-1]
+        return await fut
 
     def _success(self, media: str, signal: str, result: DecodeResult) -> Response:
         cls, field_name = _RESPONSES[signal]
@@ -402,3 +431,24 @@ async def serve(receiver: Receiver, host: str = DEFAULT_HOST, port: int = DEFAUL
     config = uvicorn.Config(receiver.app, host=host, port=port, loop="uvloop", http="httptools",
                             lifespan="on", log_level="warning", access_log=False)  # fmt: skip
     await uvicorn.Server(config).serve()
+
+
+async def serve_unix(receiver: Receiver, path: str | Path) -> None:
+    """Run ``receiver.app`` (the same OTLP/HTTP app) on the Unix socket ``path`` until cancelled.
+
+    A stale socket file left by a crash is replaced; the socket is made ``0o660``.
+    """
+    import uvicorn
+
+    sock = Path(path)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    sock.unlink(missing_ok=True)
+    config = uvicorn.Config(receiver.app, uds=str(sock), loop="uvloop", http="httptools",
+                            lifespan="on", log_level="warning", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if sock.exists():
+        sock.chmod(0o660)
+    await task

@@ -14,9 +14,8 @@ never acknowledged, so it is dropped and the segment truncated there. The same d
 older segment means the disk lost acknowledged data: :class:`WalError` is raised.
 
 :meth:`WAL.checkpoint` records that everything ``<= seq`` is in the store and deletes
-segments whose records are all covered. Not thread-safe for concurrent appends from several
-threads without the internal lock, which serialises them (one fsync per append: no group
-commit yet).
+segments whose records are all covered. Appends from several threads are serialised by an
+internal lock; :meth:`WAL.append_batch` writes several records with one fsync (group commit).
 """
 
 from __future__ import annotations
@@ -155,25 +154,42 @@ class WAL:
 
     def append(self, signal: str, payload: bytes) -> int:
         """Durably append one record and return its sequence number (fsync'd before return)."""
-        sig = signal.encode("ascii")
+        return self.append_batch([(signal, payload)])[0]
+
+    def append_batch(self, records: list[tuple[str, bytes]]) -> list[int]:
+        """Durably append ``(signal, payload)`` records with one write and one fsync (group
+        commit); return their sequence numbers, consecutive and in order. All or none: on
+        :class:`WalError` no record is acknowledged (a partial write is a torn tail on replay)."""
         with self._lock:
             if not self._replayed:
                 for _ in self.replay():
                     pass
-            seq = self._next
-            body = _SEQ.pack(seq, len(sig)) + sig + payload
-            frame = _HEAD.pack(len(body), zlib.crc32(body)) + body
-            if self._fd is None or (self._size + len(frame) > self.segment_bytes and self._size > 0):
+            first = self._next
+            frames = []
+            for i, (signal, payload) in enumerate(records):
+                sig = signal.encode("ascii")
+                body = _SEQ.pack(first + i, len(sig)) + sig + payload
+                frames.append(_HEAD.pack(len(body), zlib.crc32(body)) + body)
+            data = b"".join(frames)
+            if self._fd is None or (self._size + len(data) > self.segment_bytes and self._size > 0):
                 self._open_segment()
             assert self._fd is not None
             try:
-                os.write(self._fd, frame)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
                 os.fdatasync(self._fd)
             except OSError as exc:
+                # Nothing here is acknowledged. Cut what reached the file so the next append does
+                # not follow a torn frame; if even that fails, never reuse these numbers.
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    self._next = first + len(records)
                 raise WalError(f"cannot write the WAL in {self.dir}: {exc}") from exc
-            self._size += len(frame)
-            self._next = seq + 1
-            return seq
+            self._size += len(data)
+            self._next = first + len(records)
+            return list(range(first, first + len(records)))
 
     def checkpoint(self, seq: int) -> None:
         """The store holds everything ``<= seq``: persist that and delete covered segments."""

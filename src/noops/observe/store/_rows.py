@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -52,6 +54,24 @@ def _zero(ch: str) -> Any:
     return 0
 
 
+_MAP_TYPE = pa.map_(pa.string(), pa.string())
+
+
+def _map_array(table: str, name: str, values: Sequence[Any]) -> pa.Array:
+    """``Map(String, String)`` from dicts, built from flat key/value arrays and offsets (several
+    times faster than converting dict by dict; the same dict object repeated, as a resource's
+    attributes are, costs one C-level iteration per row)."""
+    try:
+        offsets = [0, *itertools.accumulate(map(len, values))]
+        keys = pa.array(list(itertools.chain.from_iterable(values)), type=pa.string())
+        vals = pa.array(list(itertools.chain.from_iterable(d.values() for d in values)),
+                        type=pa.string())
+        return pa.MapArray.from_arrays(pa.array(offsets, type=pa.int32()), keys, vals,
+                                       type=_MAP_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, AttributeError) as exc:
+        raise StoreUsageError(f"{table}.{name}: values must be str -> str maps: {exc}") from exc
+
+
 def to_arrow(table: str, columns: Sequence[Column], rows: Sequence[Row]) -> pa.Table:
     """Build an Arrow table with every column of ``columns`` from exporter-named rows."""
     known = {name for name, _ in columns}
@@ -60,12 +80,23 @@ def to_arrow(table: str, columns: Sequence[Column], rows: Sequence[Row]) -> pa.T
         if extra:
             raise StoreUsageError(f"{table} has no column(s) {sorted(extra)}; "
                                   f"use the OTel ClickHouse exporter column names")
+    names = [name for name, _ in columns]
+    try:  # rows from the OTLP decoder carry every column: transpose them in C
+        by_column: list[Sequence[Any]] = list(zip(*map(operator.itemgetter(*names), rows),
+                                                  strict=True))
+    except KeyError:
+        by_column = [[row.get(name, _zero(ch)) for row in rows] for name, ch in columns]
     arrays: list[pa.Array] = []
-    for name, ch in columns:
-        zero = _zero(ch)
-        values = [row.get(name, zero) for row in rows]
+    for (name, ch), values in zip(columns, by_column, strict=True):
+        if ch.startswith("Map("):
+            arrays.append(_map_array(table, name, values))
+            continue
+        if ch.startswith("Array(") and not any(values):
+            arrays.append(pa.array(values, type=ch_arrow_type(ch)))  # all empty: nothing to convert
+            continue
         if ch == "DateTime64(9)":
-            values = [v if type(v) is int else to_ns(v) for v in values]
+            if not all(type(v) is int for v in values):
+                values = [v if type(v) is int else to_ns(v) for v in values]
         elif ch == "Array(DateTime64(9))":
             values = [[t if type(t) is int else to_ns(t) for t in v] for v in values]
         try:
