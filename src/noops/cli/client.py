@@ -35,10 +35,12 @@ class Client:
                             base_url="http://noops", timeout=self.timeout_s)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, str] | None = None) -> Any:
+             params: dict[str, str] | list[tuple[str, str]] | None = None) -> Any:
+        """``params`` as a list of pairs may repeat a key (``attr=a=1&attr=b=2``)."""
+        query = httpx.QueryParams(params) if params is not None else None  # type: ignore[arg-type]
         try:
             with self._client() as client:
-                resp = client.request(method, path, json=body, params=params)
+                resp = client.request(method, path, json=body, params=query)
         except httpx.TransportError as exc:
             raise NoopsError(f"cannot reach the noops daemon at {self.sock} ({exc}): is it "
                              "running? `noops up -d` starts it") from exc

@@ -301,9 +301,40 @@ def scale(ctx: Ctx, app: str, counts: tuple[str, ...]) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--process", help="Only this process type (web, worker…).")
 @click.option("-n", "--lines", default=100, show_default=True, help="How many recent lines.")
+@click.option("--grep", help="Search the telemetry store: records whose message contains TEXT "
+                             "(any case), newest first.")
+@click.option("--severity", help="Search: this level and above (debug, info, warn, error…).")
+@click.option("--since", help="Search window ending now: 30s, 15m, 2h, 7d (default 1h).")
+@click.option("--attr", "attrs", multiple=True, help="Search: KEY=VALUE log or resource "
+                                                     "attribute (repeatable).")
+@output_options
 @pass_ctx
-def logs(ctx: Ctx, app: str, follow: bool, process: str | None, lines: int) -> None:
-    """APP's logs (stdout/stderr of every instance, kept across deploys)."""
+def logs(ctx: Ctx, app: str, follow: bool, process: str | None, lines: int, grep: str | None,
+         severity: str | None, since: str | None, attrs: tuple[str, ...]) -> None:
+    """APP's logs (stdout/stderr of every instance, kept across deploys). With --grep,
+    --severity, --since or --attr: a search of APP's log records in the telemetry store (OTLP
+    logs and instance output, linked to their traces)."""
+    if grep is not None or severity or since or attrs:
+        if follow or process:
+            raise UsageError("--follow and --process read the live output; leave them out "
+                             "when searching with --grep/--severity/--since/--attr")
+        _pairs(attrs, "--attr")  # checked here so a typo is reported before any request
+        query: list[tuple[str, str]] = [("service", app), ("since", since or "1h"),
+                                        ("limit", str(lines))]
+        query += [(k, v) for k, v in (("q", grep), ("severity", severity)) if v]
+        query += [("attr", a) for a in attrs]
+        records = Client(ctx.settings).call("GET", "/api/logs", params=query)
+
+        def human(con: Console) -> None:
+            for r in reversed(records):  # oldest first, like a log file
+                when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r["Timestamp"] / 1e9))
+                trace = f" trace={r['TraceId']}" if r["TraceId"] else ""
+                click.echo(f"{when}Z {r['SeverityText'] or '-':5} {r['Body']}{trace}")
+            if not records:
+                con.print(f"no matching log records for {app}", style="dim")
+
+        emit(ctx, records, human)
+        return
     params = {"lines": str(lines), "follow": "1" if follow else "0"}
     if process:
         params["process"] = process

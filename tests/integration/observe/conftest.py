@@ -7,6 +7,8 @@ it in ``OPT_OUTS`` and the test calls :func:`opt_out`, which skips with the stat
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import tempfile
 import uuid
@@ -23,12 +25,7 @@ from noops.observe.store.duckdb import duck_type
 
 BACKENDS = ("duckdb", "chdb")
 
-OPT_OUTS: dict[str, dict[str, str]] = {
-    "chdb": {
-        "file_size_bounded": "ClickHouse keeps replaced parts for old_parts_lifetime (480 s) "
-                             "after a DELETE mutation; disk is reclaimed later by the merger",
-    },
-}
+OPT_OUTS: dict[str, dict[str, str]] = {}
 
 
 def opt_out(backend: str, capability: str) -> None:
@@ -55,6 +52,22 @@ def describe(backend: str, store: Any, table: str) -> dict[str, str]:
     return {r[0]: r[1] for r in store._tuples(
         "SELECT name, type FROM system.columns WHERE database = currentDatabase() "
         "AND table = {t:String}", t=table)}
+
+
+def disk_bytes(backend: str, store: Any, tmp: Path) -> int:
+    """What the store occupies on disk: the DuckDB file, or every file under the data paths of
+    the ClickHouse database's tables (active parts and replaced ones not yet removed)."""
+    if backend == "duckdb":
+        return (tmp / "telemetry.duckdb").stat().st_size
+    paths = [r[0] for r in store._tuples(
+        "SELECT arrayJoin(data_paths) AS p FROM system.tables WHERE database = currentDatabase()")]
+    total = 0
+    for path in paths:
+        for root, _, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # a part removed meanwhile
+                    total += os.stat(os.path.join(root, name)).st_size
+    return total
 
 
 def expected_type(backend: str) -> Callable[[str], str]:
@@ -85,18 +98,25 @@ def make_dataset(traces: int = 400, seed: int = 7, t0: datetime = T0, minutes: i
     res = {"service.version": "1.2.3", "host.name": "node-1"}
 
     def span(trace: str, parent: str, service: str, name: str, kind: str, start: int, dur: int,
-             error: bool = False) -> str:
+             error: bool = False, attrs: dict[str, str] | None = None, host: str = "node-1",
+             exception: bool = True) -> str:
         sid = f"{rnd.getrandbits(64):016x}"
+        event = error and exception
         ds.spans.append({
             "Timestamp": start, "TraceId": trace, "SpanId": sid, "ParentSpanId": parent,
             "SpanName": name, "SpanKind": kind, "ServiceName": service,
-            "ResourceAttributes": {**res, "service.name": service}, "ScopeName": "otel",
-            "SpanAttributes": {"http.route": name} if kind == "Server" else {},
+            "ResourceAttributes": {**res, "service.name": service, "host.name": host},
+            "ScopeName": "otel",
+            "SpanAttributes": {"http.route": name, **(attrs or {})} if kind == "Server"
+            else dict(attrs or {}),
             "Duration": dur, "StatusCode": "Error" if error else "Unset",
-            "StatusMessage": "boom" if error else "",
-            "Events.Timestamp": [start + 1000] if error else [],
-            "Events.Name": ["exception"] if error else [],
-            "Events.Attributes": [{"exception.type": "ValueError"}] if error else [],
+            "StatusMessage": f"upstream answered 50{trace[0] in '0123'} after {dur} ns"
+            if error else "",
+            "Events.Timestamp": [start + 1000] if event else [],
+            "Events.Name": ["exception"] if event else [],
+            "Events.Attributes": [{"exception.type": "ValueError", "exception.message":
+                                   f"no item {dur % 1000} for {uuid.UUID(int=dur)}"}]
+            if event else [],
         })
         return sid
 
@@ -105,17 +125,23 @@ def make_dataset(traces: int = 400, seed: int = 7, t0: datetime = T0, minutes: i
         start = ns(t0) + rnd.randrange(minutes * 60 * NS)
         route = rnd.choice(["GET /", "GET /cart", "POST /checkout"])
         api_dur = int(rnd.lognormvariate(17, 0.8))  # ~25 ms median
+        canary = i % 5 == 0  # api on node-2 is ten times slower: what correlations must find
+        api_dur *= 10 if canary else 1
         api_err = rnd.random() < 0.1
         front_dur = api_dur + int(rnd.lognormvariate(15, 0.5))
         root = span(trace, "", "frontend", route, "Server", start, front_dur, api_err and i % 2 == 0)
+        # frontend calls api through the noops egress endpoint (an mTLS hop) ...
         client = span(trace, root, "frontend", "GET api", "Client", start + 1000, api_dur + 500_000,
-                      api_err)
+                      api_err, attrs={"url.full": "http://127.0.0.1:15001/items"}, exception=False)
         server = span(trace, client, "api", rnd.choice(["GET /items", "GET /items/{id}"]), "Server",
-                      start + 250_000, api_dur, api_err)
+                      start + 250_000, api_dur, api_err, host="node-2" if canary else "node-1")
         if i % 3:
+            # ... api calls db directly; only some db spans say they were reached over mTLS.
             db_dur = int(rnd.lognormvariate(14, 1.0))
-            c2 = span(trace, server, "api", "SELECT items", "Client", start + 300_000, db_dur + 100_000)
-            span(trace, c2, "db", "query", "Server", start + 350_000, db_dur, i % 41 == 0)
+            c2 = span(trace, server, "api", "SELECT items", "Client", start + 300_000,
+                      db_dur + 100_000, attrs={"server.address": "db", "server.port": "5432"})
+            span(trace, c2, "db", "query", "Server", start + 350_000, db_dur, i % 41 == 0,
+                 attrs={"noops.mtls": "true"} if i % 2 else {})
         span(trace, server, "api", "render", "Internal", start + 400_000, 1_000_000)
         for j, (sev, num) in enumerate([("INFO", 9), ("ERROR", 17) if api_err else ("DEBUG", 5)]):
             ds.logs.append({
@@ -171,4 +197,50 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     backend: str = request.param
     store = open_store(backend, tmp_path)
     yield backend, store, tmp_path
+    store.close()
+
+
+@dataclass
+class ApmApi:
+    """The APM routes of a real DuckDB store, served by uvicorn on ``home/noops.sock`` (where the
+    CLI looks for the daemon), filled with SDK-recorded traffic (:mod:`sdk_traffic`)."""
+
+    home: Path
+    store: TelemetryStore
+    traffic: Any
+
+    def get(self, path: str, **params: Any) -> Any:
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=str(self.home / "noops.sock"))
+        with httpx.Client(transport=transport, base_url="http://noops", timeout=30) as client:
+            return client.get(path, params=params)
+
+
+@pytest.fixture(scope="module")
+def apm_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApmApi]:
+    import threading
+    import time
+
+    import uvicorn
+    from sdk_traffic import record_shop_traffic
+    from starlette.applications import Starlette
+
+    from noops.observe.api import apm_routes
+
+    home = tmp_path_factory.mktemp("home")
+    store = DuckDBStore(home / "telemetry.duckdb")
+    traffic = record_shop_traffic(store)
+    config = uvicorn.Config(Starlette(routes=apm_routes(store)), uds=str(home / "noops.sock"),
+                            log_level="warning", lifespan="off", loop="asyncio")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
+        time.sleep(0.01)
+    yield ApmApi(home, store, traffic)
+    server.should_exit = True
+    thread.join(15)
     store.close()

@@ -7,8 +7,10 @@ under NOOPS_HOME), :class:`ClickHouseStore` the scale-out backend (embedded chdb
 from __future__ import annotations
 
 from noops.observe.store.base import (
+    Correlation,
     Edge,
     EndpointStats,
+    ErrorGroup,
     HistogramBin,
     Row,
     ServiceStats,
@@ -22,9 +24,11 @@ from noops.observe.store.duckdb import DuckDBStore
 
 __all__ = [
     "ClickHouseStore",
+    "Correlation",
     "DuckDBStore",
     "Edge",
     "EndpointStats",
+    "ErrorGroup",
     "HistogramBin",
     "Row",
     "ServiceStats",

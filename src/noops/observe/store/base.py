@@ -43,8 +43,10 @@ from noops.errors import NoopsError
 from noops.observe.store.schema import MetricKind, Signal
 
 __all__ = [
+    "Correlation",
     "Edge",
     "EndpointStats",
+    "ErrorGroup",
     "HistogramBin",
     "Row",
     "ServiceStats",
@@ -83,6 +85,7 @@ class ServiceStats(TypedDict):
 
 class EndpointStats(ServiceStats):
     endpoint: str
+    folded: int  # 0; for the ``other`` bucket: how many span names it stands for
 
 
 class HistogramBin(TypedDict):
@@ -103,8 +106,32 @@ class Edge(TypedDict):
     client: str
     server: str
     calls: int
+    rate_per_s: float
     errors: int
-    p95_ms: float
+    p95_ms: float  # client-side duration, from log buckets (within ±4.4 %)
+    mtls: bool  # every call in the window was an mTLS hop (see :mod:`.edges`)
+    mtls_calls: int
+
+
+class ErrorGroup(TypedDict):
+    service: str
+    endpoint: str  # the span name
+    exception_type: str  # ``exception.type``; '' for an Error span without an exception event
+    message: str  # normalised: numbers, hex ids and UUIDs replaced (see :func:`.analysis.normalise`)
+    count: int
+    first_seen_ns: int
+    last_seen_ns: int
+    sample_trace_id: str  # a trace of the most recent occurrence
+    sample_message: str  # that occurrence's message as recorded
+
+
+class Correlation(TypedDict):
+    source: str  # 'span' (SpanAttributes) or 'resource' (ResourceAttributes)
+    key: str
+    value: str
+    cohort_pct: float  # share of the slow/failed spans that carry key=value
+    baseline_pct: float  # share of the other spans that carry it
+    score: float  # (cohort_pct - baseline_pct) / 100, in (0, 1]; higher is more telling
 
 
 class TimeseriesPoint(TypedDict):
@@ -140,8 +167,12 @@ class TelemetryStore(Protocol):
         'Error') and exact p50/p95/p99 (linear interpolation). Sorted by service name."""
         ...
 
-    def endpoints(self, service: str, start: datetime, end: datetime) -> list[EndpointStats]:
-        """The same figures per entry-span name of one service, sorted by count desc, name."""
+    def endpoints(self, service: str, start: datetime, end: datetime,
+                  max_endpoints: int = 200) -> list[EndpointStats]:
+        """The same figures per entry-span name of one service, sorted by count desc, name.
+        Cardinality guard: a service with more than ``max_endpoints`` distinct names gets the
+        ``max_endpoints - 1`` busiest plus one ``other`` row (exact figures over the rest,
+        ``folded`` = how many names it holds, sorted last); every other row has ``folded`` 0."""
         ...
 
     def latency_histogram(
@@ -165,16 +196,35 @@ class TelemetryStore(Protocol):
     def logs(
         self, query: str | None = None, service: str | None = None, severity: str | None = None,
         start: datetime | None = None, end: datetime | None = None, trace_id: str | None = None,
-        limit: int = 100,
+        limit: int = 100, span_id: str | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Log rows, newest first. ``query`` is a case-insensitive substring of Body;
-        ``severity`` ('info', 'warn', 'error', …) keeps that level and above by SeverityNumber."""
+        ``severity`` ('info', 'warn', 'error', …) keeps that level and above by SeverityNumber;
+        each ``attributes`` item must equal a LogAttributes or a ResourceAttributes entry."""
         ...
 
     def service_map(self, start: datetime, end: datetime) -> list[Edge]:
         """Edges from a Client span in service A to its child Server span in service B != A,
-        client span in the window. ``errors`` counts pairs where either span has status Error;
-        ``p95_ms`` is over the client-side durations. Sorted by client, server."""
+        read from the edge table kept on insert (:mod:`.edges`), by the client span's minute
+        (whole minutes ``[floor(start), end)``). ``errors`` counts pairs where either span has
+        status Error; ``p95_ms`` is over the client-side durations. Sorted by client, server."""
+        ...
+
+    def error_groups(self, start: datetime, end: datetime, service: str | None = None,
+                     limit: int = 50) -> list[ErrorGroup]:
+        """Occurrences grouped by service, span name, exception type and normalised message.
+        An occurrence is an ``exception`` span event (``exception.type``/``.message``), or an
+        Error span without one (type '', its StatusMessage). Sorted by count desc, last seen desc."""
+        ...
+
+    def correlations(self, service: str, endpoint: str | None, start: datetime, end: datetime,
+                     *, slow_ms: float | None = None, failed: bool = False, limit: int = 10,
+                     ) -> list[Correlation]:
+        """What is different about the slow (``Duration >= slow_ms``) or failed (status Error)
+        entry spans of a service (one endpoint, or all with ``None``): the span and resource
+        attribute ``key=value`` pairs over-represented in that cohort against the rest, by score
+        desc. Exactly one of ``slow_ms`` and ``failed`` is given (else :class:`StoreUsageError`)."""
         ...
 
     def timeseries(self, service: str, start: datetime, end: datetime,

@@ -21,8 +21,9 @@ Two ways to reach ClickHouse, behind :class:`Executor`:
 
 from __future__ import annotations
 
+import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Final, Protocol
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from noops.observe.store import schema
+from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
     from_arrow,
@@ -43,8 +44,10 @@ from noops.observe.store._rows import (
     window_ns,
 )
 from noops.observe.store.base import (
+    Correlation,
     Edge,
     EndpointStats,
+    ErrorGroup,
     HistogramBin,
     Row,
     ServiceStats,
@@ -78,6 +81,14 @@ class Executor(Protocol):
 _SESSIONS: dict[str, Any] = {}
 
 
+def _array_literal(values: Sequence[Any]) -> str:
+    def one(v: Any) -> str:
+        if isinstance(v, str):
+            return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return repr(v)
+    return "[" + ",".join(one(v) for v in values) + "]"
+
+
 class _Chdb:
     """chdb runs one embedded server per process with one data path; stores share its session
     and keep apart by database (every statement is prefixed with ``USE``)."""
@@ -98,6 +109,9 @@ class _Chdb:
         self._s.query(self._use + sql)
 
     def arrow(self, sql: str, params: dict[str, Any]) -> pa.Table:
+        # chdb passes parameters as text: an array of strings needs ClickHouse's quoting.
+        params = {k: _array_literal(v) if isinstance(v, list | tuple) else v
+                  for k, v in params.items()}
         result: pa.Table = self._s.query(self._use + sql, "ArrowTable", params=params)
         return result
 
@@ -205,28 +219,63 @@ TO otel_traces_rollup_1m AS SELECT ServiceName, SpanName, SpanKind,
   min(Duration) AS DurationMin, max(Duration) AS DurationMax
 FROM otel_traces GROUP BY ServiceName, SpanName, SpanKind, Minute, Bucket""",
     ]
+    edge_agg = {"Calls": "sum", "ErrorCount": "sum", "MtlsCount": "sum",
+                "DurationMin": "min", "DurationMax": "max"}
+    edge_cols = ",\n  ".join(
+        f"`{n}` SimpleAggregateFunction({edge_agg[n]}, {t})" if n in edge_agg else f"`{n}` {t}"
+        for n, t in schema.EDGES)
+    stmts += [
+        f"""CREATE TABLE IF NOT EXISTS otel_traces_edge_spans (
+  {cols("otel_traces_edge_spans")}
+) ENGINE = MergeTree PARTITION BY toDate(Timestamp) ORDER BY (TraceId, LinkId)""",
+        f"""CREATE TABLE IF NOT EXISTS otel_traces_edges_1m (
+  {edge_cols}
+) ENGINE = AggregatingMergeTree PARTITION BY toDate(Minute)
+ORDER BY (ClientService, ServerService, Minute, Bucket)""",
+    ]
     return stmts
+
+
+# Service-map pairing (see :mod:`.edges`); {b}, {lo}, {hi} are integers the store computes.
+_EDGE_SIDE: Final = (
+    "(SELECT * FROM otel_traces_edge_spans WHERE Side = {side} AND Timestamp >= "
+    "fromUnixTimestamp64Nano(toInt64({lo})) AND Timestamp < fromUnixTimestamp64Nano(toInt64({hi})) "
+    "AND TraceId IN (SELECT TraceId FROM otel_traces_edge_spans WHERE Batch = {b} AND Timestamp >= "
+    "fromUnixTimestamp64Nano(toInt64({lo})) AND Timestamp < fromUnixTimestamp64Nano(toInt64({hi}))))")
+_PAIR_SQL: Final = (
+    "INSERT INTO otel_traces_edges_1m SELECT c.ServiceName, s.ServiceName, "
+    "toDateTime(toStartOfMinute(c.Timestamp)) AS m, toUInt16(least(floor("
+    f"{BUCKETS_PER_OCTAVE} * log2(greatest(c.Duration, 1))), {MAX_BUCKET})) AS bk, count(), "
+    "countIf(c.IsError + s.IsError > 0), countIf(c.Mtls + s.Mtls > 0), min(c.Duration), "
+    "max(c.Duration) FROM " + _EDGE_SIDE.replace("{side}", "0") + " AS c INNER JOIN "
+    + _EDGE_SIDE.replace("{side}", "1") + " AS s ON s.TraceId = c.TraceId AND s.LinkId = c.LinkId "
+    "WHERE (c.Batch = {b} OR s.Batch = {b}) AND c.ServiceName != s.ServiceName "
+    "GROUP BY c.ServiceName, s.ServiceName, m, bk")
 
 
 class ClickHouseStore:
     """A :class:`~noops.observe.store.base.TelemetryStore` on ClickHouse. Build it with
     :meth:`embedded` (chdb) or :meth:`server` (clickhouse-connect); ``ttl_days`` adds the
-    exporter's table TTL on top of :meth:`retention`."""
+    exporter's table TTL on top of :meth:`retention`; ``egress_endpoints`` are the ``host:port``
+    peers that make a client span an mTLS hop on the service map (:mod:`.edges`)."""
 
-    def __init__(self, executor: Executor, ttl_days: int | None = None) -> None:
+    def __init__(self, executor: Executor, ttl_days: int | None = None,
+                 egress_endpoints: Collection[str] = edges.DEFAULT_EGRESS) -> None:
         self._x = executor
         self._lock = threading.Lock()
+        self.egress_endpoints = frozenset(egress_endpoints)
+        self._edge_high_ns = self._edge_trimmed_ns = 0
         with self._guard():
             for sql in create_statements(ttl_days):
                 self._x.command(sql)
 
     @classmethod
-    def embedded(cls, data_path: Path, database: str = "noops", ttl_days: int | None = None
-                 ) -> ClickHouseStore:
+    def embedded(cls, data_path: Path, database: str = "noops", ttl_days: int | None = None,
+                 egress_endpoints: Collection[str] = edges.DEFAULT_EGRESS) -> ClickHouseStore:
         """chdb in this process. chdb allows a single ``data_path`` per process; several stores
         share it through distinct ``database`` names."""
         try:
-            return cls(_Chdb(data_path, database), ttl_days)
+            return cls(_Chdb(data_path, database), ttl_days, egress_endpoints)
         except ImportError as exc:
             raise StoreError("the embedded ClickHouse backend needs chdb: pip install 'chdb>=3.0'"
                              ) from exc
@@ -265,7 +314,30 @@ class ClickHouseStore:
         return len(rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
-        return self._insert("otel_traces", schema.TRACES, rows)
+        n = self._insert("otel_traces", schema.TRACES, rows)
+        self._derive(rows)
+        return n
+
+    def _derive(self, rows: Sequence[Row]) -> None:
+        """After a span insert: index its client/server spans and count the pairs they complete
+        into the service-map edge table (see :mod:`.edges`). The trace-id table and the minute
+        rollup need nothing here: their materialized views run on every insert."""
+        batch_id = secrets.randbits(63)
+        batch = edges.edge_batch(rows, batch_id, self.egress_endpoints)
+        if batch is None:
+            return
+        stamps = batch.column("Timestamp").cast("int64").to_pylist()
+        lo, hi = min(stamps), max(stamps)
+        with self._guard():
+            self._x.insert_arrow("otel_traces_edge_spans", batch)
+            self._x.command(_PAIR_SQL.format(b=batch_id, lo=lo - edges.PAIR_HORIZON_NS,
+                                             hi=hi + edges.PAIR_HORIZON_NS))
+            self._edge_high_ns = max(self._edge_high_ns, hi)
+            if self._edge_high_ns - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
+                cutoff = self._edge_high_ns - edges.INDEX_KEEP_NS
+                self._x.command("ALTER TABLE otel_traces_edge_spans DELETE WHERE Timestamp < "
+                                f"fromUnixTimestamp64Nano(toInt64({cutoff}))")
+                self._edge_trimmed_ns = self._edge_high_ns
 
     def insert_logs(self, rows: Sequence[Row]) -> int:
         return self._insert("otel_logs", schema.LOGS, rows)
@@ -287,12 +359,22 @@ class ClickHouseStore:
         return [ServiceStats(**stats(n, c, x, q, win))  # type: ignore[typeddict-item]
                 for n, c, x, q in self._stats("ServiceName", "", s=s, e=e)]
 
-    def endpoints(self, service: str, start: datetime, end: datetime) -> list[EndpointStats]:
+    def endpoints(self, service: str, start: datetime, end: datetime,
+                  max_endpoints: int = 200) -> list[EndpointStats]:
         s, e, win = window_ns(start, end)
-        rows = self._stats("SpanName", "AND ServiceName = {svc:String}", s=s, e=e, svc=service)
-        out = [EndpointStats(**stats(service, c, x, q, win), endpoint=n)  # type: ignore[typeddict-item]
+        names = self._tuples(f"SELECT toString(SpanName) AS n, count() AS c FROM otel_traces "
+                             f"WHERE {_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} "
+                             "GROUP BY n", s=s, e=e, svc=service)
+        keep = analysis.top_names(names, max_endpoints)
+        key = "SpanName" if keep is None else (
+            f"if(has({{keep:Array(String)}}, SpanName), SpanName, '{analysis.OTHER}')")
+        rows = self._stats(key, "AND ServiceName = {svc:String}", s=s, e=e, svc=service,
+                           keep=keep or [])
+        folded = len(names) - len(keep or names)
+        out = [EndpointStats(**stats(service, c, x, q, win), endpoint=n,  # type: ignore[typeddict-item]
+                             folded=folded if keep is not None and n == analysis.OTHER else 0)
                for n, c, x, q in rows]
-        return sorted(out, key=lambda r: (-r["count"], r["endpoint"]))
+        return sorted(out, key=lambda r: (r["folded"] > 0, -r["count"], r["endpoint"]))
 
     def latency_histogram(self, service: str, endpoint: str | None, start: datetime,
                           end: datetime, buckets_ms: Sequence[float]) -> list[HistogramBin]:
@@ -330,6 +412,7 @@ class ClickHouseStore:
     def logs(self, query: str | None = None, service: str | None = None,
              severity: str | None = None, start: datetime | None = None,
              end: datetime | None = None, trace_id: str | None = None, limit: int = 100,
+             span_id: str | None = None, attributes: Mapping[str, str] | None = None,
              ) -> list[dict[str, Any]]:
         where, params = ["1"], dict[str, Any]()
         if query:
@@ -350,25 +433,68 @@ class ClickHouseStore:
         if trace_id is not None:
             where.append("TraceId = {t:String}")
             params["t"] = trace_id
+        if span_id is not None:
+            where.append("SpanId = {sp:String}")
+            params["sp"] = span_id
+        for i, (key, value) in enumerate((attributes or {}).items()):
+            # A missing map key reads as '': require the key so that k= does not match absence.
+            where.append(f"((mapContains(LogAttributes, {{k{i}:String}}) AND "
+                         f"LogAttributes[{{k{i}:String}}] = {{v{i}:String}}) OR "
+                         f"(mapContains(ResourceAttributes, {{k{i}:String}}) AND "
+                         f"ResourceAttributes[{{k{i}:String}}] = {{v{i}:String}}))")
+            params[f"k{i}"], params[f"v{i}"] = key, value
         return self._q(f"SELECT * FROM otel_logs WHERE {' AND '.join(where)} "
                        "ORDER BY Timestamp DESC, SpanId LIMIT {n:UInt32}", n=int(limit), **params)
 
     def service_map(self, start: datetime, end: datetime) -> list[Edge]:
         s, e, _ = window_ns(start, end)
-        # The server span starts after its client span; an hour of slack bounds the scan.
+        lo = s // edges.MINUTE_NS * edges.MINUTE_NS
         rows = self._tuples(
-            "SELECT toString(c.ServiceName) AS a, toString(v.ServiceName) AS b, count() AS n, "
-            "countIf(c.StatusCode = 'Error' OR v.StatusCode = 'Error') AS x, "
-            "quantileExactInclusive(0.95)(toFloat64(c.Duration)) AS p "
-            "FROM (SELECT TraceId, SpanId, ServiceName, StatusCode, Duration FROM otel_traces "
-            f"WHERE SpanKind = 'Client' AND {_WIN}) AS c "
-            "INNER JOIN (SELECT TraceId, ParentSpanId, ServiceName, StatusCode FROM otel_traces "
-            "WHERE SpanKind = 'Server' AND Timestamp >= fromUnixTimestamp64Nano({s:Int64}) "
-            "AND Timestamp < fromUnixTimestamp64Nano({e:Int64}) + INTERVAL 1 HOUR) AS v "
-            "ON v.TraceId = c.TraceId AND v.ParentSpanId = c.SpanId "
-            "WHERE a != b GROUP BY a, b ORDER BY a, b", s=s, e=e)
-        return [Edge(client=a, server=b, calls=int(n), errors=int(x), p95_ms=float(p) / 1e6)
-                for a, b, n, x, p in rows]
+            "SELECT toString(ClientService) AS a, toString(ServerService) AS b, Bucket, "
+            "sum(Calls) AS n, sum(ErrorCount) AS x, sum(MtlsCount) AS m, min(DurationMin) AS mn, "
+            "max(DurationMax) AS mx FROM otel_traces_edges_1m "
+            "WHERE Minute >= toDateTime(intDiv({lo:Int64}, 1000000000)) "
+            "AND Minute < fromUnixTimestamp64Nano({e:Int64}) GROUP BY a, b, Bucket", lo=lo, e=e)
+        return edges.edges_from_rows(rows, (e - lo) / 1e9)
+
+    def error_groups(self, start: datetime, end: datetime, service: str | None = None,
+                     limit: int = 50) -> list[ErrorGroup]:
+        s, e, _ = window_ns(start, end)
+        where = _WIN + (" AND ServiceName = {svc:String}" if service is not None else "")
+        rows = self._tuples(
+            "SELECT toString(svc) AS svc_, toString(ep) AS ep_, etype, msg, count() AS n, "
+            "toUnixTimestamp64Nano(min(ts)) AS lo, toUnixTimestamp64Nano(max(ts)) AS hi, "
+            "argMax(tid, (ts, tid)) AS sample FROM ("
+            "SELECT ServiceName AS svc, SpanName AS ep, Timestamp AS ts, TraceId AS tid, "
+            "a['exception.type'] AS etype, a['exception.message'] AS msg FROM otel_traces "
+            "ARRAY JOIN `Events.Name` AS en, `Events.Attributes` AS a "
+            f"WHERE {where} AND en = 'exception' UNION ALL "
+            "SELECT ServiceName, SpanName, Timestamp, TraceId, '', StatusMessage FROM otel_traces "
+            f"WHERE {where} AND StatusCode = 'Error' AND NOT has(`Events.Name`, 'exception')) "
+            "GROUP BY svc_, ep_, etype, msg", s=s, e=e, svc=service or "")
+        return analysis.error_groups(rows, limit)
+
+    def correlations(self, service: str, endpoint: str | None, start: datetime, end: datetime,
+                     *, slow_ms: float | None = None, failed: bool = False, limit: int = 10,
+                     ) -> list[Correlation]:
+        kind, slow_ns = analysis.cohort_of(slow_ms, failed)
+        s, e, _ = window_ns(start, end)
+        hit = "StatusCode = 'Error'" if kind == "failed" else "Duration >= {slow:Float64}"
+        extra = "AND SpanName = {ep:String}" if endpoint is not None else ""
+        params: dict[str, Any] = {"s": s, "e": e, "svc": service, "slow": slow_ns,
+                                  "ep": endpoint or ""}
+        base = (f"FROM otel_traces WHERE {_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} "
+                f"{extra}")
+        ((cohort, rest),) = self._tuples(
+            f"SELECT countIf({hit}) AS h, countIf(NOT ({hit})) AS r {base}", **params)
+        rows = self._tuples(
+            "SELECT kv.1 AS src, kv.2 AS k, kv.3 AS v, countIf(hit) AS h, countIf(NOT hit) AS r "
+            f"FROM (SELECT {hit} AS hit, arrayConcat("
+            "arrayMap((k, v) -> ('span', k, v), mapKeys(SpanAttributes), mapValues(SpanAttributes)), "
+            "arrayMap((k, v) -> ('resource', k, v), mapKeys(ResourceAttributes), "
+            f"mapValues(ResourceAttributes))) AS kvs {base}) ARRAY JOIN kvs AS kv "
+            "GROUP BY src, k, v HAVING h > 0", **params)
+        return analysis.correlations(rows, int(cohort or 0), int(rest or 0), limit)
 
     def timeseries(self, service: str, start: datetime, end: datetime,
                    endpoint: str | None = None) -> list[TimeseriesPoint]:
@@ -389,6 +515,19 @@ class ClickHouseStore:
         if signal not in schema.SIGNAL_TABLES:
             raise StoreUsageError(f"unknown signal {signal!r}; use {', '.join(schema.SIGNAL_TABLES)}")
         cutoff = to_ns(now or datetime.now(UTC)) - max_age // timedelta(microseconds=1) * 1000
+        for table in schema.SIGNAL_TABLES[signal]:
+            # Whole days well before the cutoff go as partitions (no rewrite; every table here is
+            # PARTITION BY toDate(…), so ``partition`` reads as a date); the day margin covers
+            # otel_traces_trace_id_ts, partitioned by Start but expired by End.
+            old = self._tuples(
+                "SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() "
+                "AND table = {t:String} AND active AND toDateOrNull(partition) < "
+                "toDate(fromUnixTimestamp64Nano({c:Int64})) - 1", t=table, c=cutoff)
+            with self._guard():
+                for (partition,) in old:
+                    if not str(partition).isalnum():
+                        continue
+                    self._x.command(f"ALTER TABLE {table} DROP PARTITION ID '{partition}'")
         with self._guard():
             for table in schema.SIGNAL_TABLES[signal]:
                 # A synchronous mutation: parts are rewritten without the rows before returning.

@@ -28,8 +28,9 @@ bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
 
 from __future__ import annotations
 
+import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any, Final
 
 import duckdb
 
-from noops.observe.store import schema
+from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
     from_arrow,
@@ -50,8 +51,10 @@ from noops.observe.store._rows import (
     window_ns,
 )
 from noops.observe.store.base import (
+    Correlation,
     Edge,
     EndpointStats,
+    ErrorGroup,
     HistogramBin,
     Row,
     ServiceStats,
@@ -78,6 +81,20 @@ _INSERT_ORDER: Final = {
 _ENTRY: Final = "SpanKind IN ('Server', 'Consumer')"
 _BUCKET_SQL: Final = (f"CAST(least(floor({BUCKETS_PER_OCTAVE} * log2(greatest(Duration, 1))), "
                       f"{MAX_BUCKET}) AS USMALLINT)")
+# Service-map pairing (see :mod:`.edges`): pairs of index rows near the batch, one of them new.
+_EDGE_SIDE: Final = ("(SELECT * FROM otel_traces_edge_spans WHERE Side = {side} "
+                     "AND Timestamp >= $lo AND Timestamp < $hi AND TraceId IN "
+                     "(SELECT TraceId FROM otel_traces_edge_spans WHERE Batch = $b "
+                     "AND Timestamp >= $lo AND Timestamp < $hi))")
+_PAIR_SQL: Final = (
+    "INSERT INTO otel_traces_edges_1m SELECT c.ServiceName, s.ServiceName, "
+    "date_trunc('minute', c.Timestamp)::TIMESTAMP_S, "
+    + _BUCKET_SQL.replace("Duration", "c.Duration") + ", count(*), "
+    "count(*) FILTER (WHERE c.IsError + s.IsError > 0), "
+    "count(*) FILTER (WHERE c.Mtls + s.Mtls > 0), min(c.Duration), max(c.Duration) "
+    f"FROM {_EDGE_SIDE.format(side=0)} c JOIN {_EDGE_SIDE.format(side=1)} s "
+    "ON s.TraceId = c.TraceId AND s.LinkId = c.LinkId "
+    "WHERE (c.Batch = $b OR s.Batch = $b) AND c.ServiceName <> s.ServiceName GROUP BY ALL")
 
 
 def duck_type(ch: str) -> str:
@@ -96,11 +113,16 @@ def _ts(ns: int) -> datetime:
 
 class DuckDBStore:
     """A :class:`~noops.observe.store.base.TelemetryStore` in one DuckDB file (``":memory:"``
-    for tests). ``threads`` caps DuckDB's worker threads (``None``: one per core)."""
+    for tests). ``threads`` caps DuckDB's worker threads (``None``: one per core);
+    ``egress_endpoints`` are the ``host:port`` peers that make a client span an mTLS hop on the
+    service map (:mod:`.edges`)."""
 
-    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+    def __init__(self, path: Path | str, threads: int | None = None,
+                 egress_endpoints: Collection[str] = edges.DEFAULT_EGRESS) -> None:
         self.path = path
+        self.egress_endpoints = frozenset(egress_endpoints)
         self._lock = threading.Lock()
+        self._edge_high_ns = self._edge_trimmed_ns = 0
         try:
             self._con = duckdb.connect(str(path))
             if threads:
@@ -119,9 +141,11 @@ class DuckDBStore:
             except duckdb.Error as exc:
                 raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+              ) -> list[tuple[Any, ...]]:
         with self._cursor() as con:
-            return con.execute(sql, list(params)).fetchall()
+            return con.execute(sql, dict(params) if isinstance(params, Mapping)
+                               else list(params)).fetchall()
 
     # -- writes -------------------------------------------------------------------------------
     def _insert(self, table: str, columns: Sequence[schema.Column], rows: Sequence[Row],
@@ -148,7 +172,7 @@ class DuckDBStore:
         return len(rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
-        return self._insert("otel_traces", schema.TRACES, rows, after=(
+        n = self._insert("otel_traces", schema.TRACES, rows, after=(
             "INSERT INTO otel_traces_trace_id_ts SELECT TraceId, "
             "date_trunc('second', min(Timestamp))::TIMESTAMP_S, "
             "date_trunc('second', max(Timestamp))::TIMESTAMP_S FROM _batch GROUP BY TraceId",
@@ -157,6 +181,38 @@ class DuckDBStore:
             "count(*), count(*) FILTER (WHERE StatusCode = 'Error'), sum(Duration)::UBIGINT, "
             "min(Duration), max(Duration) FROM _batch GROUP BY ALL",
         ))
+        self._derive(rows)
+        return n
+
+    def _derive(self, rows: Sequence[Row]) -> None:
+        """After a span insert: index its client/server spans and count the pairs they complete
+        into the service-map edge table, in one transaction (see :mod:`.edges`)."""
+        batch_id = secrets.randbits(63)
+        batch = edges.edge_batch(rows, batch_id, self.egress_endpoints)
+        if batch is None:
+            return
+        stamps = batch.column("Timestamp").cast("int64").to_pylist()
+        lo, hi = min(stamps), max(stamps)
+        params = {"b": batch_id, "lo": _ts(lo - edges.PAIR_HORIZON_NS),
+                  "hi": _ts(hi + edges.PAIR_HORIZON_NS)}
+        with self._cursor() as con:
+            con.register("_edge_batch", batch)
+            try:
+                con.execute("BEGIN")
+                try:
+                    con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
+                    con.execute(_PAIR_SQL, params)
+                    self._edge_high_ns = max(self._edge_high_ns, hi)
+                    if self._edge_high_ns - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
+                        con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
+                                    [_ts(self._edge_high_ns - edges.INDEX_KEEP_NS)])
+                        self._edge_trimmed_ns = self._edge_high_ns
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            finally:
+                con.unregister("_edge_batch")
 
     def insert_logs(self, rows: Sequence[Row]) -> int:
         return self._insert("otel_logs", schema.LOGS, rows)
@@ -172,19 +228,31 @@ class DuckDBStore:
             f"SELECT {key}, count(*), count(*) FILTER (WHERE StatusCode = 'Error'), "
             "quantile_cont(Duration::DOUBLE, [0.5, 0.95, 0.99]) FROM otel_traces "
             f"WHERE Timestamp >= ? AND Timestamp < ? AND {_ENTRY} {where} "
-            f"GROUP BY {key} ORDER BY {key}", params)
+            "GROUP BY 1 ORDER BY 1", params)
 
     def services(self, start: datetime, end: datetime) -> list[ServiceStats]:
         s, e, win = window_ns(start, end)
         rows = self._stats("ServiceName", "", [_ts(s), _ts(e)])
         return [ServiceStats(**stats(n, c, err, q, win)) for n, c, err, q in rows]  # type: ignore[typeddict-item]
 
-    def endpoints(self, service: str, start: datetime, end: datetime) -> list[EndpointStats]:
+    def endpoints(self, service: str, start: datetime, end: datetime,
+                  max_endpoints: int = 200) -> list[EndpointStats]:
         s, e, win = window_ns(start, end)
-        rows = self._stats("SpanName", "AND ServiceName = ?", [_ts(s), _ts(e), service])
-        out = [EndpointStats(**stats(service, c, err, q, win), endpoint=n)  # type: ignore[typeddict-item]
+        base = [_ts(s), _ts(e), service]
+        names = self._rows(f"SELECT SpanName, count(*) FROM otel_traces WHERE Timestamp >= ? "
+                           f"AND Timestamp < ? AND {_ENTRY} AND ServiceName = ? GROUP BY 1", base)
+        keep = analysis.top_names(names, max_endpoints)
+        if keep is None:
+            rows = self._stats("SpanName", "AND ServiceName = ?", base)
+        else:
+            rows = self._stats(f"CASE WHEN list_contains(?, SpanName) THEN SpanName "
+                               f"ELSE '{analysis.OTHER}' END", "AND ServiceName = ?",
+                               [keep, *base])
+        folded = len(names) - len(keep or names)
+        out = [EndpointStats(**stats(service, c, err, q, win), endpoint=n,  # type: ignore[typeddict-item]
+                             folded=folded if keep is not None and n == analysis.OTHER else 0)
                for n, c, err, q in rows]
-        return sorted(out, key=lambda r: (-r["count"], r["endpoint"]))
+        return sorted(out, key=lambda r: (r["folded"] > 0, -r["count"], r["endpoint"]))
 
     def latency_histogram(self, service: str, endpoint: str | None, start: datetime,
                           end: datetime, buckets_ms: Sequence[float]) -> list[HistogramBin]:
@@ -225,6 +293,7 @@ class DuckDBStore:
     def logs(self, query: str | None = None, service: str | None = None,
              severity: str | None = None, start: datetime | None = None,
              end: datetime | None = None, trace_id: str | None = None, limit: int = 100,
+             span_id: str | None = None, attributes: Mapping[str, str] | None = None,
              ) -> list[dict[str, Any]]:
         where, params = ["TRUE"], list[Any]()
         if query:
@@ -245,6 +314,12 @@ class DuckDBStore:
         if trace_id is not None:
             where.append("TraceId = ?")
             params.append(trace_id)
+        if span_id is not None:
+            where.append("SpanId = ?")
+            params.append(span_id)
+        for key, value in (attributes or {}).items():
+            where.append("(LogAttributes[?] = ? OR ResourceAttributes[?] = ?)")
+            params += [key, value, key, value]
         with self._cursor() as con:
             tbl = con.sql(f"SELECT * FROM otel_logs WHERE {' AND '.join(where)} "
                           "ORDER BY Timestamp DESC, SpanId LIMIT ?",
@@ -253,19 +328,58 @@ class DuckDBStore:
 
     def service_map(self, start: datetime, end: datetime) -> list[Edge]:
         s, e, _ = window_ns(start, end)
-        # The server span starts after its client span; an hour of slack bounds the scan.
+        lo = s // edges.MINUTE_NS * edges.MINUTE_NS
         rows = self._rows(
-            "SELECT c.ServiceName, s.ServiceName, count(*), "
-            "count(*) FILTER (WHERE c.StatusCode = 'Error' OR s.StatusCode = 'Error'), "
-            "quantile_cont(c.Duration::DOUBLE, 0.95) "
-            "FROM otel_traces c JOIN otel_traces s "
-            "ON s.TraceId = c.TraceId AND s.ParentSpanId = c.SpanId "
-            "WHERE c.SpanKind = 'Client' AND s.SpanKind = 'Server' "
-            "AND c.ServiceName <> s.ServiceName AND c.Timestamp >= ? AND c.Timestamp < ? "
-            "AND s.Timestamp >= ? AND s.Timestamp < ? + INTERVAL 1 HOUR "
-            "GROUP BY ALL ORDER BY 1, 2", [_ts(s), _ts(e), _ts(s), _ts(e)])
-        return [Edge(client=a, server=b, calls=int(n), errors=int(x), p95_ms=float(p) / 1e6)
-                for a, b, n, x, p in rows]
+            "SELECT ClientService, ServerService, Bucket, sum(Calls), sum(ErrorCount), "
+            "sum(MtlsCount), min(DurationMin), max(DurationMax) FROM otel_traces_edges_1m "
+            "WHERE Minute >= ? AND Minute < ? GROUP BY ALL", [_ts(lo), _ts(e)])
+        return edges.edges_from_rows(rows, (e - lo) / 1e9)
+
+    def error_groups(self, start: datetime, end: datetime, service: str | None = None,
+                     limit: int = 50) -> list[ErrorGroup]:
+        s, e, _ = window_ns(start, end)
+        where = "Timestamp >= $s AND Timestamp < $e"
+        params: dict[str, Any] = {"s": _ts(s), "e": _ts(e)}
+        if service is not None:
+            where, params = f"{where} AND ServiceName = $svc", {**params, "svc": service}
+        rows = self._rows(
+            "SELECT ServiceName, SpanName, etype, msg, count(*), epoch_ns(min(Timestamp)), "
+            "epoch_ns(max(Timestamp)), arg_max(TraceId, (Timestamp, TraceId)) FROM ("
+            "SELECT ServiceName, SpanName, Timestamp, TraceId, "
+            "coalesce(a['exception.type'], '') AS etype, coalesce(a['exception.message'], '') AS msg "
+            "FROM (SELECT ServiceName, SpanName, Timestamp, TraceId, unnest(\"Events.Name\") AS n, "
+            f"unnest(\"Events.Attributes\") AS a FROM otel_traces WHERE {where} "
+            "AND len(\"Events.Name\") > 0) WHERE n = 'exception' UNION ALL "
+            "SELECT ServiceName, SpanName, Timestamp, TraceId, '', StatusMessage FROM otel_traces "
+            f"WHERE {where} AND StatusCode = 'Error' "
+            "AND NOT list_contains(\"Events.Name\", 'exception')) GROUP BY ALL", params)
+        return analysis.error_groups(rows, limit)
+
+    def correlations(self, service: str, endpoint: str | None, start: datetime, end: datetime,
+                     *, slow_ms: float | None = None, failed: bool = False, limit: int = 10,
+                     ) -> list[Correlation]:
+        kind, slow_ns = analysis.cohort_of(slow_ms, failed)
+        s, e, _ = window_ns(start, end)
+        hit = "StatusCode = 'Error'" if kind == "failed" else "Duration >= $slow"
+        params: dict[str, Any] = {"s": _ts(s), "e": _ts(e), "svc": service}
+        if kind == "slow":
+            params["slow"] = slow_ns
+        extra = ""
+        if endpoint is not None:
+            extra, params["ep"] = "AND SpanName = $ep", endpoint
+        base = (f"WITH base AS (SELECT {hit} AS hit, SpanAttributes, ResourceAttributes "
+                f"FROM otel_traces WHERE Timestamp >= $s AND Timestamp < $e AND {_ENTRY} "
+                f"AND ServiceName = $svc {extra}) ")
+        ((cohort, rest),) = self._rows(base + "SELECT count(*) FILTER (WHERE hit), "
+                                       "count(*) FILTER (WHERE NOT hit) FROM base", params)
+        rows = self._rows(
+            base + "SELECT src, k, v, count(*) FILTER (WHERE hit), count(*) FILTER (WHERE NOT hit) "
+            "FROM (SELECT hit, 'span' AS src, unnest(map_keys(SpanAttributes)) AS k, "
+            "unnest(map_values(SpanAttributes)) AS v FROM base UNION ALL "
+            "SELECT hit, 'resource', unnest(map_keys(ResourceAttributes)), "
+            "unnest(map_values(ResourceAttributes)) FROM base) "
+            "GROUP BY ALL HAVING count(*) FILTER (WHERE hit) > 0", params)
+        return analysis.correlations(rows, int(cohort or 0), int(rest or 0), limit)
 
     def timeseries(self, service: str, start: datetime, end: datetime,
                    endpoint: str | None = None) -> list[TimeseriesPoint]:

@@ -175,3 +175,39 @@ SEVERITY_FLOOR: Final[dict[str, int]] = {
 
 def metric_table(kind: str) -> str:
     return f"otel_metrics_{kind}"
+
+
+# -- the service map (noops' own, maintained on insert; see :mod:`.edges`) ---------------------
+# The pairing index: every Client span and every Server span with a parent, slimmed to what
+# pairing needs. ``LinkId`` is the client's SpanId or the server's ParentSpanId; ``Batch`` tells
+# the spans of one insert apart from earlier ones, so each pair is counted exactly once, when
+# its second span arrives.
+EDGE_SPANS: Final[tuple[Column, ...]] = (
+    ("Batch", "UInt64"),
+    ("Side", "UInt8"),  # 0 client, 1 server
+    ("TraceId", "String"),
+    ("LinkId", "String"),
+    ("ServiceName", _LC),
+    ("Timestamp", _TS),
+    ("Duration", "UInt64"),
+    ("IsError", "UInt8"),
+    ("Mtls", "UInt8"),
+)
+# One row per (client service, server service, minute, latency bucket) and insert.
+EDGES: Final[tuple[Column, ...]] = (
+    ("ClientService", _LC),
+    ("ServerService", _LC),
+    ("Minute", "DateTime"),
+    ("Bucket", "UInt16"),
+    ("Calls", "UInt64"),
+    ("ErrorCount", "UInt64"),
+    ("MtlsCount", "UInt64"),
+    ("DurationMin", "UInt64"),
+    ("DurationMax", "UInt64"),
+)
+TABLES["otel_traces_edge_spans"] = EDGE_SPANS
+TABLES["otel_traces_edges_1m"] = EDGES
+TIME_COLUMN["otel_traces_edge_spans"] = "Timestamp"
+TIME_COLUMN["otel_traces_edges_1m"] = "Minute"
+SIGNAL_TABLES["traces"] = (*SIGNAL_TABLES["traces"], "otel_traces_edge_spans")
+SIGNAL_TABLES["rollups"] = (*SIGNAL_TABLES["rollups"], "otel_traces_edges_1m")

@@ -1,0 +1,92 @@
+"""Backend-neutral halves of the APM queries: each backend's SQL returns compact groups, these
+functions finish them the same way for every backend (error-message normalisation, attribute
+correlation scores, the endpoint cardinality guard)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from noops.observe.store.base import Correlation, ErrorGroup, StoreUsageError
+
+__all__ = ["OTHER", "correlations", "error_groups", "normalise", "top_names"]
+
+OTHER: Final = "other"
+
+_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                          r"[0-9a-fA-F]{12}")
+_HEX: Final = re.compile(r"\b(?:0[xX][0-9a-fA-F]+|(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{8,})\b")
+_NUMBER: Final = re.compile(r"\d+(?:\.\d+)?")
+
+
+def normalise(message: str) -> str:
+    """The grouping form of an error message: UUIDs become ``<uuid>``, hex ids (``0x…`` or eight
+    or more hex digits with at least one digit) ``<hex>``, other numbers ``<n>``."""
+    message = _UUID.sub("<uuid>", message)
+    message = _HEX.sub("<hex>", message)
+    return _NUMBER.sub("<n>", message)
+
+
+def error_groups(rows: Sequence[Sequence[Any]], limit: int) -> list[ErrorGroup]:
+    """Merge SQL groups ``(service, endpoint, type, raw message, count, first_ns, last_ns,
+    sample_trace_id)`` whose messages normalise alike."""
+    merged: dict[tuple[str, str, str, str], ErrorGroup] = {}
+    for svc, ep, etype, raw, count, first, last, sample in rows:
+        key = (str(svc), str(ep), str(etype), normalise(str(raw)))
+        group = merged.get(key)
+        if group is None:
+            merged[key] = ErrorGroup(
+                service=key[0], endpoint=key[1], exception_type=key[2], message=key[3],
+                count=int(count), first_seen_ns=int(first), last_seen_ns=int(last),
+                sample_trace_id=str(sample), sample_message=str(raw))
+            continue
+        group["count"] += int(count)
+        group["first_seen_ns"] = min(group["first_seen_ns"], int(first))
+        if (int(last), str(sample)) > (group["last_seen_ns"], group["sample_trace_id"]):
+            group["last_seen_ns"] = int(last)
+            group["sample_trace_id"] = str(sample)
+            group["sample_message"] = str(raw)
+    out = sorted(merged.values(), key=lambda g: (-g["count"], -g["last_seen_ns"], g["service"],
+                                                 g["endpoint"], g["message"]))
+    return out[:limit]
+
+
+def cohort_of(slow_ms: float | None, failed: bool) -> tuple[str, float]:
+    """Which cohort a correlation asks about: ``("slow", ns)`` or ``("failed", 0)``."""
+    if (slow_ms is None) == (not failed):
+        raise StoreUsageError("correlations compare either slow spans (slow_ms=…) or failed "
+                              "spans (failed=True): give exactly one")
+    if slow_ms is not None:
+        if slow_ms < 0:
+            raise StoreUsageError(f"slow_ms must be >= 0, not {slow_ms}")
+        return "slow", slow_ms * 1e6
+    return "failed", 0.0
+
+
+def correlations(rows: Sequence[Sequence[Any]], cohort_total: int, rest_total: int,
+                 limit: int) -> list[Correlation]:
+    """Score SQL rows ``(source, key, value, cohort_count, rest_count)``: ``score`` is the
+    cohort share minus the baseline share; only over-represented pairs are kept. With no
+    baseline (every span in the cohort) nothing stands out and the answer is empty."""
+    if cohort_total == 0 or rest_total == 0:
+        return []
+    out: list[Correlation] = []
+    for source, key, value, hit, miss in rows:
+        cohort, base = int(hit) / cohort_total, int(miss) / rest_total
+        if cohort > base:
+            out.append(Correlation(source=str(source), key=str(key), value=str(value),
+                                   cohort_pct=100 * cohort, baseline_pct=100 * base,
+                                   score=cohort - base))
+    out.sort(key=lambda c: (-c["score"], -c["cohort_pct"], c["source"], c["key"], c["value"]))
+    return out[:limit]
+
+
+def top_names(counts: Sequence[tuple[str, int]], max_endpoints: int) -> list[str] | None:
+    """The names kept by the cardinality guard, or ``None`` when no folding is needed."""
+    if max_endpoints < 2:
+        raise StoreUsageError(f"max_endpoints must be at least 2, not {max_endpoints}")
+    if len(counts) <= max_endpoints:
+        return None
+    ranked = sorted(counts, key=lambda c: (-int(c[1]), str(c[0])))
+    return [str(n) for n, _ in ranked[:max_endpoints - 1]]

@@ -1,0 +1,143 @@
+"""The service map, kept up to date as spans arrive (no batch job).
+
+An **edge** is a Client span in service A whose child Server span (``ParentSpanId`` = the
+client's ``SpanId``, same ``TraceId``) is in service B != A. Spans of one call usually arrive in
+different OTLP batches (two processes export them), in either order, so pairing is incremental:
+
+1. every insert also writes its Client spans and its Server spans that have a parent into the
+   pairing index ``otel_traces_edge_spans`` (:data:`~.schema.EDGE_SPANS`), tagged with a fresh
+   batch number;
+2. in the same step, the new index rows are joined with the index (new and earlier rows, within
+   :data:`PAIR_HORIZON_NS` of the batch's start times); a pair is counted only if one of its spans
+   is new, so each pair is counted once — when its second span arrives;
+3. the pairs go into ``otel_traces_edges_1m`` (:data:`~.schema.EDGES`), one row per client
+   service, server service, minute of the client span and log latency bucket (:mod:`.rollup`):
+   calls, errors (either span has status Error), mTLS calls and client-side duration min/max.
+
+``service_map`` reads only the edge table. The index is trimmed to :data:`INDEX_KEEP_NS` behind
+the newest span seen, so a partner arriving more than that late is not paired.
+
+**What counts as an mTLS hop.** noops runs an egress endpoint inside every instance's network
+namespace, ``127.0.0.1:15001`` by default, which carries the call over mTLS, with the app's SVID,
+to the gateway and on to the callee. A hop is mTLS when
+
+* the client span's peer is one of the store's ``egress_endpoints``; the peer is, first found:
+  ``server.address`` + ``server.port``, else ``net.peer.name`` + ``net.peer.port``, else the
+  ``host:port`` of ``url.full`` (or the older ``http.url``); or
+* the server span carries the attribute ``noops.mtls`` = ``true`` (set by the platform when the
+  request reached the instance over mTLS).
+
+An edge's ``mtls`` is true when every call in the window was an mTLS hop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Final
+
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from noops.observe.store._rows import ch_arrow_type, to_ns
+from noops.observe.store.base import Edge, Row
+from noops.observe.store.rollup import estimate_quantiles
+from noops.observe.store.schema import EDGE_SPANS
+
+__all__ = [
+    "DEFAULT_EGRESS",
+    "INDEX_KEEP_NS",
+    "MINUTE_NS",
+    "PAIR_HORIZON_NS",
+    "edge_batch",
+    "edges_from_rows",
+    "is_mtls_client",
+    "peer_of",
+]
+
+DEFAULT_EGRESS: Final = ("127.0.0.1:15001",)
+MINUTE_NS: Final = 60 * 1_000_000_000
+PAIR_HORIZON_NS: Final = 15 * 60 * 1_000_000_000  # a child starts within this of its parent
+INDEX_KEEP_NS: Final = 2 * PAIR_HORIZON_NS
+
+_URL_AUTHORITY: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]+)")
+_DEFAULT_PORT: Final = {"http": "80", "https": "443"}
+
+
+def peer_of(attrs: Mapping[str, str]) -> str | None:
+    """The ``host:port`` a client span called, from its attributes (see the module doc)."""
+    for host_key, port_key in (("server.address", "server.port"),
+                               ("net.peer.name", "net.peer.port")):
+        host = attrs.get(host_key)
+        if host:
+            port = attrs.get(port_key)
+            return f"{host}:{port}" if port else host
+    for key in ("url.full", "http.url"):
+        url = attrs.get(key)
+        if url:
+            m = _URL_AUTHORITY.match(url)
+            if m:
+                authority = m.group(1)
+                if ":" not in authority.rsplit("]", 1)[-1]:
+                    port = _DEFAULT_PORT.get(url.split(":", 1)[0].lower())
+                    authority = f"{authority}:{port}" if port else authority
+                return authority
+    return None
+
+
+def is_mtls_client(attrs: Mapping[str, str], egress: Collection[str]) -> bool:
+    """True when a client span's peer is a noops egress endpoint."""
+    return peer_of(attrs) in egress
+
+
+def _is_mtls_server(attrs: Mapping[str, str]) -> bool:
+    return attrs.get("noops.mtls", "").lower() == "true"
+
+
+def edge_batch(rows: Sequence[Row], batch: int, egress: Collection[str]) -> pa.Table | None:
+    """The pairing-index rows (:data:`~.schema.EDGE_SPANS`) for one insert, or ``None`` when the
+    insert has no Client span and no Server span with a parent."""
+    cols: dict[str, list[Any]] = {name: [] for name, _ in EDGE_SPANS}
+    for row in rows:
+        kind = row.get("SpanKind")
+        if kind == "Client":
+            side, link = 0, row.get("SpanId", "")
+        elif kind == "Server" and row.get("ParentSpanId"):
+            side, link = 1, row["ParentSpanId"]
+        else:
+            continue
+        attrs = row.get("SpanAttributes") or {}
+        mtls = is_mtls_client(attrs, egress) if side == 0 else _is_mtls_server(attrs)
+        ts = row.get("Timestamp", 0)
+        cols["Batch"].append(batch)
+        cols["Side"].append(side)
+        cols["TraceId"].append(row.get("TraceId", ""))
+        cols["LinkId"].append(link)
+        cols["ServiceName"].append(row.get("ServiceName", ""))
+        cols["Timestamp"].append(ts if type(ts) is int else to_ns(ts))
+        cols["Duration"].append(row.get("Duration", 0))
+        cols["IsError"].append(int(row.get("StatusCode") == "Error"))
+        cols["Mtls"].append(int(mtls))
+    if not cols["Batch"]:
+        return None
+    return pa.Table.from_arrays([pa.array(cols[n], type=ch_arrow_type(t)) for n, t in EDGE_SPANS],
+                                names=[n for n, _ in EDGE_SPANS])
+
+
+def edges_from_rows(rows: Sequence[Sequence[Any]], window_s: float) -> list[Edge]:
+    """Edge-table rows ``(client, server, bucket, calls, errors, mtls, min_ns, max_ns)`` summed
+    over the window to :class:`~.base.Edge` values, sorted by client, server."""
+    groups: dict[tuple[str, str], list[Sequence[Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(str(r[0]), str(r[1]))].append(r)
+    out: list[Edge] = []
+    for (client, server), group in sorted(groups.items()):
+        calls = sum(int(r[3]) for r in group)
+        mtls = sum(int(r[5]) for r in group)
+        (p95,) = estimate_quantiles([(int(r[2]), int(r[3])) for r in group], (0.95,),
+                                    min(float(r[6]) for r in group),
+                                    max(float(r[7]) for r in group))
+        out.append(Edge(client=client, server=server, calls=calls,
+                        rate_per_s=calls / window_s, errors=sum(int(r[4]) for r in group),
+                        p95_ms=p95 / 1e6, mtls=calls > 0 and mtls == calls, mtls_calls=mtls))
+    return out

@@ -1,0 +1,113 @@
+"""The backend-neutral halves of the APM queries: the mTLS-hop rule, error-message normalisation,
+correlation scoring, the cardinality guard and the waterfall layout."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from noops.observe.store import StoreUsageError
+from noops.observe.store.analysis import correlations, normalise, top_names
+from noops.observe.store.edges import DEFAULT_EGRESS, edge_batch, is_mtls_client, peer_of
+from noops.observe.waterfall import TraceNotFoundError, waterfall
+
+
+@pytest.mark.parametrize(("attrs", "peer"), [
+    ({"server.address": "127.0.0.1", "server.port": "15001"}, "127.0.0.1:15001"),
+    ({"net.peer.name": "127.0.0.1", "net.peer.port": "15001"}, "127.0.0.1:15001"),
+    ({"url.full": "http://127.0.0.1:15001/pay?x=1"}, "127.0.0.1:15001"),
+    ({"http.url": "https://user:pw@shop.example/pay"}, "shop.example:443"),
+    ({"url.full": "http://[::1]:8080/"}, "[::1]:8080"),
+    ({"server.address": "db"}, "db"),
+    # the newer convention wins over the older one and over the URL
+    ({"server.address": "db", "server.port": "5432", "url.full": "http://127.0.0.1:15001/"},
+     "db:5432"),
+    ({"url.full": "not a url"}, None),
+    ({}, None),
+])
+def test_peer_of(attrs: dict[str, str], peer: str | None) -> None:
+    assert peer_of(attrs) == peer
+
+
+def test_mtls_hop_rule_and_custom_egress() -> None:
+    via_egress = {"url.full": "http://127.0.0.1:15001/"}
+    assert is_mtls_client(via_egress, DEFAULT_EGRESS)
+    assert not is_mtls_client(via_egress, {"127.0.0.1:16001"})
+    assert is_mtls_client({"server.address": "127.0.0.1", "server.port": "16001"},
+                          {"127.0.0.1:16001"})
+    rows = [
+        {"SpanKind": "Client", "TraceId": "t", "SpanId": "c", "ServiceName": "a",
+         "SpanAttributes": via_egress, "Timestamp": 5, "Duration": 7, "StatusCode": "Error"},
+        {"SpanKind": "Server", "TraceId": "t", "SpanId": "s", "ParentSpanId": "c",
+         "ServiceName": "b", "SpanAttributes": {"noops.mtls": "TRUE"}, "Timestamp": 6},
+        {"SpanKind": "Server", "TraceId": "t", "SpanId": "r", "ParentSpanId": "",
+         "ServiceName": "b"},  # a root server span cannot pair: not indexed
+        {"SpanKind": "Internal", "TraceId": "t", "SpanId": "i", "ParentSpanId": "s"},
+    ]
+    batch = edge_batch(rows, 42, DEFAULT_EGRESS)
+    assert batch is not None
+    assert batch.to_pydict() == {
+        "Batch": [42, 42], "Side": [0, 1], "TraceId": ["t", "t"], "LinkId": ["c", "c"],
+        "ServiceName": ["a", "b"], "Timestamp": [batch["Timestamp"][0].as_py(),
+                                                 batch["Timestamp"][1].as_py()],
+        "Duration": [7, 0], "IsError": [1, 0], "Mtls": [1, 1]}
+    assert edge_batch(rows[2:], 1, DEFAULT_EGRESS) is None
+
+
+@pytest.mark.parametrize(("raw", "grouped"), [
+    ("card 4004 declined", "card <n> declined"),
+    ("user 3f2a9c1e-0b5d-4c6e-9a7f-1234567890ab not found",
+     "user <uuid> not found"),
+    ("span 5b8efff798038103 missing at 0x7ffe12", "span <hex> missing at <hex>"),
+    ("took 12.5 s, retry 3", "took <n> s, retry <n>"),
+    ("deadbeef facade", "deadbeef facade"),  # words made of hex letters stay
+    ("", ""),
+])
+def test_normalise(raw: str, grouped: str) -> None:
+    assert normalise(raw) == grouped
+
+
+@given(st.text(max_size=60))
+def test_normalise_is_idempotent(text: str) -> None:
+    assert normalise(normalise(text)) == normalise(text)
+
+
+def test_correlation_scores() -> None:
+    rows = [("span", "provider", "slowpay", 8, 2), ("resource", "host", "a", 10, 50),
+            ("span", "route", "/x", 1, 0)]
+    got = correlations(rows, cohort_total=10, rest_total=50, limit=5)
+    assert [(c["key"], c["cohort_pct"], c["baseline_pct"]) for c in got] == [
+        ("provider", 80.0, 4.0), ("route", 10.0, 0.0)]  # host: 100 % in both, not telling
+    assert got[0]["score"] == pytest.approx(0.76)
+    assert correlations(rows, cohort_total=10, rest_total=0, limit=5) == []
+
+
+def test_top_names() -> None:
+    counts = [("a", 5), ("b", 9), ("c", 5), ("d", 1)]
+    assert top_names(counts, 4) is None
+    assert top_names(counts, 3) == ["b", "a"]
+    with pytest.raises(StoreUsageError):
+        top_names(counts, 1)
+
+
+def _span(sid: str, parent: str, t: int, d: int) -> dict[str, object]:
+    return {"TraceId": "t" * 32, "SpanId": sid, "ParentSpanId": parent, "ServiceName": "s",
+            "SpanName": sid, "SpanKind": "Internal", "StatusCode": "Unset", "StatusMessage": "",
+            "Timestamp": t, "Duration": d, "SpanAttributes": {}, "ResourceAttributes": {},
+            "Events.Name": [], "Events.Timestamp": [], "Events.Attributes": []}
+
+
+def test_waterfall_tree_orphans_and_cycles() -> None:
+    spans = [_span("b", "a", 2_000_000, 1_000_000), _span("a", "", 1_000_000, 9_000_000),
+             _span("c", "a", 1_500_000, 1_000_000), _span("d", "b", 2_500_000, 100_000),
+             _span("x", "lost", 500_000, 100_000),  # parent not stored: a root
+             _span("p", "q", 3_000_000, 1), _span("q", "p", 3_000_000, 1)]  # a cycle
+    got = waterfall(spans)
+    assert [(s["span_id"], s["depth"]) for s in got["spans"]] == [
+        ("x", 0), ("a", 0), ("c", 1), ("b", 1), ("d", 2), ("p", 0), ("q", 1)]
+    assert got["spans"][0]["offset_ms"] == 0.0
+    assert got["spans"][1]["offset_ms"] == 0.5
+    assert got["duration_ms"] == 9.5
+    with pytest.raises(TraceNotFoundError):
+        waterfall([])
