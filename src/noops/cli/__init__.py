@@ -12,6 +12,7 @@ import click
 
 from noops.cli import gate as _gate  # noqa: F401 - registers the zero-trust admin commands
 from noops.cli import observe as _observe  # noqa: F401 - registers apm and traces
+from noops.cli import observe_rules as _observe_rules  # noqa: F401 - probes, alerts, deploys
 from noops.cli import platform as _platform  # noqa: F401 - registers the platform commands
 from noops.cli.app import cli
 from noops.errors import NoopsError
