@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -190,6 +191,20 @@ class _Context:
 
     def cache_dir(self, name: str) -> str:
         return f"/cache/{name}"
+
+    def cache_path(self, name: str) -> Path:
+        root = Path(self.container.cache)
+        path = root / name
+        missing = [p for p in (path, *path.parents) if root in p.parents and not p.exists()]
+        for directory in reversed(missing):
+            directory.mkdir()
+            os.chown(directory, CNB_UID, CNB_GID)
+        return path
+
+    def forget_layer(self, name: str) -> None:
+        path = self.built.pop(name, None)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
     def tool_version(self, package: str) -> str:
         return _package_version(self.build_status, package)

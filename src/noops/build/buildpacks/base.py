@@ -85,6 +85,12 @@ class BuildContext(Protocol):
     def cache_dir(self, name: str) -> str:
         """Container path of a persistent cache directory (pip/npm/go caches)."""
 
+    def cache_path(self, name: str) -> Path:
+        """Host path of ``cache_dir(name)``, created (owned by the build user) if missing."""
+
+    def forget_layer(self, name: str) -> None:
+        """Drop a layer this build started (``layer_dir``) and will not report: deleted, not exported."""
+
     def tool_version(self, package: str) -> str:
         """The version of a Debian package in the build image ("" if absent)."""
 

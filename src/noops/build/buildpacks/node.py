@@ -1,9 +1,11 @@
 """The Node.js buildpack: ``npm ci`` (or Yarn) from the lockfile into a ``node_modules`` layer.
 
 ``node_modules`` lives in ``/layers/noops_node/modules`` keyed by the lockfile; the app gets a
-``node_modules`` symlink to it. The start command bypasses npm (which does not forward signals):
-``scripts.start`` of the form ``node FILE`` runs node directly, any other start script runs
-through the shell; without one, the first of server.js, app.js, main.js, index.js.
+``node_modules`` symlink to it. OpenTelemetry auto-instrumentation has a layer of its own,
+``otel`` (see :mod:`noops.build.buildpacks.otel_node`). The start command bypasses npm (which
+does not forward signals): ``scripts.start`` of the form ``node FILE`` runs node directly, any
+other start script runs through the shell; without one, the first of server.js, app.js,
+main.js, index.js.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from noops.appspec import ProcessDef
 from noops.build import sbom
+from noops.build.buildpacks import otel_node
 from noops.build.buildpacks.base import BuildContext, BuildOutput, DetectResult, LayerOut
 from noops.errors import BuildError
 
@@ -72,8 +75,10 @@ class NodeBuildpack:
         if process:
             out.processes.append(process)
         deps = package.get("dependencies") or {}
+        node = ctx.tool_version("nodejs")
         if not deps:
             ctx.log("node: no dependencies to install")
+            out.layers.append(otel_node.otel_layer(ctx, node))
             return out
         lockname = next((n for n in ("package-lock.json", "npm-shrinkwrap.json", "yarn.lock")
                          if (ctx.app_dir / n).is_file()), None)
@@ -83,7 +88,6 @@ class NodeBuildpack:
                 "package-lock.json and commit it, so builds are reproducible"
             )
         lock_text = (ctx.app_dir / lockname).read_text()
-        node = ctx.tool_version("nodejs")
         key = f"{self.version}|{node}|{lockname}|{lock_text}|{json.dumps(deps, sort_keys=True)}"
         modules = ctx.container_layer_path("modules")
         layer = ctx.cached("modules", key)
@@ -105,4 +109,5 @@ class NodeBuildpack:
         # the source copy never carries node_modules (see export.copy_source)
         os.symlink(f"{modules}/node_modules", ctx.app_dir / "node_modules")
         out.layers.append(layer)
+        out.layers.append(otel_node.otel_layer(ctx, node))
         return out

@@ -2,6 +2,8 @@
 
 Dependencies go into one launch layer, ``/layers/noops_python/venv``, keyed by the resolved
 requirement list and the stack's Python version: an unchanged lockfile means no install at all.
+OpenTelemetry auto-instrumentation goes into a second one, ``otel`` (see
+:mod:`noops.build.buildpacks.otel_python`), which never changes the venv.
 The interpreter itself is the run image's ``/usr/bin/python3``, so a rebase patches it.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 
 from noops.appspec import ProcessDef
 from noops.build import sbom
+from noops.build.buildpacks import otel_python
 from noops.build.buildpacks.base import BuildContext, BuildOutput, DetectResult, LayerOut
 from noops.errors import BuildError
 
@@ -152,10 +155,11 @@ class PythonBuildpack:
         default = _default_process(ctx.app_dir, text)
         if default:
             out.processes.append(default)
+        python = ctx.tool_version("python3")
         if installer == "none":
             ctx.log("python: no dependencies to install")
+            self._add_otel(ctx, out, python, {})
             return out
-        python = ctx.tool_version("python3")
         key = f"{self.version}|{python}|{installer}|{text}"
         layer = ctx.cached("venv", key)
         if layer is None:
@@ -174,4 +178,14 @@ class PythonBuildpack:
             site = next(ctx.layer_dir("venv", create=False).glob("lib/python3*/site-packages"))
             layer.components = sbom.python_packages_from_site(site)
         out.layers.append(layer)
+        self._add_otel(ctx, out, python,
+                       {otel_python.norm(c.name): c.version or "" for c in layer.components})
         return out
+
+    @staticmethod
+    def _add_otel(ctx: BuildContext, out: BuildOutput, python: str,
+                  app_packages: dict[str, str]) -> None:
+        """Add the ``otel`` layer (after the venv, so its env applies on top)."""
+        layer = otel_python.otel_layer(ctx, python, app_packages)
+        if layer is not None:
+            out.layers.append(layer)
