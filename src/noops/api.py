@@ -21,6 +21,11 @@ POST     /api/gc                                 remove unpinned images and laye
 GET      /api/events                             ``?app=&since=`` platform events
 GET      /metrics                                the platform's metrics, Prometheus text format
 =======  =====================================  ============================================
+
+Telemetry routes come from :meth:`noops.observe.service.Telemetry.routes`: the APM API
+(``/api/apm/…``, ``/api/traces/{id}``, ``/api/logs``; :mod:`noops.observe.api`) and deploy
+markers, probes and alerts (``/api/deployments``, ``/api/probes``, ``/api/alerts``;
+:mod:`noops.observe.rules_api`).
 """
 
 from __future__ import annotations
@@ -244,5 +249,6 @@ def make_app(platform: Platform) -> Starlette:
         Route("/api/apps/{app}/export/kubernetes", _errors(export_k8s)),
         Route("/api/gc", _errors(gc), methods=["POST"]),
         Route("/api/events", _errors(events)),
+        *platform.telemetry.routes(),
     ]
     return Starlette(routes=routes)

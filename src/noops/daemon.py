@@ -150,6 +150,8 @@ class Platform:
                             self._instance_infos),
             usage=lambda: sampler.sample(self._instance_usage()),
             platform_samples=self.platform_samples)
+        # the front door's certificate (it writes the bundle on start): default probes trust it
+        self.telemetry.probes.set_tls(ca_file=home / "tls" / "ca.crt")
 
     # -- telemetry -----------------------------------------------------------------------
     def _instance_infos(self) -> dict[str, InstanceInfo]:
@@ -218,7 +220,27 @@ class Platform:
         active = self.state.set_release_status(release.app, release.version, ReleaseStatus.ACTIVE)
         self._event(release.app, "deploy", f"v{release.version} is live ({release.description})",
                     {"version": release.version, "digest": release.image_digest})
+        await asyncio.to_thread(self._observe_release, release, spec)
         return DeployResult(active, time.monotonic() - started)
+
+    def _observe_release(self, release: Release, spec: AppSpec) -> None:
+        """A deploy marker for the live release and, once per app, a default uptime probe of
+        its web process through the front door. Telemetry never fails a deploy."""
+        kind = _marker_kind(release.description)
+        try:
+            self.telemetry.markers.record(
+                release.app, f"v{release.version}", kind,
+                fingerprint=f"{release.app}:release:{release.version}",
+                description=release.description,
+                attributes={"digest": release.image_digest, "image": release.image_ref})
+            if release.formation.get("web", 0) > 0:
+                port = self.settings.get("frontdoor_port")
+                self.telemetry.probes.ensure(
+                    f"https://{release.app}.localhost:{port}{spec.health_path}",
+                    name=f"{release.app} front door", app=release.app)
+        except NoopsError:
+            log.exception("could not record the release of %s v%s in telemetry", release.app,
+                          release.version)
 
     def _spec_in_image(self, image: Image) -> AppSpec:
         """The ``noops.toml`` baked into an image's app layer (defaults when it has none)."""
@@ -397,6 +419,15 @@ class Platform:
                     started += 1
             self.supervisor.publish(app)
         return {"adopted": adopted, "reaped": reaped, "started": started}
+
+
+def _marker_kind(description: str) -> str:
+    """The deploy-marker kind of a release, from the description the platform gave it."""
+    for prefix, kind in (("rollback", "rollback"), ("config:", "config"), ("secrets:", "config"),
+                         ("scale ", "scale"), ("rebase", "rebase")):
+        if description.startswith(prefix):
+            return kind
+    return "deploy"
 
 
 def _image_processes(labels: dict[str, str]) -> list[str]:

@@ -65,8 +65,8 @@ def test_shipping_follows_rotation_and_resumes_without_duplicates(tmp_path: Path
     first = shipper.poll()
     assert [r["Body"] for r in first] == [f"line {i}" for i in range(5)]
     assert first[0]["ServiceName"] == APP and first[0]["ResourceAttributes"] == {
-        "service.name": APP, "service.instance.id": IID, "noops.process": "web",
-        "service.version": "v4"}
+        "service.name": APP, "service.instance.id": IID, "noops.instance.id": IID,
+        "noops.process": "web", "service.version": "v4"}
     assert first[0]["Timestamp"] > 1_700_000_000 * 10**9
     shipper.commit()
     for i in range(5, 40):  # several rotations between two polls
@@ -105,7 +105,7 @@ def test_telemetry_env_fills_in_what_the_user_did_not_set() -> None:
     assert "OTEL_TRACES_EXPORTER" not in env  # the user's value stays
     assert env["OTEL_RESOURCE_ATTRIBUTES"] == (
         "team=a,service.version=mine,deployment.environment.name=staging,"
-        f"service.instance.id={IID},noops.process=worker")
+        f"service.instance.id={IID},noops.instance.id={IID},noops.process=worker")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
     off = InstanceSpec(APP, 7, "web", "sha256:x", telemetry=False)
     assert telemetry_env(off, IID, "production") == {"OTEL_SDK_DISABLED": "true"}

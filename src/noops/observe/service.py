@@ -14,7 +14,12 @@
   the store committed the rows) and ``usage`` (per-instance metric rows every
   ``metrics_interval_s``), each driven by its own loop;
 * retention: every hour, rows older than ``retention_{traces,logs,metrics}_days`` are deleted
-  (the per-minute span rollups follow the metrics retention).
+  (the per-minute span rollups follow the metrics retention);
+* the rules (``$NOOPS_HOME/observe/rules.db``): :attr:`Telemetry.markers` (deploy markers; every
+  new ``service.version`` in ingested spans is offered to ``observe_spans``),
+  :attr:`Telemetry.probes` (run on a one-second tick) and :attr:`Telemetry.alerts` (evaluated
+  and delivered every 15 s);
+* :meth:`Telemetry.routes`: the APM and rules HTTP routes the daemon API mounts.
 
 :meth:`Telemetry.stop` stops serving, lets the receiver drain its queue into the store (what it
 cannot drain stays in the WAL and is replayed on the next start), stops the loops and closes
@@ -42,10 +47,15 @@ from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from noops.errors import NoopsError, UsageError
+from noops.observe.alerts import Alerts
+from noops.observe.api import apm_routes
+from noops.observe.markers import DeployMarkers
 from noops.observe.otlp import Receiver
+from noops.observe.probes import Probes
+from noops.observe.rules_api import rules_routes
 from noops.observe.store import DuckDBStore, TelemetryStore
 from noops.settings import Settings
 
@@ -139,6 +149,32 @@ class PatternCounter:
         return dict(self.totals)
 
 
+class _VersionHook:
+    """The receiver's view of the store: spans also tell the deploy markers which
+    ``(service.name, service.version)`` pairs arrive (a set lookup after the first)."""
+
+    def __init__(self, store: TelemetryStore, markers: DeployMarkers) -> None:
+        self.store, self.markers = store, markers
+
+    def insert_spans(self, rows: list[Row]) -> object:
+        written = self.store.insert_spans(rows)
+        pairs = {(r.get("ServiceName", ""), (r.get("ResourceAttributes") or {}).get(
+            "service.version", "")) for r in rows}
+        for service, version in pairs:
+            if service and version:
+                try:
+                    self.markers.observe_spans(service, version)
+                except NoopsError:
+                    log.exception("could not mark %s %s", service, version)
+        return written
+
+    def insert_logs(self, rows: list[Row]) -> object:
+        return self.store.insert_logs(rows)
+
+    def insert_metrics(self, kind: Any, rows: list[Row]) -> object:
+        return self.store.insert_metrics(kind, rows)
+
+
 class _PlatformCollector(Collector):
     def __init__(self, samples: Callable[[], Iterable[Sample]]) -> None:
         self.samples = samples
@@ -165,7 +201,13 @@ class Telemetry:
                  store: TelemetryStore | None = None) -> None:
         self.settings = settings
         self.store = store or open_store(settings)
-        self.receiver = Receiver(self.store, settings.home / "telemetry" / "wal")
+        rules_db = settings.home / "observe" / "rules.db"
+        rules_db.parent.mkdir(parents=True, exist_ok=True)
+        self.markers = DeployMarkers(rules_db, self.store)
+        self.probes = Probes(rules_db, self.store)
+        self.alerts = Alerts(rules_db, self.store, self.probes)
+        self.receiver = Receiver(_VersionHook(self.store, self.markers),
+                                 settings.home / "telemetry" / "wal")
         self.socket = otlp_socket(settings)
         self.port = int(settings.get("otlp_port"))
         if not 0 <= self.port <= 65535:
@@ -187,7 +229,14 @@ class Telemetry:
         self.counters = {"log_rows": 0, "log_errors": 0, "usage_rows": 0, "usage_errors": 0}
         self._servers: list[Any] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stop_rules = asyncio.Event()
+        self._rule_tasks: list[asyncio.Task[Any]] = []
         self.started = False
+
+    def routes(self) -> list[BaseRoute]:
+        """``/api/apm/…``, ``/api/traces/…``, ``/api/logs`` and the deployments, probes and
+        alerts routes (``POST /api/deployments`` among them)."""
+        return [*apm_routes(self.store), *rules_routes(self.markers, self.probes, self.alerts)]
 
     # -- metrics ---------------------------------------------------------------------------
     def samples(self) -> Iterator[Sample]:
@@ -252,6 +301,11 @@ class Telemetry:
             else:
                 await self._serve(outer, tcp)
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._stop_rules.clear()
+        self._rule_tasks = [
+            asyncio.create_task(self.probes.run_forever(self._stop_rules), name="probes"),
+            asyncio.create_task(self.alerts.run_forever(self._stop_rules, every_s=15.0),
+                                name="alerts")]
         if self.logs is not None:
             self._tasks.append(asyncio.create_task(self._logs_loop(), name="log-shipping"))
         if self.usage is not None:
@@ -283,6 +337,11 @@ class Telemetry:
                 await task
             sock.close()
         self._servers.clear()
+        self._stop_rules.set()
+        for task in self._rule_tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, timeout=10)
+        self._rule_tasks.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -293,6 +352,8 @@ class Telemetry:
             await self.ship_logs()  # what the instances wrote up to now
         await self.receiver.stop()
         self.socket.unlink(missing_ok=True)
+        for rules in (self.alerts, self.probes, self.markers):
+            rules.close()
         self.store.close()
         self.started = False
 

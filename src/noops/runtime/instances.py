@@ -54,12 +54,16 @@ def telemetry_env(spec: InstanceSpec, instance_id: str, environment: str) -> dic
     Every ``OTEL_*`` variable the user set (config vars or ``[env]`` in ``noops.toml``, i.e.
     ``spec.env``) is kept as is; the platform fills in the rest. ``OTEL_RESOURCE_ATTRIBUTES``
     is merged key by key (the user's keys win). An app that opted out gets only
-    ``OTEL_SDK_DISABLED=true`` (and none of the exporter settings).
+    ``OTEL_SDK_DISABLED=true`` (and none of the exporter settings; the instance's environment
+    keeps no ``OTEL_*`` variable of the image either, only the user's).
     """
     if not spec.telemetry:
         return {"OTEL_SDK_DISABLED": "true"}
+    # service.instance.id is also in noops.instance.id: SDKs replace the former with a UUID per
+    # process after a fork (gunicorn workers), the latter always names the noops instance
     resource = {"service.version": f"v{spec.release}", "deployment.environment.name": environment,
-                "service.instance.id": instance_id, "noops.process": spec.process_type}
+                "service.instance.id": instance_id, "noops.instance.id": instance_id,
+                "noops.process": spec.process_type}
     user_resource = spec.env.get("OTEL_RESOURCE_ATTRIBUTES", "")
     for pair in user_resource.split(","):
         key = pair.partition("=")[0].strip()
@@ -226,6 +230,8 @@ class InstanceManager:
         if spec.process_type != "web" or not args:
             args = [f"/cnb/process/{spec.process_type}"]
         env = dict(image.env)
+        if not spec.telemetry:  # opted out: no OTLP settings from the image either
+            env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
         env.update(spec.env)
         env.update(telemetry_env(spec, instance_id, self.environment))
         env.update({"PORT": str(spec.port), "HOME": "/tmp"})

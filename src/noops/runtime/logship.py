@@ -5,11 +5,12 @@ to ``$NOOPS_HOME/logs/<app>/<process>-<instance id>.log`` and rotates it to ``.1
 :class:`LogShipper` reads what is new in those files and turns each line into an ``otel_logs``
 row (the OTel Collector ClickHouse exporter's columns):
 
-* ``ServiceName`` = the app; ``ResourceAttributes``: ``service.name``, ``service.instance.id``,
-  ``noops.process`` and, when known, ``service.version`` (``v<release>``) — the same keys the
-  runtime gives the app's own SDK through ``OTEL_RESOURCE_ATTRIBUTES``, so both kinds of log
-  record filter alike; ``ScopeName`` = ``noops.stdio``; ``LogAttributes['log.iostream']`` =
-  ``stdout``, ``stderr`` or ``noops`` (the monitor's own notes about the instance).
+* ``ServiceName`` = the app; ``ResourceAttributes``: ``service.name``, ``service.instance.id``
+  and ``noops.instance.id`` (the instance id), ``noops.process`` and, when known,
+  ``service.version`` (``v<release>``) — the same keys the runtime gives the app's own SDK
+  through ``OTEL_RESOURCE_ATTRIBUTES``, so both kinds of log record filter alike;
+  ``ScopeName`` = ``noops.stdio``; ``LogAttributes['log.iostream']`` = ``stdout``, ``stderr``
+  or ``noops`` (the monitor's own notes about the instance).
 * A line that is a JSON object is structured: ``message``/``msg``/``body`` → ``Body``;
   ``level``/``severity``/``levelname`` (a name, or a pino/bunyan number 10…60) → severity;
   ``trace_id``/``traceId``/``otelTraceID`` and ``span_id``/``spanId``/``otelSpanID`` (hex) link
@@ -187,7 +188,7 @@ class LogShipper:
             if info is not None and info.release:
                 entry["release"] = info.release
             resource = {"service.name": app, "service.instance.id": names[1],
-                        "noops.process": names[0]}
+                        "noops.instance.id": names[1], "noops.process": names[0]}
             if entry.get("release"):
                 resource["service.version"] = f"v{entry['release']}"
             for chunk in self._read_new(path, entry):

@@ -16,7 +16,8 @@ metric                         table  unit    value
 ``noops.instance.restarts``    sum    {restart} restarts of the slot (from the supervisor)
 =============================  =====  ======  ====================================================
 
-``ServiceName`` is the app; ``Attributes`` carry ``service.instance.id`` and ``noops.process``;
+``ServiceName`` is the app; ``Attributes`` carry ``service.instance.id``, ``noops.instance.id``
+and ``noops.process``;
 ``ResourceAttributes`` add ``service.version`` (``v<release>``). An instance that vanished
 between listing and reading is skipped.
 """
@@ -116,7 +117,8 @@ class UsageSampler:
             self._last.pop(gone, None)
             self._pids.pop(gone, None)
         for inst in instances:
-            attrs = {"service.instance.id": inst.id, "noops.process": inst.process}
+            attrs = {"service.instance.id": inst.id, "noops.instance.id": inst.id,
+                     "noops.process": inst.process}
             head = {"ServiceName": inst.app, "ScopeName": "noops.runtime",
                     "ResourceAttributes": {"service.name": inst.app,
                                            "service.version": f"v{inst.release}",

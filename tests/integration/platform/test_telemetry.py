@@ -91,7 +91,8 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
     resource = dict(p.split("=", 1) for p in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
     assert resource == {"team": "shop", "service.version": "v3",
                         "deployment.environment.name": "production",
-                        "service.instance.id": slot["instance"], "noops.process": "web"}
+                        "service.instance.id": slot["instance"],
+                        "noops.instance.id": slot["instance"], "noops.process": "web"}
     assert "OTEL_SDK_DISABLED" not in env
     assert daemon.get(app, "/otlp-port").text == "open"
     assert daemon.get(app, "/otlp-raw").json()["status"] == 200  # reaches the receiver
@@ -115,12 +116,41 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
     assert tcp.status_code == 200 and tcp.headers["content-type"].startswith("text/plain")
     assert "noops_store_insert_seconds_mean" in _metrics(tcp.text)
 
+    # the APM and rules APIs are mounted: the trace, the log search, deploy markers, the probe
+    trace = daemon.api("GET", f"/api/traces/{ids[0]['trace_id']}")
+    assert trace.status_code == 200 and ids[0]["span_id"] in trace.text
+    found = json.loads(daemon.noops("logs", app, "--grep", f"plain stderr line m1{unique}",
+                                    "--json").stdout)
+    assert [(r["Body"], r["SeverityText"]) for r in found] == [
+        (f"plain stderr line m1{unique}", "WARN")]
+    markers = daemon.api("GET", "/api/deployments", params={"service": app}).json()
+    assert [(m["version"], m["kind"]) for m in markers] == [
+        ("v3", "config"), ("v2", "config"), ("v1", "deploy")]
+    outside = {"service": app, "version": "build-7", "fingerprint": f"ci-{unique}"}
+    assert daemon.api("POST", "/api/deployments", json=outside).status_code == 201
+    again = daemon.api("POST", "/api/deployments", json=outside)
+    assert again.status_code == 200 and again.json()["deduplicated"] is True
+    probe = _wait_for("the default probe's first result", lambda: [
+        p for p in daemon.api("GET", "/api/probes", params={"app": app}).json()
+        if p["last"] is not None])
+    assert probe[0]["name"] == f"{app} front door"
+    assert probe[0]["last"]["ok"] is True and probe[0]["last"]["status"] == 200, probe
+
     daemon.noops("down")  # the daemon drains into the store and closes it; the app keeps running
     with _store(daemon.home) as store:
         for item in ids:
-            [span] = store.trace(item["trace_id"])
-            assert span["ServiceName"] == app and span["SpanName"] == "work"
-            assert span["ResourceAttributes"]["service.version"] == "v3"
+            spans = store.trace(item["trace_id"])
+            # the explicit span, inside the server span of the buildpack's zero-code Flask
+            # instrumentation: both configured by the environment the runtime set
+            [span] = [s for s in spans if s["SpanName"] == "work"]
+            [root] = [s for s in spans if s["ParentSpanId"] == ""]
+            assert root["SpanKind"] == "Server" and span["ParentSpanId"] == root["SpanId"]
+            assert root["ScopeName"] == "opentelemetry.instrumentation.flask"
+            for s in (span, root):
+                assert s["ServiceName"] == app
+                assert s["ResourceAttributes"]["service.version"] == "v3"
+                assert s["ResourceAttributes"]["noops.instance.id"] == slot["instance"]
+            # set before the fork of the worker, the SDK makes service.instance.id per process
             assert span["ResourceAttributes"]["service.instance.id"] == slot["instance"]
             linked = store.logs(trace_id=item["trace_id"])
             scopes = {r["ScopeName"] for r in linked}
@@ -171,7 +201,10 @@ def test_an_app_can_opt_out_of_telemetry(daemon, tmp_path, unique) -> None:  # t
     daemon.noops("deploy", str(_source(tmp_path, "[telemetry]\nenabled = false\n")),
                  "--app", app)
     env = daemon.get(app, "/env").json()
-    assert env == {"OTEL_SDK_DISABLED": "true"}
+    assert env["OTEL_SDK_DISABLED"] == "true"
+    # nothing that would send telemetry anywhere (the buildpack's launch layer may still default
+    # OTEL_EXPORTER_OTLP_PROTOCOL, which does nothing with the SDK disabled)
+    assert set(env) <= {"OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_PROTOCOL"}, env
     assert daemon.get(app, "/otlp-port").text == "closed"
 
 
