@@ -223,3 +223,54 @@ def test_acknowledged_telemetry_survives_kill9_of_the_daemon(platform_with, tmp_
     with _store(daemon.home) as store:
         missing = [t for t in ids if not store.trace(t)]
     assert missing == []
+
+
+SHOP_POLICY = """
+[[route]]
+id = "shop-inventory"
+host = "shop-inventory.localhost"
+path = "/items"
+methods = ["GET"]
+allow_spiffe = ["spiffe://noops.local/app/shop-frontend/web"]
+
+[[route]]
+id = "open"
+host = "*.localhost"
+authenticated = false
+"""
+
+
+def test_two_service_shop_is_one_trace_with_an_edge_and_markers(platform_with, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from helpers import EXAMPLES
+
+    daemon = platform_with()
+    policy = tmp_path / "shop-policy.toml"
+    policy.write_text(SHOP_POLICY)
+    daemon.noops("policy", "apply", str(policy))
+    for app in ("shop-inventory", "shop-frontend"):
+        daemon.noops("apps", "create", app)
+        daemon.noops("deploy", str(EXAMPLES / app), "--app", app)
+    page = daemon.get("shop-frontend", "/")
+    assert page.status_code == 200 and "Enamel mug (mug): 12 in stock" in page.text, page.text
+
+    def page_trace() -> dict[str, Any] | None:
+        slowest = daemon.api("GET", "/api/apm/services/shop-frontend/slowest",
+                             params={"since": "15m", "limit": "50"}).json()
+        for item in slowest:
+            trace = daemon.api("GET", f"/api/traces/{item['trace_id']}").json()
+            if "shop-inventory" in trace.get("services", []) and any(
+                    "listed 3 items" in str(r.get("body")) for r in trace.get("logs", [])):
+                return dict(trace)
+        return None
+
+    # one trace: the frontend's server span, its client call through the egress and the
+    # gateway, the inventory's server span; the frontend's log line carries the trace id
+    trace = _wait_for("one trace across both services with its log line", page_trace)
+    assert set(trace["services"]) >= {"shop-frontend", "shop-inventory"}
+    edges = _wait_for("the shop-frontend → shop-inventory edge", lambda: [
+        e for e in daemon.api("GET", "/api/apm/map", params={"since": "15m"}).json()
+        if (e["client"], e["server"]) == ("shop-frontend", "shop-inventory")])
+    assert edges[0]["calls"] >= 1
+    markers = daemon.api("GET", "/api/deployments").json()
+    assert {(m["service"], m["version"], m["kind"]) for m in markers} >= {
+        ("shop-frontend", "v1", "deploy"), ("shop-inventory", "v1", "deploy")}
