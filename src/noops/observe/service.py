@@ -352,10 +352,16 @@ class Telemetry:
             await self.ship_logs()  # what the instances wrote up to now
         await self.receiver.stop()
         self.socket.unlink(missing_ok=True)
+        self.close()
+        self.started = False
+
+    def close(self) -> None:
+        """Close the rules, the WAL and the store (what :meth:`stop` ends with; for a service
+        that was never started, the whole of stopping it)."""
         for rules in (self.alerts, self.probes, self.markers):
             rules.close()
+        self.receiver.wal.close()
         self.store.close()
-        self.started = False
 
     # -- loops -----------------------------------------------------------------------------
     async def ship_logs(self) -> int:
