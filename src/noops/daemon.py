@@ -176,8 +176,9 @@ class Platform:
             out.append(("noops_instances", "gauge", "Supervised instances by app and state",
                         float(n), {"app": app, "state": state}))
         for app, n in sorted(restarts.items()):
-            out.append(("noops_instance_restarts", "counter",
-                        "Restarts of the app's current instances", float(n), {"app": app}))
+            # a gauge: a new release starts its slots from 0 restarts
+            out.append(("noops_instance_restarts", "gauge",
+                        "Restarts of the app's current instance slots", float(n), {"app": app}))
         for outcome, n in sorted(self._decisions.counts().items()):
             out.append(("noops_gateway_decisions", "counter",
                         "Gateway decisions since the daemon started, by outcome", float(n),

@@ -266,7 +266,7 @@ class _OtlpSide(_Pipe):
         self.refusal = why
         if self.pending or self.eof or now:
             self.pending.clear()
-            _refuse(self, why, b"503 Service Unavailable", b"Retry-After: 1\r\n")
+            _refuse(self, why, b"503 Service Unavailable", b"Retry-After: 1\r\n", "telemetry")
         elif self.transport is not None:
             self.transport.resume_reading()
 
@@ -293,11 +293,13 @@ class _ReceiverSide(_Pipe):
         super().connection_lost(exc)
 
 
-def _refuse(side: _Pipe, why: str, status: bytes = b"502 Bad Gateway", extra: bytes = b"") -> None:
-    """Answer an egress request the gateway could not take with a 502 that says why, and close."""
+def _refuse(side: _Pipe, why: str, status: bytes = b"502 Bad Gateway", extra: bytes = b"",
+            what: str = "egress") -> None:
+    """Answer a request that cannot be forwarded (egress: 502; telemetry: 503 + Retry-After)
+    with a body that says why, and close."""
     if side.transport is None or side.transport.is_closing():
         return
-    body = f"noops egress: {why}\n".encode()
+    body = f"noops {what}: {why}\n".encode()
     side.transport.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n%s"
                          b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
                          % (status, extra, len(body), body))
