@@ -40,8 +40,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from otlp_harness import MemoryStore, ReceiverProcess, RunningReceiver
 
-from conftest import MemoryStore, ReceiverProcess, RunningReceiver
 from noops.observe.otlp.receiver import Receiver
 from noops.observe.otlp.wal import WAL, WalError
 from noops.observe.store import DuckDBStore
@@ -431,3 +431,30 @@ def test_concurrent_requests_share_wal_fsyncs(otlp_server: Server, monkeypatch: 
     assert sum(writes) == 48 and len(writes) < 48 and max(writes) > 1
     srv.store.wait(lambda: len(srv.store.spans) == 48)
     assert sorted(int(s["SpanName"][1:]) for s in srv.store.spans) == list(range(48))
+
+
+def test_unwritable_wal_answers_503_and_acknowledges_nothing(
+    otlp_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = otlp_server(MemoryStore())
+    real_fdatasync = os.fdatasync
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{srv.url}/v1/traces", content=body_of(span_json(i)), headers={"content-type": JS})
+
+    assert post(0).status_code == 200
+    monkeypatch.setattr(os, "fdatasync", full_disk)
+    refused = post(1)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "persist" in refused.json()["message"]
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    assert post(2).status_code == 200
+    srv.store.wait(lambda: len(srv.store.spans) == 2)
+    assert sorted(s["SpanName"] for s in srv.store.spans) == ["s0", "s2"]
+    # the failed write was cut back: the log holds the acknowledged requests only, and replays
+    segments = b"".join(p.read_bytes() for p in (tmp_path / "wal0").glob("*.wal"))
+    assert b'"s0"' in segments and b'"s2"' in segments and b'"s1"' not in segments
+    list(WAL(tmp_path / "wal0").replay())

@@ -376,18 +376,23 @@ class Receiver:
         async with self._wal_lock:
             if not fut.done():  # else an earlier holder of the lock committed it
                 batch, self._wal_pending = self._wal_pending, []
-                try:
-                    seqs = await anyio.to_thread.run_sync(
-                        self.wal.append_batch, [(sig, data) for sig, data, _ in batch])
-                except (WalError, OSError) as exc:
-                    for *_, f in batch:
-                        f.set_exception(exc)
-                else:
-                    for (*_, f), seq in zip(batch, seqs, strict=True):
-                        self._inflight.add(seq)
-                        f.set_result(seq)
-                    self._last_seq = seqs[-1]
+                # Shielded: if this request is cancelled, the others in its batch still get
+                # their answer.
+                await asyncio.shield(self._wal_commit(batch))
         return await fut
+
+    async def _wal_commit(self, batch: list[tuple[str, bytes, asyncio.Future[int]]]) -> None:
+        try:
+            seqs = await anyio.to_thread.run_sync(
+                self.wal.append_batch, [(sig, data) for sig, data, _ in batch])
+        except (WalError, OSError) as exc:
+            for *_, f in batch:
+                f.set_exception(exc)
+            return
+        for (*_, f), seq in zip(batch, seqs, strict=True):
+            self._inflight.add(seq)
+            f.set_result(seq)
+        self._last_seq = max(self._last_seq, seqs[-1])
 
     def _success(self, media: str, signal: str, result: DecodeResult) -> Response:
         cls, field_name = _RESPONSES[signal]

@@ -68,7 +68,11 @@ def _map_array(table: str, name: str, values: Sequence[Any]) -> pa.Array:
                         type=pa.string())
         return pa.MapArray.from_arrays(pa.array(offsets, type=pa.int32()), keys, vals,
                                        type=_MAP_TYPE)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, AttributeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, AttributeError):
+        pass  # not all dicts of strings: let Arrow convert (and explain) value by value
+    try:
+        return pa.array(values, type=_MAP_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
         raise StoreUsageError(f"{table}.{name}: values must be str -> str maps: {exc}") from exc
 
 
