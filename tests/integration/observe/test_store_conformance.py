@@ -6,6 +6,7 @@ Every figure a query returns is recomputed here in Python from the same syntheti
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import Counter, defaultdict
 from datetime import timedelta
@@ -222,6 +223,29 @@ def test_service_map_pairs_across_batches_in_any_order(
     assert store.service_map(END, END + timedelta(minutes=5)) == []
 
 
+def test_service_map_any_batching(fresh: tuple[str, TelemetryStore, Any]) -> None:
+    """Four shuffles of a dataset, each cut into random batches of 1-40 spans: the map is the
+    same as if every pair had been joined at once."""
+    _, store, _ = fresh
+    want: dict[tuple[str, str], dict[str, Any]] = {}
+    for k in range(4):
+        ds = make_dataset(traces=40, seed=100 + k, minutes=2)
+        spans = [{**s, "ServiceName": f"{k}-{s['ServiceName']}"} for s in ds.spans]
+        rnd = random.Random(k)
+        rnd.shuffle(spans)
+        i = 0
+        while i < len(spans):
+            n = rnd.randint(1, 40)
+            store.insert_spans(spans[i:i + n])
+            i += n
+        want.update(expected_edges(spans))
+    got = {(e["client"], e["server"]): e for e in store.service_map(START, END)}
+    assert sorted(got) == sorted(want)
+    for key, e in got.items():
+        w = want[key]
+        assert (e["calls"], e["errors"], e["mtls_calls"]) == (w["calls"], w["errors"], w["mtls"])
+
+
 def test_endpoint_cardinality_guard(fresh: tuple[str, TelemetryStore, Any]) -> None:
     _, store, _ = fresh
     t = int(T0.timestamp()) * NS
@@ -331,6 +355,9 @@ def test_retention_deletes(fresh: tuple[str, TelemetryStore, Any]) -> None:
     assert store.logs(end=T0, limit=10_000) == []
     assert len(store.logs(limit=10_000)) == len(new.logs)
     assert store.timeseries("api", T0 - timedelta(days=3), T0) == []
+    assert store.service_map(T0 - timedelta(days=3), T0) == []
+    assert {(e["client"], e["server"]) for e in store.service_map(START, END)} == {
+        ("frontend", "api"), ("api", "db")}
     with pytest.raises(StoreUsageError):
         store.retention("profiles", timedelta(days=1))  # type: ignore[arg-type]
 

@@ -281,10 +281,11 @@ class ClickHouseStore:
                              ) from exc
 
     @classmethod
-    def server(cls, ttl_days: int | None = None, **client_kwargs: Any
+    def server(cls, ttl_days: int | None = None,
+               egress_endpoints: Collection[str] = edges.DEFAULT_EGRESS, **client_kwargs: Any
                ) -> ClickHouseStore:  # pragma: no cover
         """``client_kwargs`` go to ``clickhouse_connect.get_client`` (host, port, username, …)."""
-        return cls(_Server(**client_kwargs), ttl_days)
+        return cls(_Server(**client_kwargs), ttl_days, egress_endpoints)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

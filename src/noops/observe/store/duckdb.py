@@ -81,20 +81,28 @@ _INSERT_ORDER: Final = {
 _ENTRY: Final = "SpanKind IN ('Server', 'Consumer')"
 _BUCKET_SQL: Final = (f"CAST(least(floor({BUCKETS_PER_OCTAVE} * log2(greatest(Duration, 1))), "
                       f"{MAX_BUCKET}) AS USMALLINT)")
-# Service-map pairing (see :mod:`.edges`): pairs of index rows near the batch, one of them new.
+# Service-map pairing (see :mod:`.edges`): index rows near the batch that pair up, one of them
+# new. Paired rows leave the index, so it holds only spans still waiting for their partner and
+# each scan stays small; a client span is paired with its first server child only.
 _EDGE_SIDE: Final = ("(SELECT * FROM otel_traces_edge_spans WHERE Side = {side} "
-                     "AND Timestamp >= $lo AND Timestamp < $hi AND TraceId IN "
-                     "(SELECT TraceId FROM otel_traces_edge_spans WHERE Batch = $b "
-                     "AND Timestamp >= $lo AND Timestamp < $hi))")
+                     "AND Timestamp >= $lo AND Timestamp < $hi "
+                     "AND TraceId IN (SELECT TraceId FROM _edge_batch))")
 _PAIR_SQL: Final = (
-    "INSERT INTO otel_traces_edges_1m SELECT c.ServiceName, s.ServiceName, "
-    "date_trunc('minute', c.Timestamp)::TIMESTAMP_S, "
-    + _BUCKET_SQL.replace("Duration", "c.Duration") + ", count(*), "
-    "count(*) FILTER (WHERE c.IsError + s.IsError > 0), "
-    "count(*) FILTER (WHERE c.Mtls + s.Mtls > 0), min(c.Duration), max(c.Duration) "
+    "CREATE OR REPLACE TEMP TABLE _edge_pairs AS SELECT c.TraceId, c.LinkId, "
+    "c.ServiceName AS client, s.ServiceName AS server, c.Timestamp, c.Duration, "
+    "c.IsError + s.IsError > 0 AS error, c.Mtls + s.Mtls > 0 AS mtls "
     f"FROM {_EDGE_SIDE.format(side=0)} c JOIN {_EDGE_SIDE.format(side=1)} s "
     "ON s.TraceId = c.TraceId AND s.LinkId = c.LinkId "
-    "WHERE (c.Batch = $b OR s.Batch = $b) AND c.ServiceName <> s.ServiceName GROUP BY ALL")
+    "WHERE (c.Batch = $b OR s.Batch = $b) AND c.ServiceName <> s.ServiceName")
+_EDGE_SQL: Final = (
+    "INSERT INTO otel_traces_edges_1m SELECT client, server, "
+    f"date_trunc('minute', Timestamp)::TIMESTAMP_S, {_BUCKET_SQL}, count(*), "
+    "count(*) FILTER (WHERE error), count(*) FILTER (WHERE mtls), min(Duration), max(Duration) "
+    "FROM _edge_pairs GROUP BY ALL")
+_UNINDEX_SQL: Final = (
+    "DELETE FROM otel_traces_edge_spans USING _edge_pairs p "
+    "WHERE otel_traces_edge_spans.TraceId = p.TraceId "
+    "AND otel_traces_edge_spans.LinkId = p.LinkId")
 
 
 def duck_type(ch: str) -> str:
@@ -202,6 +210,9 @@ class DuckDBStore:
                 try:
                     con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
                     con.execute(_PAIR_SQL, params)
+                    con.execute(_EDGE_SQL)
+                    con.execute(_UNINDEX_SQL)
+                    con.execute("DROP TABLE _edge_pairs")
                     self._edge_high_ns = max(self._edge_high_ns, hi)
                     if self._edge_high_ns - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
                         con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",

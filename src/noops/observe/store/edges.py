@@ -15,7 +15,14 @@ different OTLP batches (two processes export them), in either order, so pairing 
    calls, errors (either span has status Error), mTLS calls and client-side duration min/max.
 
 ``service_map`` reads only the edge table. The index is trimmed to :data:`INDEX_KEEP_NS` behind
-the newest span seen, so a partner arriving more than that late is not paired.
+the newest span seen, so a partner arriving more than that late is not paired. DuckDB, which has
+no primary key to look the batch's trace ids up by, also removes paired rows from the index so
+that it holds only spans still waiting for a partner (a client span then pairs with its first
+server child only, and a re-sent server span is not counted twice); ClickHouse keeps them and
+finds the batch's traces through the index's ``ORDER BY (TraceId, LinkId)``.
+
+The pairing runs right after the span insert (``_derive``), in its own transaction: a crash
+between the two leaves those spans off the map, never counted twice.
 
 **What counts as an mTLS hop.** noops runs an egress endpoint inside every instance's network
 namespace, ``127.0.0.1:15001`` by default, which carries the call over mTLS, with the app's SVID,
