@@ -170,6 +170,11 @@ def test_app_pins_win_over_opentelemetry(noops_settings: Settings, store: ImageS
     assert any("auto-instrumentation left out" in line for line in lines)
     running = run_image(report.name, *_env(receiver, f"conflict-{unique}"))
     assert wait_http(running.url + "/")[0] == 200
+    again = build_image(noops_settings, app, tag=f"t-{unique}/conflict", log=lines.append)
+    assert again.digest == report.digest
+    assert not any("pip" in cmd for cmd in again.commands)  # the conflict is remembered
+    remembered = [line for line in lines if "as in the last build" in line]
+    assert remembered and "protobuf==3.20.3" in remembered[-1], remembered
 
 
 def test_express_example_sends_traces_and_opting_out_is_inert(

@@ -19,6 +19,13 @@ Layout of ``/layers/noops_python/otel``:
   prepended (the OTel Operator's injection, with a gate in front of upstream's
   ``sitecustomize``); ``OTEL_EXPORTER_OTLP_PROTOCOL`` defaults to ``http/protobuf``.
 
+Logs: the ``logging`` instrumentation (one of the defaults bootstrap lists) attaches the
+OTLP handler to the root logger itself, so records written inside a request carry its trace and
+span ids. ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED`` is deliberately left unset: in
+this contrib release it switches to the SDK's deprecated handler and logs a warning at every
+start. The handler keeps ``logging.basicConfig`` working for the app (upstream removes itself
+from the root logger while it runs).
+
 The layer is keyed by the pinned OpenTelemetry versions, the stack's Python, the instrumentation
 list and the app's versions of the distributions the layer shares with it: the ``venv`` layer is
 never touched, and an app change that leaves those inputs alone reuses the layer by diffID.
@@ -182,9 +189,15 @@ def otel_layer(ctx: BuildContext, python: str, app_packages: dict[str, str]) -> 
                 f"installs opentelemetry-api {newer}, newer than the {OTEL_SDK_VERSION} this "
                 "noops ships; the app builds and runs without automatic telemetry.")
         return None
+    pins = {n: v for n, v in app_packages.items() if not _is_otel(n)}
+    conflict = ctx.cache_path("otel-closure") / f"conflict-{_digest(base + str(pins))}"
+    if conflict.is_file():
+        ctx.log("python: OpenTelemetry auto-instrumentation left out of this image (as in the "
+                f"last build): the app's pinned packages conflict with OpenTelemetry "
+                f"{OTEL_SDK_VERSION}: {conflict.read_text().strip()}")
+        return None
     host = ctx.layer_dir(LAYER)
     root = ctx.container_layer_path(LAYER)
-    pins = {n: v for n, v in app_packages.items() if not _is_otel(n)}
     constraints = ctx.cache_path("otel-bootstrap") / f"constraints-{_digest(base + str(pins))}.txt"
     constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
     ctx.log(f"python: installing OpenTelemetry {OTEL_SDK_VERSION} auto-instrumentation "
@@ -195,12 +208,16 @@ def otel_layer(ctx: BuildContext, python: str, app_packages: dict[str, str]) -> 
                  "-c", f"{ctx.cache_dir('otel-bootstrap')}/{constraints.name}",
                  *CORE_REQUIREMENTS, *wanted],
                 what="pip install (OpenTelemetry auto-instrumentation)")
-    except CommandFailed:
+    except CommandFailed as exc:
+        if "ResolutionImpossible" not in exc.output:
+            raise  # no network, no such release...: as loud as a failed dependency install
         ctx.log("python: OpenTelemetry auto-instrumentation left out of this image: the app's "
                 f"pinned packages conflict with OpenTelemetry {OTEL_SDK_VERSION} (pip's message "
                 "is above). The app builds and runs without telemetry; relax the pins pip "
                 "names to get it.")
         ctx.forget_layer(LAYER)
+        causes = [line.strip() for line in exc.output.splitlines() if "requested" in line]
+        conflict.write_text("; ".join(causes) or "see pip's message in a clean build")
         return None
     finally:
         constraints.unlink(missing_ok=True)

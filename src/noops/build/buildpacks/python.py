@@ -179,7 +179,8 @@ class PythonBuildpack:
             layer.components = sbom.python_packages_from_site(site)
         out.layers.append(layer)
         self._add_otel(ctx, out, python,
-                       {otel_python.norm(c.name): c.version or "" for c in layer.components})
+                       {otel_python.norm(c.name): c.version for c in layer.components
+                        if c.version})
         return out
 
     @staticmethod
