@@ -200,20 +200,13 @@ class Telemetry:
                  platform_samples: Callable[[], Iterable[Sample]] | None = None,
                  store: TelemetryStore | None = None) -> None:
         self.settings = settings
-        self.store = store or open_store(settings)
-        rules_db = settings.home / "observe" / "rules.db"
-        rules_db.parent.mkdir(parents=True, exist_ok=True)
-        self.markers = DeployMarkers(rules_db, self.store)
-        self.probes = Probes(rules_db, self.store)
-        self.alerts = Alerts(rules_db, self.store, self.probes)
-        self.receiver = Receiver(_VersionHook(self.store, self.markers),
-                                 settings.home / "telemetry" / "wal")
-        self.socket = otlp_socket(settings)
+        # settings first: a bad value must not leave the store or the rules open
         self.port = int(settings.get("otlp_port"))
         if not 0 <= self.port <= 65535:
             raise UsageError(f"otlp_port = {self.port}: use a port from 1 to 65535, or 0 for none")
-        self.logs, self.usage = logs, usage
         self.interval_s = float(settings.get("metrics_interval_s"))
+        if self.interval_s <= 0:
+            raise UsageError("metrics_interval_s must be more than 0")
         self.retention = {
             "traces": timedelta(days=float(settings.get("retention_traces_days"))),
             "logs": timedelta(days=float(settings.get("retention_logs_days"))),
@@ -223,6 +216,16 @@ class Telemetry:
         for signal, age in self.retention.items():
             if age <= timedelta(0):
                 raise UsageError(f"retention_{signal}_days must be more than 0")
+        self.socket = otlp_socket(settings)
+        self.logs, self.usage = logs, usage
+        self.store = store or open_store(settings)
+        rules_db = settings.home / "observe" / "rules.db"
+        rules_db.parent.mkdir(parents=True, exist_ok=True)
+        self.markers = DeployMarkers(rules_db, self.store)
+        self.probes = Probes(rules_db, self.store)
+        self.alerts = Alerts(rules_db, self.store, self.probes)
+        self.receiver = Receiver(_VersionHook(self.store, self.markers),
+                                 settings.home / "telemetry" / "wal")
         self._platform_samples = platform_samples or (lambda: ())
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_PlatformCollector(self.samples))

@@ -104,3 +104,16 @@ def test_a_taken_port_leaves_the_socket_serving(tmp_path: Path) -> None:
                 await telemetry.stop()
 
         assert asyncio.run(scenario()) == 200
+
+
+def test_bad_telemetry_settings_say_what_to_use(tmp_path: Path) -> None:
+    import pytest
+
+    from noops.errors import UsageError
+
+    with pytest.raises(UsageError, match="use duckdb, chdb or clickhouse://"):
+        Telemetry(_settings(tmp_path, 0, telemetry_store="mysql://db/x"))
+    with pytest.raises(UsageError, match="otlp_port"):
+        Telemetry(_settings(tmp_path, 70000))
+    with pytest.raises(UsageError, match="retention_logs_days must be more than 0"):
+        Telemetry(_settings(tmp_path, 0, retention_logs_days="0"))
