@@ -19,7 +19,13 @@ GET      /api/apps/{app}/logs                    ``?process=&lines=&follow=1`` (
 GET      /api/apps/{app}/export/kubernetes       manifests (JSON list)
 POST     /api/gc                                 remove unpinned images and layers
 GET      /api/events                             ``?app=&since=`` platform events
+GET      /metrics                                the platform's metrics, Prometheus text format
 =======  =====================================  ============================================
+
+Telemetry routes come from :meth:`noops.observe.service.Telemetry.routes`: the APM API
+(``/api/apm/…``, ``/api/traces/{id}``, ``/api/logs``; :mod:`noops.observe.api`) and deploy
+markers, probes and alerts (``/api/deployments``, ``/api/probes``, ``/api/alerts``;
+:mod:`noops.observe.rules_api`).
 """
 
 from __future__ import annotations
@@ -228,6 +234,7 @@ def make_app(platform: Platform) -> Starlette:
                              for e in state.events(app, since_id=since)])
 
     routes = [
+        Route("/metrics", platform.telemetry.metrics_endpoint),
         Route("/api/health", _errors(health)),
         Route("/api/apps", _errors(apps), methods=["GET", "POST"]),
         Route("/api/apps/{app}", _errors(app_detail)),
@@ -242,5 +249,6 @@ def make_app(platform: Platform) -> Starlette:
         Route("/api/apps/{app}/export/kubernetes", _errors(export_k8s)),
         Route("/api/gc", _errors(gc), methods=["POST"]),
         Route("/api/events", _errors(events)),
+        *platform.telemetry.routes(),
     ]
     return Starlette(routes=routes)

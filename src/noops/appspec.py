@@ -32,6 +32,10 @@ deploy, *readiness* gates routing, *liveness* restarts)::
     grace_s = 30                                      # SIGTERM → SIGKILL
     drain_s = 30                                      # retired instances keep in-flight requests
 
+    [telemetry]
+    enabled = true                                    # false: OTEL_SDK_DISABLED=true, no OTLP
+                                                      # settings given to the app
+
 Start command precedence: Procfile > noops.toml > what the buildpack detected. An invalid
 manifest is rejected with the field and the reason.
 """
@@ -108,6 +112,7 @@ class AppSpec:
     hosts: tuple[str, ...] = ()
     grace_s: float = 30.0
     drain_s: float = 30.0
+    telemetry: bool = True
     raw: dict[str, Any] = field(default_factory=dict)
 
     def count(self, process_type: str) -> int:
@@ -228,7 +233,8 @@ def _scale(name: str, value: Any, where: str) -> Scale:
 
 def parse_manifest(data: dict[str, Any], where: str = "noops.toml") -> AppSpec:
     """Validate a parsed ``noops.toml``; raise UsageError naming the field and the reason."""
-    known = {"app", "processes", "scale", "health", "resources", "env", "routes", "deploy"}
+    known = {"app", "processes", "scale", "health", "resources", "env", "routes", "deploy",
+             "telemetry"}
     unknown = set(data) - known
     if unknown:
         raise UsageError(f"{where}: unknown table(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -254,6 +260,15 @@ def parse_manifest(data: dict[str, Any], where: str = "noops.toml") -> AppSpec:
         raise UsageError(f"{where}: routes.hosts must be a list of host names like "
                          "\"shop.example.com\"")
     deploy = _table(data, "deploy", where)
+    telemetry = _table(data, "telemetry", where)
+    unknown_keys = set(telemetry) - {"enabled"}
+    if unknown_keys:
+        raise UsageError(f"{where}: telemetry has unknown keys {sorted(unknown_keys)}; the only "
+                         "key is `enabled = true|false`")
+    enabled = telemetry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise UsageError(f"{where}: telemetry.enabled must be true or false (no quotes), "
+                         f"not {enabled!r}")
     return AppSpec(
         processes=processes,
         scale=scale,
@@ -269,6 +284,7 @@ def parse_manifest(data: dict[str, Any], where: str = "noops.toml") -> AppSpec:
         hosts=tuple(h.lower() for h in hosts),
         grace_s=_number(deploy, "grace_s", f"{where}: deploy", defaults.grace_s),
         drain_s=_number(deploy, "drain_s", f"{where}: deploy", defaults.drain_s),
+        telemetry=enabled,
         raw=data,
     )
 

@@ -30,12 +30,16 @@ from typing import Any
 from noops.appspec import AppSpec, parse_manifest
 from noops.errors import NoopsError, UsageError
 from noops.gate.mtls import UpstreamTLS, load_or_create_ca
+from noops.gate.pep import GateFiles
+from noops.observe.service import PatternCounter, Sample, Telemetry, otlp_socket
 from noops.oci.bundle import Runc
 from noops.oci.image import Image
 from noops.oci.store import ImageStore
 from noops.runtime.instances import InstanceManager, InstanceSpec
+from noops.runtime.logship import InstanceInfo, LogShipper
 from noops.runtime.rollout import DeployError, RolloutPlan, rollout
 from noops.runtime.supervisor import Supervisor
+from noops.runtime.usage import InstanceUsage, UsageSampler
 from noops.settings import Settings
 from noops.state import StateStore, open_state
 from noops.state.model import Release, ReleaseStatus
@@ -129,12 +133,57 @@ class Platform:
         # renewals are due at half-life: look several times per half-life, at least once a minute
         self.rotate_every_s = rotate_every_s or min(60.0, ttl_s / 10)
         self.gateway_tls = UpstreamTLS(self.ca, ttl_s=ttl_s)
-        self.manager = InstanceManager(home, self.store, Runc(settings.get("runc")),
-                                       identity=self.ca, svid_ttl_s=ttl_s)
+        runc = Runc(settings.get("runc"))
+        self.manager = InstanceManager(home, self.store, runc, identity=self.ca, svid_ttl_s=ttl_s,
+                                       otlp_socket=otlp_socket(settings),
+                                       environment=str(settings.get("environment")))
         self.routes = RoutesFile(home / "run" / "routes.json")
         self.supervisor = Supervisor(self.manager, self.routes, backoff_s=backoff_s,
                                      on_event=self._event, tls=self.gateway_tls)
         self._locks: dict[str, asyncio.Lock] = {}
+        sampler = UsageSampler(runc.binary, runc.state_root)
+        # the audit log is canonical JSON (sorted keys, no spaces): one outcome per decision
+        self._decisions = PatternCounter(GateFiles(home / "gate").audit, rb'"outcome":"([a-z_]+)"')
+        self.telemetry = Telemetry(
+            settings,
+            logs=LogShipper(home / "logs", home / "telemetry" / "log-offsets.json",
+                            self._instance_infos),
+            usage=lambda: sampler.sample(self._instance_usage()),
+            platform_samples=self.platform_samples)
+        # the front door's certificate (it writes the bundle on start): default probes trust it
+        self.telemetry.probes.set_tls(ca_file=home / "tls" / "ca.crt")
+
+    # -- telemetry -----------------------------------------------------------------------
+    def _instance_infos(self) -> dict[str, InstanceInfo]:
+        return {s.instance.id: InstanceInfo(s.app, s.process_type, s.release)
+                for s in list(self.supervisor.slots.values()) if s.instance is not None}
+
+    def _instance_usage(self) -> list[InstanceUsage]:
+        return [InstanceUsage(s.instance.id, s.app, s.process_type, s.release,
+                              s.instance.started_at, s.ispec.cpu_millis, s.restarts)
+                for s in list(self.supervisor.slots.values()) if s.instance is not None]
+
+    def platform_samples(self) -> list[Sample]:
+        """The daemon's own figures for ``GET /metrics``: instances by app and state, restarts,
+        the gateway's decisions by outcome (from its audit log)."""
+        out: list[Sample] = []
+        by_state: dict[tuple[str, str], int] = {}
+        restarts: dict[str, int] = {}
+        for slot in list(self.supervisor.slots.values()):
+            by_state[(slot.app, slot.state)] = by_state.get((slot.app, slot.state), 0) + 1
+            restarts[slot.app] = restarts.get(slot.app, 0) + slot.restarts
+        for (app, state), n in sorted(by_state.items()):
+            out.append(("noops_instances", "gauge", "Supervised instances by app and state",
+                        float(n), {"app": app, "state": state}))
+        for app, n in sorted(restarts.items()):
+            # a gauge: a new release starts its slots from 0 restarts
+            out.append(("noops_instance_restarts", "gauge",
+                        "Restarts of the app's current instance slots", float(n), {"app": app}))
+        for outcome, n in sorted(self._decisions.counts().items()):
+            out.append(("noops_gateway_decisions", "counter",
+                        "Gateway decisions since the daemon started, by outcome", float(n),
+                        {"outcome": outcome}))
+        return out
 
     def _event(self, app: str | None, kind: str, message: str, data: dict[str, Any]) -> None:
         try:
@@ -172,7 +221,27 @@ class Platform:
         active = self.state.set_release_status(release.app, release.version, ReleaseStatus.ACTIVE)
         self._event(release.app, "deploy", f"v{release.version} is live ({release.description})",
                     {"version": release.version, "digest": release.image_digest})
+        await asyncio.to_thread(self._observe_release, release, spec)
         return DeployResult(active, time.monotonic() - started)
+
+    def _observe_release(self, release: Release, spec: AppSpec) -> None:
+        """A deploy marker for the live release and, once per app, a default uptime probe of
+        its web process through the front door. Telemetry never fails a deploy."""
+        kind = _marker_kind(release.description)
+        try:
+            self.telemetry.markers.record(
+                release.app, f"v{release.version}", kind,
+                fingerprint=f"{release.app}:release:{release.version}",
+                description=release.description,
+                attributes={"digest": release.image_digest, "image": release.image_ref})
+            if release.formation.get("web", 0) > 0:
+                port = self.settings.get("frontdoor_port")
+                self.telemetry.probes.ensure(
+                    f"https://{release.app}.localhost:{port}{spec.health_path}",
+                    name=f"{release.app} front door", app=release.app)
+        except NoopsError:
+            log.exception("could not record the release of %s v%s in telemetry", release.app,
+                          release.version)
 
     def _spec_in_image(self, image: Image) -> AppSpec:
         """The ``noops.toml`` baked into an image's app layer (defaults when it has none)."""
@@ -345,11 +414,21 @@ class Platform:
             for proc, want in rel.formation.items():
                 for index in range(counters.get((app, proc), 0), want):
                     ispec = InstanceSpec(app, rel.version, proc, rel.image_digest, env,
-                                         spec.memory_bytes, spec.cpu_millis, grace_s=spec.grace_s)
+                                         spec.memory_bytes, spec.cpu_millis, grace_s=spec.grace_s,
+                                         telemetry=spec.telemetry)
                     await self.supervisor.start(app, rel.version, proc, index, ispec, spec)
                     started += 1
             self.supervisor.publish(app)
         return {"adopted": adopted, "reaped": reaped, "started": started}
+
+
+def _marker_kind(description: str) -> str:
+    """The deploy-marker kind of a release, from the description the platform gave it."""
+    for prefix, kind in (("rollback", "rollback"), ("config:", "config"), ("secrets:", "config"),
+                         ("scale ", "scale"), ("rebase", "rebase")):
+        if description.startswith(prefix):
+            return kind
+    return "deploy"
 
 
 def _image_processes(labels: dict[str, str]) -> list[str]:
@@ -393,6 +472,8 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     platform = Platform(settings, backoff_s=backoff_s)
     pid_path(settings).parent.mkdir(parents=True, exist_ok=True)
     pid_path(settings).write_text(str(os.getpid()))
+    # before the instances: their monitors forward telemetry to the receiver's socket
+    await platform.telemetry.start()
     summary = await platform.recover()
     log.info("recovered: %s", summary)
     gc_task = asyncio.create_task(platform.gc_forever(), name="gc")
@@ -422,6 +503,7 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     for slot in list(platform.supervisor.slots.values()):
         if slot.task is not None:
             slot.task.cancel()
+    await platform.telemetry.stop()
     pid_path(settings).unlink(missing_ok=True)
     if frontdoor is not None:
         log.info("front door keeps running (pid %s)", frontdoor)

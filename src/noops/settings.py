@@ -96,6 +96,36 @@ SETTINGS: tuple[Setting, ...] = (
         "First restart delay after a crash; doubles up to 300 s, resets after 10 min healthy.",
         float,
     ),
+    Setting(
+        "otlp_port",
+        lambda: 4318,
+        "Port of the OTLP/HTTP receiver on 127.0.0.1 (also serves the platform's /metrics); "
+        "0 turns the TCP port off. Apps always reach the receiver on 127.0.0.1:4318 inside "
+        "their own network namespace, through $NOOPS_HOME/run/otlp.sock.",
+        int,
+    ),
+    Setting(
+        "telemetry_store",
+        lambda: "duckdb",
+        "Where telemetry is stored: duckdb (one file under NOOPS_HOME/telemetry), chdb (embedded "
+        "ClickHouse under NOOPS_HOME/telemetry) or clickhouse://user:password@host:8123/database "
+        "(a ClickHouse server, the OTel Collector exporter's tables).",
+    ),
+    Setting("retention_traces_days", lambda: 7.0, "Days spans are kept (older ones are deleted).",
+            float),
+    Setting("retention_logs_days", lambda: 7.0, "Days log records are kept.", float),
+    Setting("retention_metrics_days", lambda: 30.0, "Days metric points are kept.", float),
+    Setting(
+        "environment",
+        lambda: "production",
+        "deployment.environment.name given to every app's telemetry (OTEL_RESOURCE_ATTRIBUTES).",
+    ),
+    Setting(
+        "metrics_interval_s",
+        lambda: 15.0,
+        "How often each instance's CPU, memory and restarts are recorded as metrics.",
+        float,
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

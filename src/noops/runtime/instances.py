@@ -45,6 +45,42 @@ __all__ = ["Instance", "InstanceManager", "InstanceSpec"]
 
 RUN_ROOT = Path("/run/noops/instances")
 EGRESS_PORT = 15001  # Istio's outbound port: where apps reach other apps (NOOPS_GATEWAY_URL)
+OTLP_PORT = 4318  # the OTLP/HTTP default: where the app's OpenTelemetry SDK exports
+
+
+def telemetry_env(spec: InstanceSpec, instance_id: str, environment: str) -> dict[str, str]:
+    """The OpenTelemetry SDK environment of one instance, user settings taken into account.
+
+    Every ``OTEL_*`` variable the user set (config vars or ``[env]`` in ``noops.toml``, i.e.
+    ``spec.env``) is kept as is; the platform fills in the rest. ``OTEL_RESOURCE_ATTRIBUTES``
+    is merged key by key (the user's keys win). An app that opted out gets only
+    ``OTEL_SDK_DISABLED=true`` (and none of the exporter settings; the instance's environment
+    keeps no ``OTEL_*`` variable of the image either, only the user's).
+    """
+    if not spec.telemetry:
+        return {"OTEL_SDK_DISABLED": "true"}
+    # service.instance.id is also in noops.instance.id: SDKs replace the former with a UUID per
+    # process after a fork (gunicorn workers), the latter always names the noops instance
+    resource = {"service.version": f"v{spec.release}", "deployment.environment.name": environment,
+                "service.instance.id": instance_id, "noops.instance.id": instance_id,
+                "noops.process": spec.process_type}
+    user_resource = spec.env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    for pair in user_resource.split(","):
+        key = pair.partition("=")[0].strip()
+        resource.pop(key, None)
+    merged = ",".join(p for p in [user_resource.strip(" ,"),
+                                  ",".join(f"{k}={v}" for k, v in resource.items())] if p)
+    platform = {
+        "OTEL_SERVICE_NAME": spec.app,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_PORT}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "otlp",
+    }
+    out = {k: v for k, v in platform.items() if k not in spec.env}
+    out["OTEL_RESOURCE_ATTRIBUTES"] = merged
+    return out
 
 
 @dataclass(frozen=True)
@@ -58,6 +94,8 @@ class InstanceSpec:
     cpu_millis: int = 1000
     port: int = 8080
     grace_s: float = 30.0
+    telemetry: bool = True
+    """False when the app opted out (``[telemetry] enabled = false``): ``OTEL_SDK_DISABLED``."""
 
 
 @dataclass
@@ -106,13 +144,19 @@ class InstanceManager:
     :meth:`start` refuses (an instance socket without mTLS would be an open door), but stopping
     and reaping work. ``gateway_socket`` is the front door's workload socket the egress dials
     (default ``$NOOPS_HOME/run/gateway.sock``); ``egress_port`` 0 turns egress off.
+    ``otlp_socket`` is the telemetry receiver the monitor forwards ``127.0.0.1:4318`` to
+    (default ``$NOOPS_HOME/run/otlp.sock``); ``environment`` becomes every instance's
+    ``deployment.environment.name`` (see :func:`telemetry_env`).
     """
 
     def __init__(self, home: Path, store: ImageStore, runc: Runc,
                  run_root: Path | None = None, *, identity: SvidIssuer | None = None,
                  svid_ttl_s: int = 3600, gateway_socket: Path | None = None,
-                 egress_port: int = EGRESS_PORT) -> None:
+                 egress_port: int = EGRESS_PORT, otlp_socket: Path | None = None,
+                 environment: str = "production") -> None:
         self.home, self.store, self.runc = home, store, runc
+        self.otlp_socket = otlp_socket or home / "run" / "otlp.sock"
+        self.environment = environment
         self.identity, self.svid_ttl_s = identity, svid_ttl_s
         self.gateway_socket = gateway_socket or home / "run" / "gateway.sock"
         self.egress_port = egress_port
@@ -131,6 +175,9 @@ class InstanceManager:
         if self.egress_port and spec.port == self.egress_port:
             raise ContainerError(f"port {spec.port} is the egress port inside every instance; "
                                  "let the app listen on $PORT with another value.")
+        if spec.telemetry and spec.port == OTLP_PORT:
+            raise ContainerError(f"port {spec.port} is the telemetry port inside every instance; "
+                                 "let the app listen on $PORT with another value.")
         issuer = self.identity
         image = self.store.image(spec.image_digest)
         iid = f"{spec.app}-{spec.process_type}-{uuid.uuid4().hex[:8]}"
@@ -147,7 +194,7 @@ class InstanceManager:
             (idir / "netns").write_text(ns)
             rootfs = idir / "rootfs"
             mount_rootfs(self.layers.ensure(image), rootfs, upper=idir / "upper")
-            write_config(idir / "bundle", rootfs, self._container_spec(image, spec, ns))
+            write_config(idir / "bundle", rootfs, self._container_spec(image, spec, ns, iid))
             svid = identity.write_svid(idir, issuer, spec.app, spec.process_type, self.svid_ttl_s)
             instance.spiffe_id = svid.spiffe_id
             gateway = identity.gateway_id(issuer.trust_domain)
@@ -157,7 +204,8 @@ class InstanceManager:
                                   tls_key=svid.key, tls_ca=svid.bundle, allowed_peers=[gateway],
                                   egress_port=self.egress_port,
                                   gateway_socket=str(self.gateway_socket) if self.egress_port else "",
-                                  gateway_id=gateway)
+                                  gateway_id=gateway, otlp_port=OTLP_PORT,
+                                  otlp_socket=str(self.otlp_socket) if spec.telemetry else "")
             monitor.save(idir / "monitor.json")
             _write_private(idir / "instance.json", json.dumps(instance.to_json()))
             with open(idir / "monitor.log", "ab") as monitor_log:
@@ -175,13 +223,17 @@ class InstanceManager:
             raise
         return instance
 
-    def _container_spec(self, image: Image, spec: InstanceSpec, ns: str) -> ContainerSpec:
+    def _container_spec(self, image: Image, spec: InstanceSpec, ns: str,
+                        instance_id: str) -> ContainerSpec:
         cfg = image.config.get("config") or {}
         args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
         if spec.process_type != "web" or not args:
             args = [f"/cnb/process/{spec.process_type}"]
         env = dict(image.env)
+        if not spec.telemetry:  # opted out: no OTLP settings from the image either
+            env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
         env.update(spec.env)
+        env.update(telemetry_env(spec, instance_id, self.environment))
         env.update({"PORT": str(spec.port), "HOME": "/tmp"})
         if self.egress_port:
             env["NOOPS_GATEWAY_URL"] = f"http://127.0.0.1:{self.egress_port}"

@@ -20,6 +20,11 @@ certificate, to the front door's workload socket (``gateway_socket``; Unix socke
 namespaces), whose server certificate must be ``gateway_id``. The front door authenticates the
 SVID and applies its policy to the ``Host`` the app asked for.
 
+Telemetry: inside the namespace, ``127.0.0.1:<otlp_port>`` (4318, where the runtime points the
+app's OpenTelemetry SDK) is forwarded byte for byte to the daemon's OTLP receiver on
+``otlp_socket``. It is local plain HTTP and never leaves the machine; while the receiver is down
+(a daemon restart) the app gets ``503`` with ``Retry-After: 1``, which OTLP exporters retry.
+
 Run as ``python -m noops.runtime.monitor SPEC.json``. The status file (``status.json`` next to
 the spec) always holds the latest truth: ``{"monitor_pid", "state": starting|running|exited,
 "exit_code", "started_at", "finished_at"}``, written atomically.
@@ -71,6 +76,9 @@ class MonitorSpec:
     egress_port: int = 15001
     gateway_socket: str = ""
     gateway_id: str = ""
+    # telemetry: 127.0.0.1:<otlp_port> in the namespace → the receiver's Unix socket (none: off)
+    otlp_port: int = 4318
+    otlp_socket: str = ""
 
     @classmethod
     def load(cls, path: Path) -> MonitorSpec:
@@ -231,13 +239,70 @@ class _EgressSide(_Pipe):
         self.monitor.spawn(self.monitor.forward(self))
 
 
-def _refuse(side: _Pipe, why: str) -> None:
-    """Answer an egress request the gateway could not take with a 502 that says why, and close."""
+class _OtlpSide(_Pipe):
+    """A plain connection from the app to ``127.0.0.1:<otlp_port>``: forwarded to the receiver.
+
+    When the receiver cannot be reached the answer (``refusal``) is sent once the request has
+    started to arrive, so it is read rather than reset away with unread bytes."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.refusal: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.monitor.spawn(self.monitor.forward_otlp(self))
+
+    def data_received(self, data: bytes) -> None:
+        if self.refusal is None:
+            super().data_received(data)
+        else:
+            self.pending.append(data)
+            self.refuse(self.refusal)
+
+    def refuse(self, why: str, *, now: bool = False) -> None:
+        """Answer 503 + ``Retry-After`` once request bytes are here (``now``: they were)."""
+        self.refusal = why
+        if self.pending or self.eof or now:
+            self.pending.clear()
+            _refuse(self, why, b"503 Service Unavailable", b"Retry-After: 1\r\n", "telemetry")
+        elif self.transport is not None:
+            self.transport.resume_reading()
+
+
+class _ReceiverSide(_Pipe):
+    """The monitor's connection to the receiver's socket. If it ends before a byte of answer
+    came back (the daemon died with the request in its backlog), the app gets the retryable
+    503 instead of a bare close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered = False
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        app = self.peer
+        if not self.answered and isinstance(app, _OtlpSide):
+            app.peer = None
+            app.refuse("the telemetry receiver went away before it answered", now=True)
+            return
+        super().connection_lost(exc)
+
+
+def _refuse(side: _Pipe, why: str, status: bytes = b"502 Bad Gateway", extra: bytes = b"",
+            what: str = "egress") -> None:
+    """Answer a request that cannot be forwarded (egress: 502; telemetry: 503 + Retry-After)
+    with a body that says why, and close."""
     if side.transport is None or side.transport.is_closing():
         return
-    body = f"noops egress: {why}\n".encode()
-    side.transport.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    body = f"noops {what}: {why}\n".encode()
+    side.transport.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n%s"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+                         % (status, extra, len(body), body))
     side.transport.close()
 
 
@@ -332,6 +397,30 @@ class Monitor:
             return
         app.attach(gw)
 
+    async def forward_otlp(self, app: _OtlpSide) -> None:
+        """Bridge one telemetry connection to the receiver's Unix socket (plain, local)."""
+        loop = asyncio.get_running_loop()
+        try:
+            _, receiver = await loop.create_unix_connection(_ReceiverSide, self.spec.otlp_socket)
+        except OSError as exc:
+            app.refuse(f"the telemetry receiver is not reachable ({exc})")
+            return
+        assert receiver.transport is not None
+        if app.transport is None or app.transport.is_closing():
+            receiver.transport.close()
+            return
+        app.attach(receiver)
+
+    async def _serve_otlp(self) -> asyncio.AbstractServer | None:
+        if not self.spec.otlp_socket or not self.spec.otlp_port:
+            return None
+        try:
+            return await asyncio.get_running_loop().create_server(
+                lambda: _OtlpSide(self), "127.0.0.1", self.spec.otlp_port)
+        except OSError as exc:  # the app must run even without telemetry
+            self.log.write("noops", f"no telemetry on 127.0.0.1:{self.spec.otlp_port}: {exc}".encode())
+            return None
+
     async def _serve_egress(self) -> asyncio.AbstractServer | None:
         if not self.spec.gateway_socket or not self.spec.egress_port:
             return None
@@ -382,6 +471,7 @@ class Monitor:
         server = await loop.create_unix_server(lambda: _Accept(self), path=self.spec.socket)
         os.chmod(self.spec.socket, 0o600)
         egress = await self._serve_egress()
+        otlp = await self._serve_otlp()
         self.proc = await asyncio.create_subprocess_exec(
             self.spec.runc, "--root", self.spec.runc_root, "run", "--bundle", self.spec.bundle,
             self.spec.id, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -400,8 +490,9 @@ class Monitor:
         code = await self.proc.wait()
         await asyncio.gather(*drains, return_exceptions=True)
         server.close()
-        if egress is not None:
-            egress.close()
+        for listener in (egress, otlp):
+            if listener is not None:
+                listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.spec.socket)
         subprocess.run([self.spec.runc, "--root", self.spec.runc_root, "delete", "--force",

@@ -57,7 +57,7 @@ async def rollout(sup: Supervisor, plan: RolloutPlan) -> list[Slot]:
     async def one(process_type: str, index: int) -> None:
         ispec = InstanceSpec(plan.app, plan.release, process_type, plan.image_digest,
                              dict(plan.env), plan.spec.memory_bytes, plan.spec.cpu_millis,
-                             grace_s=plan.spec.grace_s)
+                             grace_s=plan.spec.grace_s, telemetry=plan.spec.telemetry)
         slot, result = await sup.start(plan.app, plan.release, process_type, index, ispec,
                                        plan.spec)
         started.append(slot)

@@ -6,6 +6,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ class Daemon:
     home: Path
     port: int
     env: dict[str, str]
+    otlp_port: int = 0
+    """The OTLP receiver's TCP port on 127.0.0.1 (also ``GET /metrics``)."""
 
     def noops(self, *args: str, check: bool = True, timeout: float = 600,
               input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -68,8 +71,14 @@ class Daemon:
         self.noops("up", "-d")
 
     def kill9(self) -> None:
+        """``kill -9`` the daemon and wait until it is gone (its sockets closed)."""
+        from noops.daemon import process_running
+
         pid = int((self.home / "run" / "noops.pid").read_text())
         os.kill(pid, 9)
+        deadline = time.monotonic() + 30
+        while process_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _platform(noops_home: Path, home: Path, **settings: str) -> Daemon:
@@ -80,10 +89,10 @@ def _platform(noops_home: Path, home: Path, **settings: str) -> Daemon:
         (home / shared).symlink_to(noops_home / shared)
     port = free_port()
     env = dict(os.environ, NOOPS_HOME=str(home), NOOPS_FRONTDOOR_PORT=str(port),
-               NOOPS_RESTART_BACKOFF_S="1")
+               NOOPS_RESTART_BACKOFF_S="1", NOOPS_OTLP_PORT=str(free_port()))
     env.update({f"NOOPS_{k.upper()}": v for k, v in settings.items()})
     env.pop("SOURCE_DATE_EPOCH", None)
-    d = Daemon(home, port, env)
+    d = Daemon(home, port, env, int(env["NOOPS_OTLP_PORT"]))
     # These tests exercise the platform (deploys, health, rollouts); the gateway's enforcement is
     # tested on its own in tests/integration/zerotrust. Anonymous access, still through the
     # gateway (policy, audit, assertion, mTLS to every instance):

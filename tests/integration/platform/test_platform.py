@@ -106,7 +106,7 @@ def test_failing_release_never_receives_traffic(daemon, tmp_path, unique) -> Non
     broken = _app_copy(tmp_path, "6.6.6")
     (broken / "noops.toml").write_text(FAST_TOML.replace('path = "/healthz"',
                                                          'path = "/does-not-exist"')
-                                       .replace("failures = 150", "failures = 5"))
+                                       .replace("failures = 150", "failures = 40"))
     result = daemon.noops("deploy", str(broken), "--app", app, check=False)
     assert result.returncode != 0
     assert "failed its health checks" in result.stderr and "404" in result.stderr

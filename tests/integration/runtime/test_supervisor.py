@@ -117,7 +117,7 @@ def test_failed_release_never_gets_traffic(manager: InstanceManager, flask_image
         await rollout(sup, good)
         serving = routes.ready("roll")
         assert [e["release"] for e in serving] == [1]
-        broken_spec = AppSpec(health_path="/no-such-path", startup=Probe(0.2, 1, 5),
+        broken_spec = AppSpec(health_path="/no-such-path", startup=Probe(0.2, 1, 40),
                               readiness=FAST.readiness, liveness=FAST.liveness, grace_s=5,
                               drain_s=0.5)
         with pytest.raises(DeployError) as err:

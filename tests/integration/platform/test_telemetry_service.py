@@ -1,0 +1,119 @@
+"""The daemon's telemetry service on its own (no containers): OTLP on the Unix socket the
+monitors forward to and on the TCP port, ``/metrics``, retention, a port already taken, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import free_port
+from noops.observe.service import Telemetry
+from noops.settings import Settings
+
+
+def _span(trace_id: str, service: str) -> bytes:
+    now = time.time_ns()
+    return json.dumps({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": service}},
+            {"key": "service.version", "value": {"stringValue": "v9"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": trace_id, "spanId": "00000000000000aa", "name": "GET /",
+            "kind": 2, "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1000)}]}]}]}
+    ).encode()
+
+
+def _settings(home: Path, port: int, **extra: str) -> Settings:
+    return Settings(environ={}, overrides={"home": home, "otlp_port": port, **extra})
+
+
+def test_receiver_socket_port_metrics_retention_and_stop(tmp_path: Path) -> None:
+    port = free_port()
+    telemetry = Telemetry(_settings(tmp_path, port))
+    old = int((datetime.now(UTC) - timedelta(days=8)).timestamp() * 1e9)
+
+    async def scenario() -> None:
+        await telemetry.start()
+        try:
+            unix = httpx.AsyncHTTPTransport(uds=str(telemetry.socket))
+            async with httpx.AsyncClient(transport=unix, base_url="http://otlp") as client:
+                resp = await client.post("/v1/traces", content=_span("1" * 32, "by-socket"),
+                                         headers={"Content-Type": "application/json"})
+                assert resp.status_code == 200, resp.text
+                # the socket is for apps: the platform's metrics are not served there
+                assert (await client.get("/metrics")).status_code == 404
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                resp = await client.post("/v1/traces", content=_span("2" * 32, "by-port"),
+                                         headers={"Content-Type": "application/json"})
+                assert resp.status_code == 200, resp.text
+                metrics = await client.get("/metrics")
+            assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+            samples = {(s.name, s.labels.get("signal")): s.value
+                       for f in text_string_to_metric_families(metrics.text) for s in f.samples}
+            assert samples[("noops_otlp_accepted_items_total", "traces")] == 2
+            # spans with a service.version mark it (the deploy markers' ingest hook)
+            for _ in range(100):
+                if telemetry.markers.list(service="by-port"):
+                    break
+                await asyncio.sleep(0.05)
+            [marker] = telemetry.markers.list(service="by-port")
+            assert (marker.version, marker.kind) == ("v9", "version")
+            # retention: an 8-day-old log record goes, a fresh one stays (logs keep 7 days)
+            telemetry.store.insert_logs([{"Timestamp": old, "ServiceName": "a", "Body": "old"},
+                                         {"Timestamp": time.time_ns(), "ServiceName": "a",
+                                          "Body": "new"}])
+            await telemetry.expire()
+            assert [r["Body"] for r in telemetry.store.logs(service="a")] == ["new"]
+        finally:
+            await telemetry.stop()
+
+    asyncio.run(scenario())
+    assert not telemetry.socket.exists()
+    with socket.socket() as probe:  # the port is free again
+        probe.bind(("127.0.0.1", port))
+    # what was acknowledged is in the store after a restart
+    again = Telemetry(_settings(tmp_path, 0))
+    try:
+        assert len(again.store.trace("1" * 32)) == 1 and len(again.store.trace("2" * 32)) == 1
+    finally:
+        again.close()
+
+
+def test_a_taken_port_leaves_the_socket_serving(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        telemetry = Telemetry(_settings(tmp_path, taken.getsockname()[1]))
+
+        async def scenario() -> int:
+            await telemetry.start()
+            try:
+                unix = httpx.AsyncHTTPTransport(uds=str(telemetry.socket))
+                async with httpx.AsyncClient(transport=unix, base_url="http://otlp") as client:
+                    resp = await client.post("/v1/traces", content=_span("3" * 32, "s"),
+                                             headers={"Content-Type": "application/json"})
+                return resp.status_code
+            finally:
+                await telemetry.stop()
+
+        assert asyncio.run(scenario()) == 200
+
+
+def test_bad_telemetry_settings_say_what_to_use(tmp_path: Path) -> None:
+    import pytest
+
+    from noops.errors import UsageError
+
+    with pytest.raises(UsageError, match="use duckdb, chdb or clickhouse://"):
+        Telemetry(_settings(tmp_path, 0, telemetry_store="mysql://db/x"))
+    with pytest.raises(UsageError, match="otlp_port"):
+        Telemetry(_settings(tmp_path, 70000))
+    with pytest.raises(UsageError, match="retention_logs_days must be more than 0"):
+        Telemetry(_settings(tmp_path, 0, retention_logs_days="0"))
