@@ -4,8 +4,7 @@ OpenTelemetry SDK (``web`` calls ``shop`` through the egress endpoint; see sdk_t
 from __future__ import annotations
 
 import pytest
-
-from conftest import ApmApi
+from store_harness import ApmApi
 
 pytestmark = pytest.mark.observe
 H = {"since": "1h"}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from store_harness import ApmApi
 
-from conftest import ApmApi
 from noops.cli import cli
 
 pytestmark = pytest.mark.observe

@@ -13,8 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
-from conftest import (
+from store_harness import (
     NS,
     T0,
     Dataset,
@@ -25,6 +24,7 @@ from conftest import (
     make_dataset,
     opt_out,
 )
+
 from noops.observe.store import StoreError, StoreUsageError, TelemetryStore, schema
 from noops.observe.store.analysis import normalise
 from noops.observe.store.rollup import bucket_of
