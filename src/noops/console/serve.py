@@ -1,0 +1,122 @@
+"""Serving the console: plain HTTP for a developer, or HTTPS over a Unix socket behind the gateway.
+
+``python -m noops.console --home H --listen unix:PATH|HOST:PORT [--tls-cert C --tls-key K
+[--client-ca CA [--peer-id spiffe://…]…]]``
+
+* ``--listen unix:/path`` serves on a Unix socket (mode 0600); ``127.0.0.1:8080`` on TCP.
+* ``--tls-cert``/``--tls-key``: HTTPS (TLS 1.3 only), e.g. the console's workload certificate.
+* ``--client-ca``: a client certificate signed by that CA is required (mutual TLS); with
+  ``--peer-id`` the certificate must also name one of those SPIFFE IDs as a URI SAN, so only the
+  gateway gets through even though every workload has a certificate from the same CA. A
+  connection that fails the check is closed before any HTTP is read.
+
+The process exits cleanly on SIGTERM/SIGINT (uvicorn's handling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from noops.console.app import make_console
+from noops.console.client import ApiClient
+from noops.errors import UsageError
+
+__all__ = ["ConsoleServer", "parse_listen", "peer_ids"]
+
+
+def parse_listen(text: str) -> tuple[str | None, str | None, int | None]:
+    """``unix:PATH`` → (path, None, None); ``HOST:PORT`` → (None, host, port)."""
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise UsageError("--listen unix: needs a socket path, e.g. unix:/run/console.sock")
+        return path, None, None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {text!r}: use unix:PATH or HOST:PORT (e.g. 127.0.0.1:8080)")
+    return None, host.strip("[]"), int(port)
+
+
+def peer_ids(der: bytes | None) -> set[str]:
+    """The URI SANs (SPIFFE IDs) of a DER certificate; empty for none or an unparsable one."""
+    if not der:
+        return set()
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return set()
+    return set(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _pinned_protocol(allowed: frozenset[str]) -> type[H11Protocol]:
+    class PinnedPeer(H11Protocol):
+        """Closes a TLS connection whose client certificate names none of ``allowed``."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            tls = transport.get_extra_info("ssl_object")
+            if tls is None or not peer_ids(tls.getpeercert(binary_form=True)) & allowed:
+                transport.abort()
+                return
+            super().connection_made(transport)
+
+    return PinnedPeer
+
+
+@dataclass
+class ConsoleServer:
+    """Everything ``python -m noops.console`` needs; :meth:`config` builds the uvicorn config."""
+
+    api_socket: Path
+    listen: str
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    allowed_peers: Sequence[str] = field(default_factory=tuple)
+
+    def config(self) -> uvicorn.Config:
+        uds, host, port = parse_listen(self.listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise UsageError("--client-ca needs --tls-cert/--tls-key (mutual TLS is TLS)")
+        if self.allowed_peers and self.client_ca is None:
+            raise UsageError("--peer-id needs --client-ca to verify the peer's certificate")
+        for path in (self.tls_cert, self.tls_key, self.client_ca):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{path} does not exist or is not a file")
+        kwargs: dict[str, Any] = {"uds": uds} if uds else {"host": host, "port": port}
+        if self.tls_cert is not None:
+            kwargs.update(ssl_certfile=str(self.tls_cert), ssl_keyfile=str(self.tls_key))
+        if self.client_ca is not None:
+            kwargs.update(ssl_ca_certs=str(self.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        if self.allowed_peers:
+            kwargs["http"] = _pinned_protocol(frozenset(self.allowed_peers))
+        else:
+            kwargs["http"] = "h11"
+        app = make_console(ApiClient(self.api_socket))
+        return uvicorn.Config(app, log_level="warning", proxy_headers=False,
+                              timeout_graceful_shutdown=2, **kwargs)
+
+    def run(self) -> None:
+        config = self.config()
+        server = uvicorn.Server(config)
+        if config.uds:
+            Path(config.uds).unlink(missing_ok=True)
+            old = os.umask(0o177)  # the socket is created 0600
+            try:
+                server.run()
+            finally:
+                os.umask(old)
+        else:
+            server.run()
