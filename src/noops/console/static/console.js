@@ -20,9 +20,11 @@
   function sparklines(root) {
     root.querySelectorAll("svg[data-spark]").forEach(function (svg) {
       const ys = JSON.parse(svg.dataset.spark);
-      const max = Math.max.apply(null, ys) || 1;
+      const max = Math.max.apply(null, ys), min = Math.min.apply(null, ys);
+      const span = max - min || 1;
       const pts = ys.map(function (y, i) {
-        return (100 * i / Math.max(ys.length - 1, 1)).toFixed(1) + "," + (22 - 20 * y / max).toFixed(1);
+        const h = max === min ? 10 : 20 * (y - min) / span;
+        return (100 * i / Math.max(ys.length - 1, 1)).toFixed(1) + "," + (22 - h).toFixed(1);
       }).join(" ");
       svg.innerHTML = '<polyline fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke" points="' + pts + '"></polyline>';
     });
