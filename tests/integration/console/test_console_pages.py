@@ -115,7 +115,7 @@ def test_traces_search_scatter_and_waterfall(console: Console, page: Any) -> Non
     tree = console.api.get(f"/api/traces/{trace_id}")
     assert page.locator("ol.waterfall > li").count() == len(tree["spans"]) == 3
     assert text(page, "[data-field=trace-duration]") == f"{tree['duration_ms']:.1f}"
-    page.locator("ol.waterfall > li").nth(2).locator("summary").click()
+    page.locator("ol.waterfall > li").nth(2).locator("summary").first.click()
     assert "db.shard" in text(page, "ol.waterfall > li:nth-child(3) .span-detail")
     assert "listing items" in text(page, "table.logs")  # the trace's linked log
     shot(page, "trace")
@@ -159,8 +159,9 @@ def test_phone_width_and_keyboard(console: Console, browser: Any) -> None:
             page.goto(console.url + path)
             overflow = page.evaluate("document.documentElement.scrollWidth")
             wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
-                .filter(e => e.getBoundingClientRect().right > innerWidth + 2 && !e.closest('.table-wrap'))
-                .map(e => e.tagName + '.' + e.className).slice(-5)""")
+                .filter(e => e.getBoundingClientRect().right > 392)
+                .map(e => e.tagName + '.' + e.className + ':' + e.getBoundingClientRect().right
+                     + ':' + (e.closest('.table-wrap') ? 'in-table' : '')).slice(0, 8)""")
             assert overflow <= 392, f"{path} is {overflow}px wide on a 390px screen: {wide}"
         page.goto(f"{console.url}/apps/{APP}?since=1h")
         shot(page, "app-phone")
