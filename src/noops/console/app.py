@@ -198,7 +198,7 @@ def make_console(api: ApiClient) -> Starlette:
         order = sorted(range(len(rows)), key=lambda i: rows[i]["timestamp_ns"])
         scatter = {k: [v[i] for i in order] for k, v in scatter.items()}
         return render(request, "traces.html", services=services or [], service=service,
-                      rows=rows[:200], total=len(rows), scatter=scatter, since=since,
+                      rows=rows[:50], total=len(rows), scatter=scatter, since=since,
                       sinces=_SINCE, status=status, min_ms=q.get("min_ms", ""),
                       endpoint=q.get("endpoint", ""), slow=slow, failed=failed)
 

@@ -12,7 +12,8 @@ from console_harness import APP, DOCS_IMG, Console, Platform
 
 from helpers import needs
 
-pytestmark = [pytest.mark.runc, pytest.mark.stacks, needs("runc", "mmdebstrap", "ip")]
+pytestmark = [pytest.mark.console, pytest.mark.runc, pytest.mark.stacks,
+              needs("runc", "mmdebstrap", "ip")]
 
 H = {"since": "1h"}
 
