@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,11 +65,10 @@ def _pinned_protocol(allowed: frozenset[str]) -> type[H11Protocol]:
         """Closes a TLS connection whose client certificate names none of ``allowed``."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)  # then connection_lost cleans up as usual
             tls = transport.get_extra_info("ssl_object")
             if tls is None or not peer_ids(tls.getpeercert(binary_form=True)) & allowed:
                 transport.abort()
-                return
-            super().connection_made(transport)
 
     return PinnedPeer
 
@@ -111,12 +111,20 @@ class ConsoleServer:
     def run(self) -> None:
         config = self.config()
         server = uvicorn.Server(config)
-        if config.uds:
-            Path(config.uds).unlink(missing_ok=True)
-            old = os.umask(0o177)  # the socket is created 0600
+        if not config.uds:
+            server.run()
+            return
+        # uvicorn would chmod its own socket 0666; this one is bound here and kept 0600
+        path = Path(config.uds)
+        path.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            old = os.umask(0o177)
             try:
-                server.run()
+                sock.bind(str(path))
             finally:
                 os.umask(old)
-        else:
-            server.run()
+            os.chmod(path, 0o600)
+            try:
+                server.run(sockets=[sock])
+            finally:
+                path.unlink(missing_ok=True)
