@@ -1,13 +1,17 @@
 """The console's pages: a Starlette app that renders Jinja2 templates from the platform API.
 
-Every page makes its API reads concurrently (:meth:`ApiClient.gather`), so its server time is that
-of its slowest read. Reads of optional subsystems (APM, probes, alerts, deploy markers) go through
-:meth:`ApiClient.optional`: a platform without them renders empty states, not errors.
+Every page makes a few API reads concurrently (:meth:`ApiClient.gather`), so its server time is
+that of its slowest read; per-app extras on the overview (sparkline, restarts) are fragments the
+browser loads after the page, so the overview costs the same for 1 app or 50. Reads of optional
+subsystems (APM, probes, alerts, deploy markers) go through :meth:`ApiClient.optional`: a platform
+without them renders empty states, not errors.
 
 Routes (HTML unless noted)::
 
     GET  /                          overview: every app across the lifecycle
     GET  /apps/{app}                charts with deploy markers, releases, instances, config, logs
+    GET  /apps/{app}/spark          fragment: the overview row's p95 sparkline
+    GET  /apps/{app}/restarts       fragment: the overview row's restart count
     GET  /apps/{app}/logs/stream    server-sent events: the live log tail (text/event-stream)
     GET  /apps/{app}/logs/search    fragment: log search (``q``, ``severity``)
     POST /apps/{app}/rollback       fragment: roll back (``version`` optional); htmx only
@@ -40,7 +44,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from noops.console.client import ApiClient, ApiError
-from noops.console.views import app_row, chart_series, iso_ns, map_layout, trace_filter
+from noops.console.views import (
+    app_row,
+    chart_series,
+    iso_ns,
+    map_layout,
+    restarts,
+    spark,
+    trace_filter,
+)
 from noops.errors import NoopsError, UsageError
 
 __all__ = ["make_console"]
@@ -102,14 +114,21 @@ def make_console(api: ApiClient) -> Starlette:
             api.get("/api/apps"), api.optional("/api/apm/services", since=since),
             api.optional("/api/alerts"), api.optional("/api/probes"))
         stats = {s["service"]: s for s in services or []}
-        details = await api.gather(*(api.optional(f"/api/apps/{a['name']}/ps") for a in apps),
-                                   *(api.optional(f"/api/apm/services/{a['name']}/timeseries",
-                                                  since=since) for a in apps))
-        rows = [app_row(a, details[i], stats.get(a["name"]), details[len(apps) + i],
-                        alerts or [], probes or []) for i, a in enumerate(apps)]
+        rows = [app_row(a, stats.get(a["name"]), alerts or [], probes or []) for a in apps]
         return render(request, "overview.html", rows=rows, since=since, sinces=_SINCE,
                       apm=services is not None, other_services=sorted(
                           set(stats) - {a["name"] for a in apps}))
+
+    async def row_spark(request: Request) -> Response:
+        """Fragment: an overview row's p95 sparkline (loaded after the page, one read)."""
+        series = await api.optional(f"/api/apm/services/{request.path_params['app']}/timeseries",
+                                    since=_since(request))
+        return render(request, "_spark.html", spark=spark(series or []))
+
+    async def row_restarts(request: Request) -> Response:
+        """Fragment: an overview row's restart count (loaded after the page, one read)."""
+        ps = await api.optional(f"/api/apps/{request.path_params['app']}/ps")
+        return render(request, "_restarts.html", restarts=restarts(ps or []))
 
     async def app_page(request: Request) -> Response:
         name = request.path_params["app"]
@@ -243,6 +262,8 @@ def make_console(api: ApiClient) -> Starlette:
     routes = [
         Route("/", page(overview)),
         Route("/apps/{app}", page(app_page)),
+        Route("/apps/{app}/spark", page(row_spark)),
+        Route("/apps/{app}/restarts", page(row_restarts)),
         Route("/apps/{app}/logs/stream", page(logs_stream)),
         Route("/apps/{app}/logs/search", page(logs_search)),
         Route("/apps/{app}/rollback", page(rollback), methods=["POST"]),

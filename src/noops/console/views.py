@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["app_row", "chart_series", "iso_ns", "map_layout", "trace_filter"]
+__all__ = ["app_row", "chart_series", "iso_ns", "map_layout", "restarts", "spark", "trace_filter"]
 
 
 def iso_ns(ns: int | float | None) -> str:
@@ -30,14 +30,21 @@ def _desired(release: Mapping[str, Any] | None) -> int:
     return sum(int(v) for v in formation.values() if isinstance(v, int | float))
 
 
-def app_row(app: Mapping[str, Any], ps: Sequence[Mapping[str, Any]] | None,
-            stats: Mapping[str, Any] | None, series: Sequence[Mapping[str, Any]] | None,
+def spark(points: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The p95 (ms) of each minute that saw requests, for a sparkline."""
+    return [round(float(p.get("p95_ms") or 0.0), 2) for p in points if p.get("count")]
+
+
+def restarts(instances: Sequence[Mapping[str, Any]]) -> int:
+    return sum(int(p.get("restarts") or 0) for p in instances)
+
+
+def app_row(app: Mapping[str, Any], stats: Mapping[str, Any] | None,
             alerts: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, Any]]
             ) -> dict[str, Any]:
     """One overview row: lifecycle facts of ``app`` from the platform API plus its telemetry."""
     release = app.get("release")
     name = str(app["name"])
-    instances = list(ps or [])
     mine = [p for p in probes if p.get("app") == name]
     up = [p for p in mine if (p.get("last") or {}).get("ok")]
     firing = [a for a in alerts if a.get("state") == "firing"
@@ -52,9 +59,7 @@ def app_row(app: Mapping[str, Any], ps: Sequence[Mapping[str, Any]] | None,
         "ready": int(app.get("ready") or 0),
         "instances": int(app.get("instances") or 0),
         "desired": _desired(release),
-        "restarts": sum(int(p.get("restarts") or 0) for p in instances),
         "stats": stats,
-        "spark": [round(float(p.get("p95_ms") or 0.0), 2) for p in series or []],
         "firing": firing,
         "probes_up": len(up),
         "probes": len(mine),

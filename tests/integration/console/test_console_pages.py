@@ -40,7 +40,9 @@ def test_overview_matches_the_api(console: Console, platform: Platform, page: An
     assert text(page, f"{row} [data-field=rate]") == f"{stats['rate_per_s']:.2f}/s"
     assert text(page, f"{row} [data-field=error_pct]") == f"{stats['error_pct']:.1f} %"
     assert text(page, f"{row} [data-field=p95]") == f"{stats['p95_ms']:.1f} ms"
-    assert page.locator(f"{row} svg.spark polyline").count() == 1
+    page.locator(f"{row} svg.spark polyline").wait_for()  # loaded after the page
+    restarts = sum(i["restarts"] for i in platform.api("GET", f"/api/apps/{APP}/ps").json())
+    assert text(page, f"{row} [data-field=restarts]").split()[0] == str(restarts)
     assert "shop errors > 5 %" in text(page, row)  # the firing alert
     assert text(page, f"{row} [data-field=probes]") == "1/1 up"
     assert "inventory" in text(page, "main")  # a service that is not an app

@@ -5,8 +5,14 @@
   const fmt = new Intl.DateTimeFormat(undefined, {dateStyle: "medium", timeStyle: "medium"});
   const short = new Intl.DateTimeFormat(undefined, {hour: "2-digit", minute: "2-digit", second: "2-digit"});
 
+  function within(root, selector) {
+    const found = Array.prototype.slice.call(root.querySelectorAll(selector));
+    if (root.matches && root.matches(selector)) found.push(root);
+    return found;
+  }
+
   function localTimes(root) {
-    root.querySelectorAll("time[datetime], time[data-epoch]").forEach(function (el) {
+    within(root, "time[datetime], time[data-epoch]").forEach(function (el) {
       if (el.dataset.local) return;
       const raw = el.getAttribute("datetime");
       const d = el.dataset.epoch ? new Date(parseFloat(el.dataset.epoch) * 1000) : new Date(raw);
@@ -18,7 +24,9 @@
   }
 
   function sparklines(root) {
-    root.querySelectorAll("svg[data-spark]").forEach(function (svg) {
+    within(root, "svg[data-spark]").forEach(function (svg) {
+      if (svg.dataset.drawn) return;
+      svg.dataset.drawn = "1";
       const ys = JSON.parse(svg.dataset.spark);
       const max = Math.max.apply(null, ys), min = Math.min.apply(null, ys);
       const span = max - min || 1;
@@ -154,7 +162,10 @@
     scatter();
     probeCharts();
     logTail();
-    document.body.addEventListener("htmx:afterSwap", function (ev) { localTimes(ev.target); });
+    document.body.addEventListener("htmx:load", function (ev) {
+      localTimes(ev.detail.elt);
+      sparklines(ev.detail.elt);
+    });
   });
   window.noopsConsole = {short: short};
 })();
