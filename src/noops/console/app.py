@@ -34,7 +34,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -87,6 +87,13 @@ def _float(request: Request, name: str) -> float | None:
         raise UsageError(f"{name}={raw!r} must be a number") from None
 
 
+def _seg(value: str) -> str:
+    """``value`` as one URL path segment of an API call (never a way to another route)."""
+    if value in ("", ".", ".."):
+        raise UsageError(f"{value!r} is not an app or service name")
+    return quote(value, safe="")
+
+
 def make_console(api: ApiClient) -> Starlette:
     """The console app reading ``api``; closes it on shutdown."""
     env = Environment(loader=FileSystemLoader(_HERE / "templates"), autoescape=select_autoescape(),
@@ -121,22 +128,23 @@ def make_console(api: ApiClient) -> Starlette:
 
     async def row_spark(request: Request) -> Response:
         """Fragment: an overview row's p95 sparkline (loaded after the page, one read)."""
-        series = await api.optional(f"/api/apm/services/{request.path_params['app']}/timeseries",
-                                    since=_since(request))
+        seg = _seg(request.path_params["app"])
+        series = await api.optional(f"/api/apm/services/{seg}/timeseries", since=_since(request))
         return render(request, "_spark.html", spark=spark(series or []))
 
     async def row_restarts(request: Request) -> Response:
         """Fragment: an overview row's restart count (loaded after the page, one read)."""
-        ps = await api.optional(f"/api/apps/{request.path_params['app']}/ps")
+        ps = await api.optional(f"/api/apps/{_seg(request.path_params['app'])}/ps")
         return render(request, "_restarts.html", restarts=restarts(ps or []))
 
     async def app_page(request: Request) -> Response:
         name = request.path_params["app"]
+        seg = _seg(name)
         since = _since(request)
         detail, releases, config, series, markers, stats, probes = await api.gather(
-            api.get(f"/api/apps/{name}"), api.get(f"/api/apps/{name}/releases"),
-            api.get(f"/api/apps/{name}/config"),
-            api.optional(f"/api/apm/services/{name}/timeseries", since=since),
+            api.get(f"/api/apps/{seg}"), api.get(f"/api/apps/{seg}/releases"),
+            api.get(f"/api/apps/{seg}/config"),
+            api.optional(f"/api/apm/services/{seg}/timeseries", since=since),
             api.optional("/api/deployments", service=name, limit=50),
             api.optional("/api/apm/services", since=since), api.optional("/api/probes", app=name))
         charts = chart_series(series or [])
@@ -149,11 +157,12 @@ def make_console(api: ApiClient) -> Starlette:
 
     async def logs_stream(request: Request) -> Response:
         name = request.path_params["app"]
-        await api.get(f"/api/apps/{name}")  # a clear 404 before the stream starts
+        seg = _seg(name)
+        await api.get(f"/api/apps/{seg}")  # a clear 404 before the stream starts
 
         async def events() -> AsyncIterator[bytes]:
             with contextlib.suppress(ApiError):
-                async for line in api.stream_lines(f"/api/apps/{name}/logs", follow="1",
+                async for line in api.stream_lines(f"/api/apps/{seg}/logs", follow="1",
                                                    lines="100"):
                     yield f"data: {line}\n\n".encode()
             yield b"event: end\ndata: the log stream ended\n\n"
@@ -173,6 +182,7 @@ def make_console(api: ApiClient) -> Starlette:
                 "sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             raise UsageError("a rollback must be started from the console's own page")
         name = request.path_params["app"]
+        seg = _seg(name)
         form = parse_qs((await request.body()).decode(errors="replace"))
         version = (form.get("version") or [""])[0]
         body: dict[str, Any] = {}
@@ -180,7 +190,7 @@ def make_console(api: ApiClient) -> Starlette:
             if not version.isdigit():
                 raise UsageError(f"version {version!r} must be a release number")
             body["version"] = int(version)
-        result = await api.request("POST", f"/api/apps/{name}/rollback", json=body)
+        result = await api.request("POST", f"/api/apps/{seg}/rollback", json=body)
         return render(request, "_rollback.html", app=name, result=result)
 
     async def deployment(request: Request) -> Response:
@@ -203,10 +213,10 @@ def make_console(api: ApiClient) -> Starlette:
             mine = next((s for s in services or [] if s["service"] == service), None)
             slow_ms = mine["p95_ms"] if mine and mine["count"] else None
             found, slow, failed = await api.gather(
-                api.get(f"/api/apm/services/{service}/slowest", since=since, limit=1000),
-                api.optional(f"/api/apm/services/{service}/correlations", since=since,
+                api.get(f"/api/apm/services/{_seg(service)}/slowest", since=since, limit=1000),
+                api.optional(f"/api/apm/services/{_seg(service)}/correlations", since=since,
                              slow_ms=slow_ms) if slow_ms else _none(),
-                api.optional(f"/api/apm/services/{service}/correlations", since=since,
+                api.optional(f"/api/apm/services/{_seg(service)}/correlations", since=since,
                              failed="1") if mine and mine["error_pct"] else _none())
             rows = trace_filter(found, min_ms=min_ms, status=status or None,
                                 endpoint=q.get("endpoint"))
@@ -222,7 +232,7 @@ def make_console(api: ApiClient) -> Starlette:
                       endpoint=q.get("endpoint", ""), slow=slow, failed=failed)
 
     async def trace(request: Request) -> Response:
-        tree = await api.get(f"/api/traces/{request.path_params['trace_id']}")
+        tree = await api.get(f"/api/traces/{_seg(request.path_params['trace_id'])}")
         return render(request, "trace.html", t=tree)
 
     async def service_map(request: Request) -> Response:
