@@ -4,7 +4,8 @@
 [--client-ca CA [--peer-id spiffe://…]…]]``
 
 * ``--listen unix:/path`` serves on a Unix socket (mode 0600); ``127.0.0.1:8080`` on TCP.
-* ``--tls-cert``/``--tls-key``: HTTPS (TLS 1.3 only), e.g. the console's workload certificate.
+* ``--tls-cert``/``--tls-key``: HTTPS (TLS 1.3 only), e.g. the console's workload certificate;
+  rewritten files are picked up at the next handshake (no restart when the SVID is renewed).
 * ``--client-ca``: a client certificate signed by that CA is required (mutual TLS); with
   ``--peer-id`` the certificate must also name one of those SPIFFE IDs as a URI SAN, so only the
   gateway gets through even though every workload has a certificate from the same CA. A
@@ -73,6 +74,42 @@ def _pinned_protocol(allowed: frozenset[str]) -> type[H11Protocol]:
     return PinnedPeer
 
 
+class _CertReloader:
+    """Reloads the serving certificate when its files change, checked at each TLS handshake.
+
+    Workload certificates live an hour and are rewritten in place at half-life (``Issued.write``
+    replaces both files atomically); the first handshake after that presents the new one, with
+    no restart. The check is two ``stat`` calls per handshake. OpenSSL has already bound the old
+    certificate to the connection being negotiated, so that one is switched to a fresh context;
+    later connections are created from the reloaded base context."""
+
+    def __init__(self, ctx: ssl.SSLContext, cert: Path, key: Path, client_ca: Path | None) -> None:
+        self.ctx, self.cert, self.key, self.client_ca = ctx, cert, key, client_ca
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        return self.cert.stat().st_mtime_ns, self.key.stat().st_mtime_ns
+
+    def _fresh(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        if self.client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(str(self.client_ca))
+        return ctx
+
+    def __call__(self, conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        try:
+            stamp = self._stamp()
+            if stamp != self.stamp:
+                conn.context = self._fresh()
+                self.ctx.load_cert_chain(str(self.cert), str(self.key))
+                self.stamp = stamp
+        except (OSError, ssl.SSLError):
+            pass  # mid-rewrite or unreadable: keep serving the loaded one, retry next handshake
+
+
 @dataclass
 class ConsoleServer:
     """Everything ``python -m noops.console`` needs; :meth:`config` builds the uvicorn config."""
@@ -105,8 +142,14 @@ class ConsoleServer:
         else:
             kwargs["http"] = "h11"
         app = make_console(ApiClient(self.api_socket))
-        return uvicorn.Config(app, log_level="warning", proxy_headers=False,
-                              timeout_graceful_shutdown=2, **kwargs)
+        config = uvicorn.Config(app, log_level="warning", proxy_headers=False,
+                                timeout_graceful_shutdown=2, **kwargs)
+        config.load()
+        if config.ssl is not None and self.tls_cert is not None and self.tls_key is not None:
+            config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+            config.ssl.sni_callback = _CertReloader(config.ssl, self.tls_cert, self.tls_key,
+                                                    self.client_ca)
+        return config
 
     def run(self) -> None:
         config = self.config()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
 from helpers import free_port, wait_http
 from noops.gate.pki import CertificateAuthority
@@ -76,9 +77,19 @@ def test_bad_flags_are_refused_with_a_message(tmp_path: Path) -> None:
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def served_serial(sock: Path, ctx: ssl.SSLContext) -> int:
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(str(sock))
+        with ctx.wrap_socket(raw, server_hostname="console.localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
 def test_https_on_a_unix_socket_admits_only_the_gateway(tmp_path: Path) -> None:
     ca = CertificateAuthority.create(tmp_path / "ca")
-    cert, key = ca.issue_svid("console", "web").write(tmp_path, "console")
+    first = ca.issue_svid("console", "web")
+    cert, key = first.write(tmp_path, "console")
     bundle = tmp_path / "ca-bundle.pem"
     bundle.write_bytes(ca.export_ca_bundle())
     gateway, other = ca.issue_gateway_identity(), ca.issue_svid("shop", "web")
@@ -107,5 +118,11 @@ def test_https_on_a_unix_socket_admits_only_the_gateway(tmp_path: Path) -> None:
         for ctx in (ca.client_ssl_context(other), ca.client_ssl_context(None)):
             with pytest.raises(httpx.HTTPError):
                 get(ctx)
+        # the SVID is renewed in place: the next handshake presents the new certificate
+        assert served_serial(sock, ca.client_ssl_context(gateway)) == first.serial
+        renewed = ca.issue_svid("console", "web")
+        renewed.write(tmp_path, "console")
+        assert served_serial(sock, ca.client_ssl_context(gateway)) == renewed.serial
+        assert get(ca.client_ssl_context(gateway)).status_code == 200
     finally:
         assert "Traceback" not in _stop(proc)
