@@ -14,6 +14,9 @@ A benchmark, not a test: it asserts nothing about time. In one run:
 4. GET every page ``--rounds`` times after a warm-up, one at a time, on loopback, with the
    window ``since=1h`` (every stored span is in it: the worst case) and the default ``15m``.
 
+Fragments the browser loads after a page (indented: an overview row's sparkline, the traces
+page's correlations) are timed like pages.
+
 Printed per page: median and max server time (request sent → last byte, over loopback, so it
 includes the console, the API and the store), the target (300 ms) and PASS/MISS, and the peer:
 the slowest single API read the page makes, timed directly against the API socket in the same
@@ -189,14 +192,15 @@ def main() -> int:
         pages: list[tuple[str, str, list[str]]] = []
         for since in ("1h", "15m"):
             s = f"since={since}"
+            svc = f"/api/apm/services/{APP}"
             pages += [
-                ("overview", f"/?{s}", [f"/api/apm/services?{s}",
-                                        f"/api/apm/services/{APP}/timeseries?{s}"]),
-                ("app", f"/apps/{APP}?{s}", [f"/api/apm/services/{APP}/timeseries?{s}",
-                                             f"/api/apm/services?{s}"]),
-                ("traces", f"/traces?service={APP}&{s}", [
-                    f"/api/apm/services/{APP}/slowest?{s}&limit=1000",
-                    f"/api/apm/services/{APP}/correlations?{s}&failed=1"]),
+                ("overview", f"/?{s}", [f"/api/apm/services?{s}", "/api/apps"]),
+                ("  row sparkline", f"/apps/{APP}/spark?{s}", [f"{svc}/timeseries?{s}"]),
+                ("app", f"/apps/{APP}?{s}", [f"{svc}/timeseries?{s}", f"/api/apm/services?{s}"]),
+                ("traces", f"/traces?service={APP}&{s}", [f"{svc}/slowest?{s}&limit=1000",
+                                                          f"/api/apm/services?{s}"]),
+                ("  correlations", f"/services/{APP}/correlations?{s}&slow_ms=100",
+                 [f"{svc}/correlations?{s}&slow_ms=100", f"{svc}/correlations?{s}&failed=1"]),
                 ("service map", f"/map?{s}", [f"/api/apm/map?{s}"]),
             ]
         pages += [("trace", f"/traces/{trace_id}", [f"/api/traces/{trace_id}"]),

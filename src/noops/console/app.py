@@ -18,6 +18,7 @@ Routes (HTML unless noted)::
     GET  /deployments/{id}          fragment: a deploy marker's before/after comparison
     GET  /traces                    search (service, endpoint, min_ms, status, since), scatter
     GET  /traces/{trace_id}         waterfall, span details, linked logs
+    GET  /services/{s}/correlations fragment: slow (``slow_ms``) and failed cohorts' attributes
     GET  /map                       service map
     GET  /uptime                    probes, alert rules and events
     GET  /healthz                   ``ok`` (text)
@@ -200,36 +201,47 @@ def make_console(api: ApiClient) -> Starlette:
     async def traces(request: Request) -> Response:
         since = _since(request)
         q = request.query_params
-        services = await api.optional("/api/apm/services", since=since)
-        service = q.get("service") or (services[0]["service"] if services else "")
         status = q.get("status") or ""
         if status not in ("", "ok", "error"):
             raise UsageError(f"status={status!r}: use ok or error")
         min_ms = _float(request, "min_ms")
-        rows: list[dict[str, Any]] = []
-        slow: Any = None
-        failed: Any = None
-        if service:
-            mine = next((s for s in services or [] if s["service"] == service), None)
-            slow_ms = mine["p95_ms"] if mine and mine["count"] else None
-            found, slow, failed = await api.gather(
-                api.get(f"/api/apm/services/{_seg(service)}/slowest", since=since, limit=1000),
-                api.optional(f"/api/apm/services/{_seg(service)}/correlations", since=since,
-                             slow_ms=slow_ms) if slow_ms else _none(),
-                api.optional(f"/api/apm/services/{_seg(service)}/correlations", since=since,
-                             failed="1") if mine and mine["error_pct"] else _none())
-            rows = trace_filter(found, min_ms=min_ms, status=status or None,
-                                endpoint=q.get("endpoint"))
-            rows.sort(key=lambda r: r["timestamp_ns"], reverse=True)
-        scatter = {"x": [r["timestamp_ns"] / 1e9 for r in rows], "ids": [r["trace_id"] for r in rows],
+        service = q.get("service") or ""
+
+        async def slowest(name: str) -> Any:
+            return await api.get(f"/api/apm/services/{_seg(name)}/slowest", since=since,
+                                 limit=1000)
+
+        if service:  # both reads at once
+            services, found = await api.gather(api.optional("/api/apm/services", since=since),
+                                               slowest(service))
+        else:
+            services = await api.optional("/api/apm/services", since=since)
+            service = services[0]["service"] if services else ""
+            found = await slowest(service) if service else []
+        rows = trace_filter(found, min_ms=min_ms, status=status or None,
+                            endpoint=q.get("endpoint"))
+        rows.sort(key=lambda r: r["timestamp_ns"])
+        scatter = {"x": [r["timestamp_ns"] / 1e9 for r in rows],
+                   "ids": [r["trace_id"] for r in rows],
                    "ok": [None if r["failed"] else r["duration_ms"] for r in rows],
                    "error": [r["duration_ms"] if r["failed"] else None for r in rows]}
-        order = sorted(range(len(rows)), key=lambda i: rows[i]["timestamp_ns"])
-        scatter = {k: [v[i] for i in order] for k, v in scatter.items()}
+        rows.reverse()
+        mine = next((s for s in services or [] if s["service"] == service), None)
         return render(request, "traces.html", services=services or [], service=service,
                       rows=rows[:50], total=len(rows), scatter=scatter, since=since,
                       sinces=_SINCE, status=status, min_ms=q.get("min_ms", ""),
-                      endpoint=q.get("endpoint", ""), slow=slow, failed=failed)
+                      endpoint=q.get("endpoint", ""), mine=mine)
+
+    async def correlations(request: Request) -> Response:
+        """Fragment: what the slow (``slow_ms``) and the failed requests have in common."""
+        seg = _seg(request.path_params["service"])
+        since = _since(request)
+        slow_ms = _float(request, "slow_ms")
+        path = f"/api/apm/services/{seg}/correlations"
+        slow, failed = await api.gather(
+            api.optional(path, since=since, slow_ms=slow_ms) if slow_ms else _none(),
+            api.optional(path, since=since, failed="1"))
+        return render(request, "_correlations.html", slow=slow, failed=failed)
 
     async def trace(request: Request) -> Response:
         tree = await api.get(f"/api/traces/{_seg(request.path_params['trace_id'])}")
@@ -237,10 +249,9 @@ def make_console(api: ApiClient) -> Starlette:
 
     async def service_map(request: Request) -> Response:
         since = _since(request)
-        edges, services = await api.gather(api.optional("/api/apm/map", since=since),
-                                           api.optional("/api/apm/services", since=since))
+        edges = await api.optional("/api/apm/map", since=since)
         return render(request, "map.html", layout=map_layout(edges or []), edges=edges or [],
-                      services=services or [], since=since, sinces=_SINCE)
+                      since=since, sinces=_SINCE)
 
     async def uptime(request: Request) -> Response:
         probes, alerts, events = await api.gather(
@@ -280,6 +291,7 @@ def make_console(api: ApiClient) -> Starlette:
         Route("/deployments/{id:int}", page(deployment)),
         Route("/traces", page(traces)),
         Route("/traces/{trace_id}", page(trace)),
+        Route("/services/{service}/correlations", page(correlations)),
         Route("/map", page(service_map)),
         Route("/uptime", page(uptime)),
         Route("/healthz", healthz),

@@ -40,7 +40,7 @@ def test_overview_matches_the_api(console: Console, platform: Platform, page: An
     assert text(page, f"{row} [data-field=rate]") == f"{stats['rate_per_s']:.2f}/s"
     assert text(page, f"{row} [data-field=error_pct]") == f"{stats['error_pct']:.1f} %"
     assert text(page, f"{row} [data-field=p95]") == f"{stats['p95_ms']:.1f} ms"
-    page.locator(f"{row} svg.spark polyline").wait_for()  # loaded after the page
+    page.locator(f"{row} svg.spark polyline").wait_for(state="attached")  # loaded after the page
     restarts = sum(i["restarts"] for i in platform.api("GET", f"/api/apps/{APP}/ps").json())
     assert text(page, f"{row} [data-field=restarts]").split()[0] == str(restarts)
     assert "shop errors > 5 %" in text(page, row)  # the firing alert
@@ -103,7 +103,8 @@ def test_traces_search_scatter_and_waterfall(console: Console, page: Any) -> Non
     shot(page, "traces")
     # what the slow requests of inventory have in common: the cold shard
     page.goto(f"{console.url}/traces?service=inventory&since=1h")
-    assert "db.shard=cold" in text(page, "#corr-h + div > div")
+    page.locator("[data-correlations]").wait_for()  # loaded after the page
+    assert "db.shard=cold" in text(page, "[data-correlations] > div")
     page.goto(f"{console.url}/traces?service={APP}&since=1h")
     page.select_option("select[name=status]", "error")
     page.click("form.filters button")
