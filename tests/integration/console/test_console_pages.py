@@ -100,11 +100,11 @@ def test_traces_search_scatter_and_waterfall(console: Console, page: Any) -> Non
     page.goto(f"{console.url}/traces?service={APP}&since=1h")
     assert text(page, "[data-field=trace-count]").startswith(f"{facts.requests} traces of {APP}")
     assert page.locator("figure[data-scatter] canvas").count() == 1
-    shot(page, "traces")
     # what the slow requests of inventory have in common: the cold shard
     page.goto(f"{console.url}/traces?service=inventory&since=1h")
     page.locator("[data-correlations]").wait_for()  # loaded after the page
     assert "db.shard=cold" in text(page, "[data-correlations] > div")
+    shot(page, "traces")
     page.goto(f"{console.url}/traces?service={APP}&since=1h")
     page.select_option("select[name=status]", "error")
     page.click("form.filters button")
