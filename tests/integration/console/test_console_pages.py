@@ -204,3 +204,45 @@ def test_rollback_from_the_ui(console: Console, platform: Platform, page: Any) -
     assert all(i["ready"] for i in platform.api("GET", f"/api/apps/{APP}/ps").json()
                if i["release"] == now["version"])
     shot(page, "rollback")
+
+
+def test_empty_states_against_the_bare_platform_api(platform: Platform, page: Any) -> None:
+    """The daemon's own socket without telemetry routes: every page renders and says why it is
+    empty instead of failing."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import free_port, wait_http
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "noops.console", "--home", str(platform.home),
+                             "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz", 30)
+        page.goto(url + "/")
+        row = text(page, f"tr[data-app={APP}]")
+        assert "no traces yet — call your app at https://shop.localhost:" in row
+        assert "no probe" in row
+        assert "Telemetry is not served" in text(page, "main")
+        page.goto(f"{url}/apps/{APP}")
+        assert "No traces yet for shop" in text(page, "main")
+        assert "No deploy markers" in text(page, "main")
+        page.goto(url + "/traces")
+        assert "No traces yet" in text(page, "main")
+        page.goto(url + "/map")
+        assert "No calls between services" in text(page, "main")
+        page.goto(url + "/uptime")
+        assert "No probes yet" in text(page, "main") and "No alert rules" in text(page, "main")
+        import httpx
+
+        missing = httpx.get(f"{url}/apps/nosuchapp")
+        api_answer = platform.api("GET", "/api/apps/nosuchapp")
+        assert missing.status_code == api_answer.status_code >= 400
+        assert api_answer.json()["error"] in missing.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert b"Traceback" not in err, err.decode()
