@@ -12,6 +12,7 @@ Routes (HTML unless noted)::
     GET  /apps/{app}                charts with deploy markers, releases, instances, config, logs
     GET  /apps/{app}/spark          fragment: the overview row's p95 sparkline
     GET  /apps/{app}/restarts       fragment: the overview row's restart count
+    GET  /apps/{app}/instances      fragment: the instances table (polled during a rollback)
     GET  /apps/{app}/logs/stream    server-sent events: the live log tail (text/event-stream)
     GET  /apps/{app}/logs/search    fragment: log search (``q``, ``severity``)
     POST /apps/{app}/rollback       fragment: roll back (``version`` optional); htmx only
@@ -156,6 +157,11 @@ def make_console(api: ApiClient) -> Starlette:
                       charts=charts, markers=marks, stats=mine, since=since, sinces=_SINCE,
                       probes=probes or [], active=(detail.get("release") or {}).get("version"))
 
+    async def instances(request: Request) -> Response:
+        """Fragment: the instances table (polled while a rollback rolls out)."""
+        rows = await api.get(f"/api/apps/{_seg(request.path_params['app'])}/ps")
+        return render(request, "_instances.html", instances=rows)
+
     async def logs_stream(request: Request) -> Response:
         name = request.path_params["app"]
         seg = _seg(name)
@@ -284,6 +290,7 @@ def make_console(api: ApiClient) -> Starlette:
         Route("/", page(overview)),
         Route("/apps/{app}", page(app_page)),
         Route("/apps/{app}/spark", page(row_spark)),
+        Route("/apps/{app}/instances", page(instances)),
         Route("/apps/{app}/restarts", page(row_restarts)),
         Route("/apps/{app}/logs/stream", page(logs_stream)),
         Route("/apps/{app}/logs/search", page(logs_search)),

@@ -201,6 +201,8 @@ def test_rollback_from_the_ui(console: Console, platform: Platform, page: Any) -
     assert now["version"] == active["version"] + 1
     assert now["digest"] == target["digest"]
     assert text(page, "[data-field=rolled-to]") == str(now["version"])
+    # while it rolled out, the page showed the instances as they changed (polled fragment)
+    assert int(page.locator("#rollback-live").get_attribute("data-polled") or 0) >= 1
     assert all(i["ready"] for i in platform.api("GET", f"/api/apps/{APP}/ps").json()
                if i["release"] == now["version"])
     shot(page, "rollback")

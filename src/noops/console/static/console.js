@@ -148,6 +148,36 @@
     window.addEventListener("pagehide", function () { es.close(); });
   }
 
+  /* While a rollback request is in flight, show the instances as they start, get ready and
+     drain (the API answers the POST only when the rollout is done). */
+  function rollbackProgress() {
+    const live = document.getElementById("rollback-live");
+    if (!live) return;
+    let timer = null;
+    const poll = function () {
+      fetch(live.dataset.src, {headers: {"HX-Request": "true"}})
+        .then(function (r) { return r.text(); })
+        .then(function (html) {
+          live.innerHTML = html;
+          live.dataset.polled = String(parseInt(live.dataset.polled || "0", 10) + 1);
+          localTimes(live);
+        })
+        .catch(function () {});
+    };
+    document.body.addEventListener("htmx:beforeRequest", function (ev) {
+      if (ev.detail.target && ev.detail.target.id === "rollback-result" && !timer) {
+        poll();
+        timer = setInterval(poll, 700);
+      }
+    });
+    document.body.addEventListener("htmx:afterRequest", function (ev) {
+      if (ev.detail.target && ev.detail.target.id === "rollback-result" && timer) {
+        clearInterval(timer);
+        timer = null;
+      }
+    });
+  }
+
   function autosubmit() {
     document.querySelectorAll("select[data-autosubmit]").forEach(function (sel) {
       sel.addEventListener("change", function () { sel.form.submit(); });
@@ -162,6 +192,7 @@
     scatter();
     probeCharts();
     logTail();
+    rollbackProgress();
     document.body.addEventListener("htmx:load", function (ev) {
       localTimes(ev.detail.elt);
       sparklines(ev.detail.elt);
