@@ -52,8 +52,9 @@
       b.title = m.kind + " " + m.version + " — click for before/after";
       b.setAttribute("aria-label", "Deploy " + m.version + ": before/after comparison");
       b.dataset.marker = m.id;
-      b.style.left = (u.over.offsetLeft + x) + "px";
-      b.style.top = (u.over.offsetTop) + "px";
+      const o = u.over.getBoundingClientRect(), f = fig.getBoundingClientRect();
+      b.style.left = (o.left - f.left + x) + "px";
+      b.style.top = (o.top - f.top) + "px";
       b.addEventListener("click", function () {
         htmx.ajax("GET", "/deployments/" + m.id, {target: "#deploy-detail"});
       });
