@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NOOPS := $(VENV)/bin/noops
 APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry python3-venv ca-certificates \
-	iproute2 postgresql curl
+	iproute2 postgresql curl chromium
 # the peers the benchmarks measure against
 BENCH_PACKAGES := buildah fuse-overlayfs nginx wrk gcc libc6-dev
 PYTEST_ARGS ?=
@@ -42,6 +42,7 @@ bench: deps
 	$(PY) bench/deploy.py
 	$(PY) bench/proxy.py
 	$(PY) bench/gateway.py
+	$(PY) bench/console.py
 	$(PY) bench/telemetry.py
 
 clean:

@@ -1,0 +1,148 @@
+"""Pure shaping of API answers into what the templates draw (no I/O, easy to unit test).
+
+Contracts:
+
+* An app's telemetry service is the app's name (the runtime sets ``OTEL_SERVICE_NAME`` to it).
+* Times stay machine-readable here (ISO 8601 or epoch seconds); the browser formats them in the
+  viewer's time zone (``static/console.js``).
+* Secret *values* never reach this module: the config API returns secret names only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["app_row", "chart_series", "iso_ns", "map_layout", "restarts", "spark", "trace_filter"]
+
+
+def iso_ns(ns: int | float | None) -> str:
+    """Epoch nanoseconds as ISO 8601 UTC ('' for none)."""
+    if not ns:
+        return ""
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
+
+def _desired(release: Mapping[str, Any] | None) -> int:
+    formation = (release or {}).get("formation") or {}
+    return sum(int(v) for v in formation.values() if isinstance(v, int | float))
+
+
+def spark(points: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The p95 (ms) of each minute that saw requests, for a sparkline."""
+    return [round(float(p.get("p95_ms") or 0.0), 2) for p in points if p.get("count")]
+
+
+def restarts(instances: Sequence[Mapping[str, Any]]) -> int:
+    return sum(int(p.get("restarts") or 0) for p in instances)
+
+
+def app_row(app: Mapping[str, Any], stats: Mapping[str, Any] | None,
+            alerts: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, Any]]
+            ) -> dict[str, Any]:
+    """One overview row: lifecycle facts of ``app`` from the platform API plus its telemetry."""
+    release = app.get("release")
+    name = str(app["name"])
+    mine = [p for p in probes if p.get("app") == name]
+    up = [p for p in mine if (p.get("last") or {}).get("ok")]
+    firing = [a for a in alerts if a.get("state") == "firing"
+              and (a.get("service") == name or a.get("probe_id") in {p.get("id") for p in mine})]
+    return {
+        "name": name,
+        "url": app.get("url"),
+        "release": release,
+        "image": (release or {}).get("image", ""),
+        "digest": ((release or {}).get("digest") or "")[:19],
+        "config_version": (release or {}).get("config_version"),
+        "ready": int(app.get("ready") or 0),
+        "instances": int(app.get("instances") or 0),
+        "desired": _desired(release),
+        "stats": stats,
+        "firing": firing,
+        "probes_up": len(up),
+        "probes": len(mine),
+    }
+
+
+def chart_series(points: Sequence[Mapping[str, Any]]) -> dict[str, list[float | None]]:
+    """Per-minute points as uPlot columns: x (epoch s), rate (req/s), error %, p95 (ms)."""
+    xs: list[float | None] = []
+    rate: list[float | None] = []
+    err: list[float | None] = []
+    p95: list[float | None] = []
+    for p in points:
+        count = int(p.get("count") or 0)
+        xs.append(int(p["minute_ns"]) / 1e9)
+        rate.append(round(count / 60.0, 4))
+        err.append(round(100.0 * int(p.get("errors") or 0) / count, 2) if count else None)
+        p95.append(round(float(p["p95_ms"]), 3) if count and p.get("p95_ms") is not None else None)
+    return {"x": xs, "rate": rate, "error_pct": err, "p95_ms": p95}
+
+
+def trace_filter(traces: Iterable[Mapping[str, Any]], *, min_ms: float | None,
+                 status: str | None, endpoint: str | None) -> list[dict[str, Any]]:
+    """Slow-trace rows kept by duration (``>= min_ms``), status (``error`` or ``ok``: anything
+    but Error) and endpoint substring (case-insensitive)."""
+    out = []
+    needle = (endpoint or "").lower()
+    for t in traces:
+        if min_ms is not None and float(t["duration_ms"]) < min_ms:
+            continue
+        failed = t.get("status_code") == "Error"
+        if (status == "error" and not failed) or (status == "ok" and failed):
+            continue
+        if needle and needle not in str(t.get("endpoint", "")).lower():
+            continue
+        out.append({**t, "at": iso_ns(t.get("timestamp_ns")), "failed": failed})
+    return out
+
+
+def map_layout(edges: Sequence[Mapping[str, Any]], *, width: int = 900, row_h: int = 110
+               ) -> dict[str, Any]:
+    """Services as nodes in columns by call depth (callers left of callees), edges between them.
+
+    Returns ``{"nodes": [{name, x, y}], "edges": [{…edge, x1, y1, x2, y2, lx, ly}], "width",
+    "height"}``. A cycle is cut where it is found, so every service gets a column."""
+    names = sorted({e["client"] for e in edges} | {e["server"] for e in edges})
+    callers: dict[str, set[str]] = {n: set() for n in names}
+    for e in edges:
+        if e["client"] != e["server"]:
+            callers[e["server"]].add(e["client"])
+    depth: dict[str, int] = {}
+
+    def level(n: str, seen: frozenset[str]) -> int:
+        if n in depth:
+            return depth[n]
+        parents = [c for c in callers[n] if c not in seen]
+        depth[n] = 1 + max((level(c, seen | {n}) for c in parents), default=-1)
+        return depth[n]
+
+    for n in names:
+        level(n, frozenset())
+    columns: dict[int, list[str]] = {}
+    for n in names:
+        columns.setdefault(depth[n], []).append(n)
+    ncols = max(columns, default=0) + 1
+    col_w = width / ncols
+    height = max((len(v) for v in columns.values()), default=1) * row_h + 40
+    pos: dict[str, tuple[float, float]] = {}
+    for col, members in columns.items():
+        gap = height / (len(members) + 1)
+        for i, n in enumerate(members):
+            pos[n] = (col_w * col + col_w / 2, gap * (i + 1))
+    nodes = [{"name": n, "x": round(pos[n][0], 1), "y": round(pos[n][1], 1)} for n in names]
+    out_edges = []
+    for e in edges:
+        (x1, y1), (x2, y2) = pos[e["client"]], pos[e["server"]]
+        # stop short of the node boxes so the arrow head stays visible
+        dx, dy = x2 - x1, y2 - y1
+        length = math.hypot(dx, dy) or 1.0
+        trim = min(70.0, length / 3)
+        out_edges.append({**e, "x1": round(x1 + dx * trim / length, 1),
+                          "y1": round(y1 + dy * trim / length, 1),
+                          "x2": round(x2 - dx * trim / length, 1),
+                          "y2": round(y2 - dy * trim / length, 1),
+                          "lx": round((x1 + x2) / 2, 1), "ly": round((y1 + y2) / 2 - 8, 1)})
+    return {"nodes": nodes, "edges": out_edges, "width": width, "height": int(height)}

@@ -1,0 +1,80 @@
+"""The console's pure shaping of API answers (noops.console.views)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from noops.console.views import app_row, chart_series, map_layout, restarts, spark, trace_filter
+
+
+def test_app_row_counts_desired_from_the_formation_and_matches_probes_and_alerts() -> None:
+    app = {"name": "shop", "ready": 2, "instances": 3, "url": "https://shop.localhost:8443/",
+           "release": {"version": 4, "formation": {"web": 2, "worker": 1}, "config_version": 2,
+                       "image": "shop:latest", "digest": "sha256:abc"}}
+    probes = [{"id": 1, "app": "shop", "last": {"ok": True}}, {"id": 2, "app": "shop", "last": None},
+              {"id": 3, "app": "other", "last": {"ok": True}}]
+    alerts = [{"state": "firing", "service": "shop", "name": "a"},
+              {"state": "ok", "service": "shop", "name": "b"},
+              {"state": "firing", "probe_id": 2, "service": None, "name": "c"},
+              {"state": "firing", "service": "other", "name": "d"}]
+    row = app_row(app, None, alerts, probes)
+    assert (row["ready"], row["desired"], row["config_version"]) == (2, 3, 2)
+    assert (row["probes_up"], row["probes"]) == (1, 2)
+    assert [a["name"] for a in row["firing"]] == ["a", "c"]
+    assert app_row({"name": "new", "release": None}, None, [], [])["desired"] == 0
+
+
+def test_chart_series_rate_errors_and_gaps() -> None:
+    points = [{"minute_ns": 60 * 10**9, "count": 120, "errors": 6, "p95_ms": 41.5},
+              {"minute_ns": 120 * 10**9, "count": 0, "errors": 0, "p95_ms": 0.0}]
+    s = chart_series(points)
+    assert s == {"x": [60.0, 120.0], "rate": [2.0, 0.0], "error_pct": [5.0, None],
+                 "p95_ms": [41.5, None]}
+    assert spark(points) == [41.5]
+    assert restarts([{"restarts": 2}, {"restarts": None}, {}]) == 2
+
+
+def test_trace_filter_by_duration_status_and_endpoint() -> None:
+    rows = [{"trace_id": "a", "endpoint": "GET /items", "duration_ms": 10.0, "status_code": "Ok",
+             "timestamp_ns": 1},
+            {"trace_id": "b", "endpoint": "GET /items", "duration_ms": 500.0,
+             "status_code": "Error", "timestamp_ns": 2},
+            {"trace_id": "c", "endpoint": "POST /pay", "duration_ms": 300.0,
+             "status_code": "Unset", "timestamp_ns": 3}]
+    ids = lambda **kw: [r["trace_id"] for r in trace_filter(rows, **kw)]  # noqa: E731
+    assert ids(min_ms=None, status=None, endpoint=None) == ["a", "b", "c"]
+    assert ids(min_ms=300, status=None, endpoint=None) == ["b", "c"]
+    assert ids(min_ms=None, status="error", endpoint=None) == ["b"]
+    assert ids(min_ms=None, status="ok", endpoint="items") == ["a"]
+
+
+names = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@given(st.lists(st.tuples(names, names), max_size=12))
+def test_map_layout_places_every_service_and_callers_left_of_acyclic_callees(
+        pairs: list[tuple[str, str]]) -> None:
+    edges = [{"client": c, "server": s, "calls": 1} for c, s in pairs]
+    layout = map_layout(edges)
+    placed = {n["name"]: n for n in layout["nodes"]}
+    assert set(placed) == {c for c, _ in pairs} | {s for _, s in pairs}
+    assert len(layout["edges"]) == len(edges)
+    assert all(0 < n["x"] < layout["width"] and 0 < n["y"] < layout["height"]
+               for n in layout["nodes"])
+    pair_set = set(pairs)
+    for c, s in pairs:
+        if c != s and (s, c) not in pair_set and not _reaches(pair_set, s, c):
+            assert placed[c]["x"] < placed[s]["x"]
+
+
+def _reaches(pairs: set[tuple[str, str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        n = todo.pop()
+        if n == goal:
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo += [s for c, s in pairs if c == n]
+    return False
