@@ -78,7 +78,7 @@ def make_app(platform: Platform) -> Starlette:
     async def apps(request: Request) -> Response:
         if request.method == "POST":
             body = await _body(request)
-            app = state.create_app(str(body.get("name", "")))
+            app = state.create_app(platform.check_app_name(str(body.get("name", ""))))
             return JSONResponse({"name": app.name}, status_code=201)
         out = []
         for app in state.apps():

@@ -43,6 +43,7 @@ from noops.runtime.usage import InstanceUsage, UsageSampler
 from noops.settings import Settings
 from noops.state import StateStore, open_state
 from noops.state.model import Release, ReleaseStatus
+from noops.system import CONSOLE_APP, RESERVED_APPS, SystemWorkloads
 
 __all__ = ["Platform", "RoutesFile"]
 
@@ -150,8 +151,19 @@ class Platform:
                             self._instance_infos),
             usage=lambda: sampler.sample(self._instance_usage()),
             platform_samples=self.platform_samples)
-        # the front door's certificate (it writes the bundle on start): default probes trust it
-        self.telemetry.probes.set_tls(ca_file=home / "tls" / "ca.crt")
+        self.system = SystemWorkloads(home, self.ca, ttl_s=ttl_s)
+        # the prober is a workload: its SVID opens the front door where the policy names it
+        # (the default policy does, for every app); it trusts the front door's certificate
+        probe = self.system.probe_identity()
+        self.telemetry.probes.set_tls(client_cert=(probe.cert, probe.key),
+                                      ca_file=home / "tls" / "ca.crt")
+
+    def check_app_name(self, name: str) -> str:
+        """``name`` unless the platform's own workloads use it (``console``, ``noops``)."""
+        if name in RESERVED_APPS:
+            raise UsageError(f"the app name {name!r} is reserved for the platform's own "
+                             "workloads; choose another name")
+        return name
 
     # -- telemetry -----------------------------------------------------------------------
     def _instance_infos(self) -> dict[str, InstanceInfo]:
@@ -280,8 +292,10 @@ class Platform:
                 log.exception("automatic gc failed")
 
     async def rotate_svids(self) -> int:
-        """Renew the SVID of every supervised instance past half-life; return how many."""
+        """Renew the SVID of every supervised instance past half-life (and the prober's and the
+        console's); return how many instance certificates were renewed."""
         live = [s.instance for s in list(self.supervisor.slots.values()) if s.instance is not None]
+        await asyncio.to_thread(self.system.renew)
         return await asyncio.to_thread(self.manager.renew_svids, live)
 
     async def rotate_forever(self) -> None:
@@ -480,13 +494,16 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     rotate_task = asyncio.create_task(platform.rotate_forever(), name="svid-rotation")
     frontdoor = start_frontdoor(settings)
     sock = socket_path(settings)
+    stop = asyncio.Event()
+    platform.routes.publish(CONSOLE_APP, [f"{CONSOLE_APP}.localhost"],
+                            [platform.system.console_endpoint()])
+    console_task = asyncio.create_task(platform.system.run_console(stop, sock), name="console")
     sock.unlink(missing_ok=True)
     config = uvicorn.Config(make_app(platform), uds=str(sock), log_level="warning",
                             lifespan="off")
     server = uvicorn.Server(config)
     # uvicorn must not take over SIGTERM/SIGINT: the daemon stops in its own order
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -498,6 +515,7 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     await stop.wait()
     server.should_exit = True
     await task
+    await console_task
     gc_task.cancel()
     rotate_task.cancel()
     for slot in list(platform.supervisor.slots.values()):

@@ -1,10 +1,13 @@
 """``make demo``: start the platform, deploy every example app, print where they answer.
 
 Run as ``python -m noops.demo``. The first run builds the Debian stacks (a few minutes, once).
-The apps are served only through the zero-trust gateway under its default policy (a signed-in
-user who verified with an authenticator): the demo creates the user ``demo`` with a password and
-a TOTP secret and prints both, with the current code. The platform keeps running afterwards;
-``noops down --apps`` stops it.
+The apps are served only through the zero-trust gateway under the default policy (a signed-in
+user who verified with an authenticator) plus one route that lets the two-service shop's
+frontend call its inventory; the demo creates the user ``demo`` (groups ``developers`` and
+``admin``, so the console at ``console.localhost`` opens too) with a password and a TOTP secret
+and prints both, with the current code. Every app gets its default uptime probe; the shop's front
+page gets one every 10 s as well, so there is a trace across both services to look at right
+away. The platform keeps running afterwards; ``noops down --apps`` stops it.
 """
 
 from __future__ import annotations
@@ -22,11 +25,35 @@ from noops.cli.client import Client
 from noops.errors import NoopsError
 from noops.settings import Settings
 
-EXAMPLES = ("flask", "fastapi", "express", "go", "static")
+EXAMPLES = ("flask", "fastapi", "express", "go", "static", "shop-inventory", "shop-frontend")
+
+# the default policy, plus: the shop's frontend (its SVID) may read the inventory's items
+SHOP_ROUTE = """
+# workloads: only the shop's frontend may call the inventory, and only to read items;
+# people reaching /items need what every app needs
+[[route]]
+id = "shop-inventory"
+host = "shop-inventory.localhost"
+path = "/items"
+methods = ["GET"]
+authenticated = true
+min_score = 30
+below = "step_up"
+allow_spiffe = ["spiffe://noops.local/app/shop-frontend/web"]
+"""
 
 
 def _noops(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "noops", *args], check=True)
+
+
+def _apply_policy(settings: Settings) -> None:
+    from noops.gate.pep import DEFAULT_POLICY
+
+    policy = settings.home / "gate" / "demo-policy.toml"
+    policy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    policy.write_text(DEFAULT_POLICY + SHOP_ROUTE)
+    _noops("policy", "apply", str(policy))
 
 
 def _demo_user(settings: Settings) -> dict[str, Any]:
@@ -44,7 +71,7 @@ def _demo_user(settings: Settings) -> dict[str, Any]:
     try:
         password = secrets.token_urlsafe(12)
         if store.get_user("demo") is None:
-            store.add_user("demo", password, ["developers"])
+            store.add_user("demo", password, ["developers", "admin"])
         else:
             store.set_password("demo", password)
         totp_secret, _uri = store.provision_totp("demo")
@@ -69,6 +96,7 @@ def main() -> int:
         except NoopsError:
             _noops("up", "-d")
         existing = {a["name"] for a in client.call("GET", "/api/apps")}
+        _apply_policy(settings)
         for name in EXAMPLES:
             started = time.monotonic()
             console.print(f"[bold]deploying[/] examples/{name} (build under runc, then a "
@@ -79,6 +107,12 @@ def main() -> int:
                                {"path": str(root / name), "description": "make demo"})
             console.print(f"  [green]✓[/] {name} v{data['version']} live in "
                           f"{time.monotonic() - started:.1f}s")
+        port = settings.get("frontdoor_port")
+        if not any(p["name"] == "shop front page" for p in client.call("GET", "/api/probes")):
+            client.call("POST", "/api/probes", {
+                "url": f"https://shop-frontend.localhost:{port}/", "every": "10s",
+                "name": "shop front page", "app": "shop-frontend",
+                "expect_text": "noops example: shop-frontend"})
     except NoopsError as exc:
         console.print(f"[red]Error:[/] {exc}")
         return exc.exit_code
@@ -90,6 +124,8 @@ def main() -> int:
     console.print("\n[bold]The example apps, behind the zero-trust gateway (HTTPS, noops' own CA):[/]")
     for name in EXAMPLES:
         console.print(f"  https://{name}.localhost:{port}/")
+    console.print(f"\n[bold]The console:[/] https://console.localhost:{port}/  (traces, service "
+                  "map, logs, deploys, probes and alerts of every app)")
     console.print(f"\nTrust the CA once: {cert}  (or: noops ca export > noops-ca.pem)\n"
                   f"Sign in as [bold]{user['user']}[/] / [bold]{user['password']}[/]; when asked, "
                   f"enter the code from an authenticator app with the secret "
@@ -97,7 +133,8 @@ def main() -> int:
                   f"{totp_at(user['totp_secret'], time.time())}; `oathtool --totp -b SECRET` prints "
                   "it too).\n"
                   f"Try: curl --cacert {cert} https://flask.localhost:{port}/  (a 401: sign in first)\n"
-                  "Then: noops audit -n 10 · noops ps flask · noops logs flask -f · noops down --apps")
+                  "Then: noops apm · noops apm map · noops traces shop-frontend · noops deploys · "
+                  "noops audit -n 10 · noops logs flask -f · noops down --apps")
     return 0
 
 

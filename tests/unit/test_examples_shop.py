@@ -41,3 +41,24 @@ def test_frontend_calls_the_inventory_by_its_platform_host_name() -> None:
     assert "opentelemetry" not in (EXAMPLES / "shop-frontend" / "requirements.txt").read_text()
     for name in ("server.js", "package.json"):
         assert "@opentelemetry" not in (EXAMPLES / "shop-inventory" / name).read_text()
+
+
+def test_people_still_sign_in_for_the_inventory_items() -> None:
+    facts = RequestFacts(host="shop-inventory.localhost", path="/items", method="GET")
+    for policy in (_policy(), _demo_policy()):
+        anonymous = policy.decide(facts, TrustResult(100, [], []), Identity())
+        assert anonymous.outcome == "deny"
+        weak = policy.decide(facts, TrustResult(15, [], []), Identity(user="demo"))
+        assert weak.outcome == "step_up"
+
+
+def test_make_demo_applies_the_policy_the_readme_shows() -> None:
+    assert _demo_policy().version == _policy().version
+    assert _outcome(_demo_policy(), FRONTEND, "/items") == "allow"
+
+
+def _demo_policy() -> Policy:
+    from noops.demo import SHOP_ROUTE
+    from noops.gate.pep import DEFAULT_POLICY
+
+    return Policy.load(DEFAULT_POLICY + SHOP_ROUTE)

@@ -54,7 +54,8 @@ log = logging.getLogger("noops.gate.pep")
 
 DEFAULT_POLICY: Final = '''\
 # noops default policy: every app on *.localhost needs a signed-in user who has verified with an
-# authenticator (TOTP) in this session, or an equally strong set of signals.
+# authenticator (TOTP) in this session, or an equally strong set of signals; the platform's
+# uptime prober (a workload with its own SVID) may call them too.
 mode = "enforce"
 
 [[route]]
@@ -62,6 +63,16 @@ id = "apps"
 host = "*.localhost"
 authenticated = true
 min_score = 30
+below = "step_up"
+allow_spiffe = ["spiffe://noops.local/app/noops/probe"]
+
+# the web console: administrators only, verified with an authenticator at a normal request rate
+[[route]]
+id = "console"
+host = "console.localhost"
+authenticated = true
+groups = ["admin"]
+min_score = 35
 below = "step_up"
 '''
 

@@ -97,7 +97,8 @@ def _platform(noops_home: Path, home: Path, **settings: str) -> Daemon:
     # tested on its own in tests/integration/zerotrust. Anonymous access, still through the
     # gateway (policy, audit, assertion, mTLS to every instance):
     policy = home / "open-policy.toml"
-    policy.write_text('[[route]]\nid = "open"\nhost = "*.localhost"\nauthenticated = false\n')
+    policy.write_text('[[route]]\nid = "open"\nhost = "*.localhost"\nauthenticated = false\n'
+                      'allow_spiffe = ["spiffe://noops.local/app/noops/probe"]\n')
     d.noops("policy", "apply", str(policy))
     d.start()
     return d
