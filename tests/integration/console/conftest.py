@@ -167,8 +167,10 @@ def console(api: Api) -> Iterator[Console]:
         assert b"Traceback" not in err, err.decode()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API keeps an event loop running in this thread while it
+    is open, which would break every later test that calls ``asyncio.run``."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
