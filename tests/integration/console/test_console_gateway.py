@@ -1,0 +1,102 @@
+"""The console as users meet it: an app of the platform at ``https://console.localhost`` behind the
+zero-trust gateway, under the default policy. Chromium signs in with a password, is sent to
+verify with its authenticator, then sees the overview; a non-administrator and an anonymous
+browser are refused every page."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from console_harness import APP, Platform
+
+from helpers import needs
+from noops.gate._identity_totp import totp_at
+from noops.gate.identity import IdentityStore
+from noops.gate.pep import DEFAULT_POLICY
+
+pytestmark = [pytest.mark.runc, pytest.mark.stacks, pytest.mark.console,
+              needs("runc", "mmdebstrap", "ip")]
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def default_policy(platform: Platform, tmp_path: Path) -> Any:
+    """The default policy for this test, then the open one the other console tests use."""
+    policy = tmp_path / "default.toml"
+    policy.write_text(DEFAULT_POLICY)
+    platform.noops("policy", "apply", str(policy))
+    time.sleep(0.5)  # the front door looks every 0.25 s
+    yield
+    policy.write_text('[[route]]\nid = "open"\nhost = "*.localhost"\nauthenticated = false\n')
+    platform.noops("policy", "apply", str(policy))
+    time.sleep(0.5)
+
+
+def _users(platform: Platform, suffix: str) -> dict[str, str]:
+    store = IdentityStore(platform.home / "gate" / "identity.db")
+    try:
+        secrets = {}
+        for name, groups in ((f"adm{suffix}", ["admin"]), (f"dev{suffix}", ["developers"])):
+            store.add_user(name, PASSWORD, groups)
+            secrets[name] = store.provision_totp(name)[0]
+        return secrets
+    finally:
+        store.close()
+
+
+def _sign_in(page: Any, url: str, user: str) -> None:
+    page.goto(url)
+    assert "/.noops/login" in page.url
+    page.fill("input[name=user]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form[action='/.noops/login'] button")
+    page.wait_for_load_state()
+
+
+def _verify(page: Any, secret: str) -> None:
+    assert "/.noops/verify" in page.url, (page.url, page.locator("body").inner_text())
+    page.fill("input[name=code]", totp_at(secret, time.time()))
+    page.click("form[action='/.noops/verify'] button")
+    page.wait_for_load_state()
+
+
+def test_console_behind_the_gateway(platform: Platform, browser: Any, default_policy: Any,
+                                    unique: str) -> None:
+    port = platform.env["NOOPS_FRONTDOOR_PORT"]
+    url = f"https://console.localhost:{port}/"
+    secrets = _users(platform, unique)
+
+    # anonymous: a page asks to sign in, the API behind it refuses outright
+    anonymous = httpx.get(f"https://127.0.0.1:{port}/api/apps", verify=False,
+                          headers={"Host": "console.localhost", "Accept": "application/json"})
+    assert anonymous.status_code == 401, anonymous.text
+
+    admin = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+    try:
+        page = admin.new_page()
+        _sign_in(page, url, f"adm{unique}")
+        _verify(page, secrets[f"adm{unique}"])     # a password alone scores below 35
+        assert page.url == url
+        row = page.locator(f"tr[data-app={APP}]").inner_text()
+        release = platform.api("GET", f"/api/apps/{APP}").json()["release"]
+        assert f"v{release['version']}" in row
+        page.goto(f"{url}apps/{APP}")
+        assert APP in page.locator("main").inner_text()
+    finally:
+        admin.close()
+
+    developer = browser.new_context(ignore_https_errors=True)
+    try:
+        page = developer.new_page()
+        _sign_in(page, url, f"dev{unique}")       # not an administrator: no step-up helps
+        body = page.locator("body").inner_text()
+        assert "Access denied" in body and "group" in body and APP not in body, body
+        answer = page.goto(f"{url}uptime")
+        assert answer is not None and answer.status == 403
+    finally:
+        developer.close()
