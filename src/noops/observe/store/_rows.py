@@ -110,6 +110,30 @@ def to_arrow(table: str, columns: Sequence[Column], rows: Sequence[Row]) -> pa.T
     return pa.Table.from_arrays(arrays, names=[name for name, _ in columns])
 
 
+_EDGE_INPUT = ("TraceId", "SpanId", "ParentSpanId", "SpanKind", "ServiceName", "Timestamp",
+               "Duration", "StatusCode", "SpanAttributes")
+
+
+def edge_rows(spans: pa.Table) -> list[dict[str, Any]]:
+    """The rows the service-map derivation (:func:`.edges.edge_batch`) reads, from an
+    ``otel_traces`` Arrow table: only Client spans and Server spans with a parent, only the
+    columns it uses (``Timestamp`` as int ns, ``SpanAttributes`` as a dict)."""
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    kind = spans.column("SpanKind")
+    mask = pc.or_(pc.equal(kind, "Client"),
+                  pc.and_(pc.equal(kind, "Server"), pc.not_equal(spans.column("ParentSpanId"), "")))
+    part = spans.select(list(_EDGE_INPUT)).filter(mask)
+    if part.num_rows == 0:
+        return []
+    part = part.set_column(_EDGE_INPUT.index("Timestamp"), "Timestamp",
+                           part.column("Timestamp").cast(pa.int64()))
+    rows: list[dict[str, Any]] = part.to_pylist()
+    for row in rows:
+        row["SpanAttributes"] = dict(row["SpanAttributes"])
+    return rows
+
+
 def from_arrow(tbl: pa.Table) -> list[dict[str, Any]]:
     """Arrow result to plain dicts: timestamps as ``int`` ns, maps as ``dict``."""
     cols: dict[str, list[Any]] = {}
