@@ -20,7 +20,7 @@ from noops.observe.otlp.decode import (
     OtlpDecodeError,
     decode_traces,
 )
-from noops.observe.store import schema
+from noops.observe.store import edges, schema
 from noops.observe.store._rows import edge_rows, to_arrow
 
 PB = "application/x-protobuf"
@@ -271,12 +271,16 @@ def test_edge_rows_from_a_table_match_the_rows() -> None:
         s = ss.spans.add(trace_id=b"\x01" * 16, span_id=bytes([i + 1]) * 8, parent_span_id=parent,
                          name=f"s{i}", kind=kind, start_time_unix_nano=1_700_000_000_000_000_123,
                          end_time_unix_nano=1_700_000_000_000_900_000)
+        s.attributes.add(key="server.address", value=AnyValue(string_value="db"))
         s.attributes.add(key="server.port", value=AnyValue(int_value=15001))
+        s.attributes.add(key="http.route", value=AnyValue(string_value="/"))
     body = req.SerializeToString()
     table = native.decode_traces_native(body)
     assert table is not None
     rows = decode_traces(body, PB).rows
-    want = [{k: r[k] for k in ("TraceId", "SpanId", "ParentSpanId", "SpanKind", "ServiceName",
-                               "Timestamp", "Duration", "StatusCode", "SpanAttributes")}
-            for r in rows if r["SpanKind"] == "Client" or (r["SpanKind"] == "Server" and r["ParentSpanId"])]
-    assert edge_rows(table) == want and len(want) == 2
+    mine = edge_rows(table)
+    assert [r["SpanId"] for r in mine] == ["01" * 8, "02" * 8]
+    assert mine[0]["SpanAttributes"] == {"server.address": "db", "server.port": "15001"}
+    want = edges.edge_batch(rows, 1, {"db:15001"})
+    assert want is not None and want.column("Mtls").to_pylist() == [1, 0]
+    assert edges.edge_batch(mine, 1, {"db:15001"}).equals(want)

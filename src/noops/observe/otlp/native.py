@@ -13,12 +13,13 @@ parse, requests with a span it rejects or a value it truncates, duplicate attrib
 attribute cap. Rows and table hold the same values byte for byte (tested property), so which
 path a request took is invisible downstream.
 
-:data:`AVAILABLE` is false when the extension was not built; :func:`decode_traces` then always
-uses the Python decoder.
+:data:`AVAILABLE` is false when the extension was not built or ``NOOPS_OTLP_NATIVE=0`` is set;
+:func:`decode_traces` then always uses the Python decoder.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -33,6 +34,8 @@ except ImportError:  # pragma: no cover - the extension is built by pip install
 
 __all__ = ["AVAILABLE", "decode_traces", "decode_traces_native"]
 
+if os.environ.get("NOOPS_OTLP_NATIVE", "1") == "0":  # the Python decoder only (benchmark peer)
+    _otlpfast = None
 AVAILABLE = _otlpfast is not None
 
 _STR = pa.string()

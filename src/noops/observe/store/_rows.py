@@ -111,26 +111,33 @@ def to_arrow(table: str, columns: Sequence[Column], rows: Sequence[Row]) -> pa.T
 
 
 _EDGE_INPUT = ("TraceId", "SpanId", "ParentSpanId", "SpanKind", "ServiceName", "Timestamp",
-               "Duration", "StatusCode", "SpanAttributes")
+               "Duration", "StatusCode")
+# The span attributes the service-map derivation reads (:func:`.edges.peer_of`, ``noops.mtls``).
+EDGE_ATTRIBUTES = ("server.address", "server.port", "net.peer.name", "net.peer.port", "url.full",
+                   "http.url", "noops.mtls")
 
 
 def edge_rows(spans: pa.Table) -> list[dict[str, Any]]:
     """The rows the service-map derivation (:func:`.edges.edge_batch`) reads, from an
     ``otel_traces`` Arrow table: only Client spans and Server spans with a parent, only the
-    columns it uses (``Timestamp`` as int ns, ``SpanAttributes`` as a dict)."""
+    columns it uses (``Timestamp`` as int ns), and ``SpanAttributes`` reduced to
+    :data:`EDGE_ATTRIBUTES` (the maps hold no duplicate keys)."""
     import pyarrow.compute as pc  # type: ignore[import-untyped]
 
     kind = spans.column("SpanKind")
     mask = pc.or_(pc.equal(kind, "Client"),
                   pc.and_(pc.equal(kind, "Server"), pc.not_equal(spans.column("ParentSpanId"), "")))
-    part = spans.select(list(_EDGE_INPUT)).filter(mask)
+    part = spans.select([*_EDGE_INPUT, "SpanAttributes"]).filter(mask)
     if part.num_rows == 0:
         return []
-    part = part.set_column(_EDGE_INPUT.index("Timestamp"), "Timestamp",
-                           part.column("Timestamp").cast(pa.int64()))
-    rows: list[dict[str, Any]] = part.to_pylist()
-    for row in rows:
-        row["SpanAttributes"] = dict(row["SpanAttributes"])
+    attrs = part.column("SpanAttributes")
+    wanted = [(key, pc.map_lookup(attrs, key, "first").to_pylist()) for key in EDGE_ATTRIBUTES]
+    columns = [part.column(c).cast(pa.int64()) if c == "Timestamp" else part.column(c)
+               for c in _EDGE_INPUT]
+    rows: list[dict[str, Any]] = [dict(zip(_EDGE_INPUT, r, strict=True)) for r in
+                                  zip(*(c.to_pylist() for c in columns), strict=True)]
+    for i, row in enumerate(rows):
+        row["SpanAttributes"] = {k: vals[i] for k, vals in wanted if vals[i] is not None}
     return rows
 
 
