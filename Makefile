@@ -6,15 +6,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NOOPS := $(VENV)/bin/noops
 APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry python3-venv ca-certificates \
-	iproute2 postgresql curl chromium
+	iproute2 postgresql curl chromium python3-dev gcc
 # the peers the benchmarks measure against
 BENCH_PACKAGES := buildah fuse-overlayfs nginx wrk gcc libc6-dev
 PYTEST_ARGS ?=
 
 .PHONY: deps apt demo test lint bench clean
 
-deps: $(VENV)/.installed
+# apt first: pip install builds the native OTLP decoder (gcc, python3-dev)
+deps:
 	@$(MAKE) --no-print-directory apt PACKAGES="$(APT_PACKAGES)"
+	@$(MAKE) --no-print-directory $(VENV)/.installed
 
 apt:
 	@missing=""; for p in $(PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \

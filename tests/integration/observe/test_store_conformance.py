@@ -405,3 +405,33 @@ def test_errors_are_store_errors(fresh: tuple[str, TelemetryStore, Any]) -> None
     with pytest.raises(StoreUsageError):
         store.services(END, START)
     assert store.insert_spans([]) == 0
+
+
+def test_insert_spans_arrow_same_as_rows(fresh: tuple[str, TelemetryStore, Any]) -> None:
+    """``insert_spans_arrow`` (the native OTLP decoder's path) stores what ``insert_spans`` does
+    with the same spans, trace-id table, rollup and service map included."""
+    from noops.observe.store._rows import to_arrow
+
+    _, store, _ = fresh
+    ds = make_dataset(traces=40, seed=7, minutes=2)
+    spans = ds.spans
+    rnd = random.Random(3)
+    i, k = 0, 0
+    while i < len(spans):
+        n = rnd.randint(1, 60)
+        part = spans[i:i + n]
+        if k % 2:
+            store.insert_spans(part)
+        else:
+            assert store.insert_spans_arrow(to_arrow("otel_traces", schema.TRACES, part)) == len(part)  # type: ignore[attr-defined]
+        i, k = i + n, k + 1
+    got = {(e["client"], e["server"]): e for e in store.service_map(START, END)}
+    want = expected_edges(spans)
+    assert sorted(got) == sorted(want)
+    for key, e in got.items():
+        assert (e["calls"], e["errors"], e["mtls_calls"]) == (want[key]["calls"], want[key]["errors"],
+                                                              want[key]["mtls"])
+    tid = spans[0]["TraceId"]
+    stored = store.trace(tid)
+    assert sorted(r["SpanId"] for r in stored) == sorted(s["SpanId"] for s in spans if s["TraceId"] == tid)
+    assert sum(s["count"] for s in store.services(START, END)) == len(entry(ds))

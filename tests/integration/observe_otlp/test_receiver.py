@@ -342,6 +342,74 @@ def test_sdk_to_the_real_duckdb_store(tmp_path: Path) -> None:
     store.close()
 
 
+def test_native_decoder_into_duckdb_with_python_fallback_and_400s(tmp_path: Path) -> None:
+    """With a store that takes Arrow, protobuf traces go through the native decoder; a request
+    it hands over (an array attribute) and a garbage body get decode.py's answers; both kinds of
+    batches land in the store with the same values, and the service map is fed from the table."""
+    from opentelemetry import trace as otel_trace
+
+    from noops.observe.otlp import native
+
+    if not native.AVAILABLE:
+        pytest.skip("_otlpfast not built")
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    receiver = Receiver(store, tmp_path / "wal")
+    assert receiver._decoders["traces"] is native.decode_traces
+    assert Receiver(MemoryStore(), tmp_path / "wal2")._decoders["traces"] is not native.decode_traces
+
+    tp = TracerProvider(resource=Resource.create({"service.name": "web"}))
+    exp = InMemorySpanExporter()
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    tracer = tp.get_tracer("t")
+    with tracer.start_as_current_span("GET /", kind=SpanKind.SERVER) as root, \
+            tracer.start_as_current_span("call", kind=SpanKind.CLIENT,
+                                         attributes={"server.address": "127.0.0.1",
+                                                     "server.port": 15001}):
+        pass
+    first = encode_spans(exp.get_finished_spans())
+    assert native.decode_traces_native(first.SerializeToString()) is not None
+    tp2 = TracerProvider(resource=Resource.create({"service.name": "api"}))
+    exp2 = InMemorySpanExporter()
+    tp2.add_span_processor(SimpleSpanProcessor(exp2))
+    client_ctx = exp.get_finished_spans()[0].context
+    parent = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(client_ctx))
+    with tp2.get_tracer("t").start_as_current_span("serve", kind=SpanKind.SERVER, context=parent,
+                                                   attributes={"tags": ["a", "b"]}):
+        pass
+    second = encode_spans(exp2.get_finished_spans())
+    assert any(kv.value.HasField("array_value")
+               for kv in second.resource_spans[0].scope_spans[0].spans[0].attributes)
+    assert native.decode_traces_native(second.SerializeToString()) is None
+    garbage = first.SerializeToString()[:-3]
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=receiver.app)
+        await receiver.start()
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://otlp") as client:
+                for body in (first.SerializeToString(), second.SerializeToString()):
+                    r = await client.post("/v1/traces", content=body, headers={"content-type": PB})
+                    assert r.status_code == 200 and r.content == b""
+                r = await client.post("/v1/traces", content=garbage, headers={"content-type": PB})
+                assert r.status_code == 400 and "not a valid protobuf" in _status_message(r)
+        finally:
+            await receiver.stop()
+
+    asyncio.run(scenario())
+    rows = {r["SpanName"]: r for r in store.trace(format(root.get_span_context().trace_id, "032x"))}
+    assert set(rows) == {"GET /", "call", "serve"}
+    assert rows["call"]["SpanKind"] == "Client" and rows["call"]["ServiceName"] == "web"
+    assert dict(rows["call"]["SpanAttributes"]) == {"server.address": "127.0.0.1", "server.port": "15001"}
+    assert dict(rows["serve"]["SpanAttributes"]) == {"tags": '["a","b"]'}
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    edges = store.service_map(now - timedelta(hours=1), now + timedelta(minutes=1))
+    assert [(e["client"], e["server"], e["calls"], e["mtls"]) for e in edges] == [("web", "api", 1, True)]
+    assert receiver.stats()["accepted"]["traces"] == 3
+    store.close()
+
+
 # --- hostile requests over HTTP: 400/413/415 with a message, and the receiver keeps serving --------
 
 def _status_message(r: httpx.Response) -> str:

@@ -1,5 +1,6 @@
 """OTLP/HTTP ingestion: decode export requests into ClickHouse-exporter-shaped rows
-(:mod:`.decode`), make them durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`)."""
+(:mod:`.decode`; protobuf traces straight to an Arrow table by :mod:`.native`), make them
+durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`)."""
 
 from noops.observe.otlp.decode import (
     DecodeResult,
@@ -8,6 +9,7 @@ from noops.observe.otlp.decode import (
     decode_metrics,
     decode_traces,
 )
+from noops.observe.otlp.native import decode_traces_native
 from noops.observe.otlp.receiver import Receiver, ReceiverSettings, TelemetryStore, serve, serve_unix
 from noops.observe.otlp.wal import WAL, WalError
 
@@ -22,6 +24,7 @@ __all__ = [
     "decode_logs",
     "decode_metrics",
     "decode_traces",
+    "decode_traces_native",
     "serve",
     "serve_unix",
 ]

@@ -98,13 +98,21 @@ class DecodeResult:
     """Rows that passed validation, and how many items were rejected and why.
 
     For metrics, ``by_kind`` maps ``gauge``/``sum``/``histogram`` to that table's rows and
-    ``rows`` is their concatenation; for traces and logs ``by_kind`` is empty.
+    ``rows`` is their concatenation; for traces and logs ``by_kind`` is empty. The native trace
+    decoder (:mod:`.native`) leaves ``rows`` empty and sets ``table`` instead (a
+    ``pyarrow.Table`` with the ``otel_traces`` columns); :attr:`count` is right for both.
     """
 
     rows: list[Row] = field(default_factory=list)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     by_kind: dict[str, list[Row]] = field(default_factory=dict)
+    table: Any = None
+
+    @property
+    def count(self) -> int:
+        """Accepted items: rows, or the rows of ``table``."""
+        return self.table.num_rows if self.table is not None else len(self.rows)
 
 
 class _Reject(Exception):

@@ -49,6 +49,8 @@ from noops.observe.otlp.decode import (
     decode_metrics,
     decode_traces,
 )
+from noops.observe.otlp.native import AVAILABLE as NATIVE_TRACES
+from noops.observe.otlp.native import decode_traces as decode_traces_native
 from noops.observe.otlp.wal import WAL, WalError
 
 __all__ = [
@@ -78,6 +80,10 @@ class TelemetryStore(Protocol):
       is retried after a back-off, and again after a restart (at-least-once delivery);
     * rows are owned by the store once passed in (the receiver does not reuse them);
     * return values are ignored (``noops.observe.store`` returns the row count).
+
+    A store that also has ``insert_spans_arrow(table)`` (both ``noops.observe.store`` backends)
+    gets protobuf traces as ``pyarrow.Table`` batches from the native decoder
+    (:mod:`noops.observe.otlp.native`) when it is built, rows otherwise.
     """
 
     def insert_spans(self, rows: list[Row]) -> object: ...
@@ -174,6 +180,9 @@ class Receiver:
         self._last_seq = 0
         self._writer: asyncio.Task[None] | None = None
         self._stats = _Stats()
+        self._decoders = dict(_DECODERS)
+        if NATIVE_TRACES and callable(getattr(store, "insert_spans_arrow", None)):
+            self._decoders["traces"] = decode_traces_native
         routes = [Route(f"/v1/{sig}", self._endpoint(sig), methods=["POST"]) for sig in _DECODERS]
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
 
@@ -198,7 +207,7 @@ class Receiver:
         last = self.wal.last_checkpoint
         for seq, signal, payload in self.wal.replay():
             media = _TAG_TYPES.get(payload[:1])
-            decode = _DECODERS.get(signal)
+            decode = self._decoders.get(signal)
             if media is None or decode is None:
                 log.warning("WAL record %d has an unknown signal or encoding; skipped", seq)
                 continue
@@ -223,10 +232,13 @@ class Receiver:
 
     def _insert(self, items: list[_Item]) -> int:
         spans: list[Row] = []
+        span_tables: list[Any] = []
         logs: list[Row] = []
         metrics: dict[str, list[Row]] = {}
         for it in items:
             if it.signal == "traces":
+                if it.result.table is not None:
+                    span_tables.append(it.result.table)
                 spans.extend(it.result.rows)
             elif it.signal == "logs":
                 logs.extend(it.result.rows)
@@ -236,6 +248,10 @@ class Receiver:
         t0 = time.perf_counter()
         if spans:
             self.store.insert_spans(spans)
+        if span_tables:
+            import pyarrow as pa  # type: ignore[import-untyped]  # only with the native decoder
+
+            cast(Any, self.store).insert_spans_arrow(pa.concat_tables(span_tables))
         if logs:
             self.store.insert_logs(logs)
         for kind, rows in metrics.items():
@@ -245,7 +261,8 @@ class Receiver:
         st.inserts += 1
         st.insert_s_total += took
         st.insert_s_max = max(st.insert_s_max, took)
-        n = len(spans) + len(logs) + sum(map(len, metrics.values()))
+        n = len(spans) + sum(int(t.num_rows) for t in span_tables) + len(logs)
+        n += sum(map(len, metrics.values()))
         st.stored_rows += n
         return n
 
@@ -254,10 +271,10 @@ class Receiver:
         q = self._queue
         while True:
             batch = [await q.get()]
-            rows = len(batch[0].result.rows)
+            rows = batch[0].result.count
             while rows < self.settings.batch_rows and not q.empty():
                 batch.append(q.get_nowait())
-                rows += len(batch[-1].result.rows)
+                rows += batch[-1].result.count
             while True:
                 try:
                     await anyio.to_thread.run_sync(self._insert, batch)
@@ -338,14 +355,14 @@ class Receiver:
                 body = await anyio.to_thread.run_sync(self._inflate, body, encoding)
                 if body is None:
                     return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
-            result = await anyio.to_thread.run_sync(_DECODERS[signal], body, media)
+            result = await anyio.to_thread.run_sync(self._decoders[signal], body, media)
         except OtlpDecodeError as exc:
             return self._error(media, 400, _GRPC_INVALID_ARGUMENT, str(exc))
-        if result.rows:
+        if result.count:
             throttled = await self._enqueue(signal, media, body, result)
             if throttled is not None:
                 return throttled
-        self._stats.accepted[signal] += len(result.rows)
+        self._stats.accepted[signal] += result.count
         self._stats.rejected[signal] += result.rejected
         return self._success(media, signal, result)
 

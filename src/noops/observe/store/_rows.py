@@ -110,6 +110,37 @@ def to_arrow(table: str, columns: Sequence[Column], rows: Sequence[Row]) -> pa.T
     return pa.Table.from_arrays(arrays, names=[name for name, _ in columns])
 
 
+_EDGE_INPUT = ("TraceId", "SpanId", "ParentSpanId", "SpanKind", "ServiceName", "Timestamp",
+               "Duration", "StatusCode")
+# The span attributes the service-map derivation reads (:func:`.edges.peer_of`, ``noops.mtls``).
+EDGE_ATTRIBUTES = ("server.address", "server.port", "net.peer.name", "net.peer.port", "url.full",
+                   "http.url", "noops.mtls")
+
+
+def edge_rows(spans: pa.Table) -> list[dict[str, Any]]:
+    """The rows the service-map derivation (:func:`.edges.edge_batch`) reads, from an
+    ``otel_traces`` Arrow table: only Client spans and Server spans with a parent, only the
+    columns it uses (``Timestamp`` as int ns), and ``SpanAttributes`` reduced to
+    :data:`EDGE_ATTRIBUTES` (the maps hold no duplicate keys)."""
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    kind = spans.column("SpanKind")
+    mask = pc.or_(pc.equal(kind, "Client"),
+                  pc.and_(pc.equal(kind, "Server"), pc.not_equal(spans.column("ParentSpanId"), "")))
+    part = spans.select([*_EDGE_INPUT, "SpanAttributes"]).filter(mask)
+    if part.num_rows == 0:
+        return []
+    attrs = part.column("SpanAttributes")
+    wanted = [(key, pc.map_lookup(attrs, key, "first").to_pylist()) for key in EDGE_ATTRIBUTES]
+    columns = [part.column(c).cast(pa.int64()) if c == "Timestamp" else part.column(c)
+               for c in _EDGE_INPUT]
+    rows: list[dict[str, Any]] = [dict(zip(_EDGE_INPUT, r, strict=True)) for r in
+                                  zip(*(c.to_pylist() for c in columns), strict=True)]
+    for i, row in enumerate(rows):
+        row["SpanAttributes"] = {k: vals[i] for k, vals in wanted if vals[i] is not None}
+    return rows
+
+
 def from_arrow(tbl: pa.Table) -> list[dict[str, Any]]:
     """Arrow result to plain dicts: timestamps as ``int`` ns, maps as ``dict``."""
     cols: dict[str, list[Any]] = {}

@@ -34,6 +34,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
+    edge_rows,
     from_arrow,
     points,
     severity_floor,
@@ -318,6 +319,16 @@ class ClickHouseStore:
         n = self._insert("otel_traces", schema.TRACES, rows)
         self._derive(rows)
         return n
+
+    def insert_spans_arrow(self, spans: pa.Table) -> int:
+        """Like :meth:`insert_spans` for an Arrow table with exactly the ``otel_traces`` columns
+        and types :func:`~._rows.to_arrow` builds (what :mod:`noops.observe.otlp.native` makes)."""
+        if spans.num_rows == 0:
+            return 0
+        with self._guard():
+            self._x.insert_arrow("otel_traces", spans)
+        self._derive(edge_rows(spans))
+        return int(spans.num_rows)
 
     def _derive(self, rows: Sequence[Row]) -> None:
         """After a span insert: index its client/server spans and count the pairs they complete

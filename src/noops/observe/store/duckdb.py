@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import duckdb
+import pyarrow as pa  # type: ignore[import-untyped]
 
 from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
+    edge_rows,
     from_arrow,
     points,
     severity_floor,
@@ -105,6 +107,18 @@ _UNINDEX_SQL: Final = (
     "AND otel_traces_edge_spans.LinkId = p.LinkId")
 
 
+# Run with each span insert, in its transaction: the trace-id table and the minute rollup.
+_SPANS_AFTER: Final = (
+    "INSERT INTO otel_traces_trace_id_ts SELECT TraceId, "
+    "date_trunc('second', min(Timestamp))::TIMESTAMP_S, "
+    "date_trunc('second', max(Timestamp))::TIMESTAMP_S FROM _batch GROUP BY TraceId",
+    "INSERT INTO otel_traces_rollup_1m SELECT ServiceName, SpanName, SpanKind, "
+    f"date_trunc('minute', Timestamp)::TIMESTAMP_S AS Minute, {_BUCKET_SQL} AS Bucket, "
+    "count(*), count(*) FILTER (WHERE StatusCode = 'Error'), sum(Duration)::UBIGINT, "
+    "min(Duration), max(Duration) FROM _batch GROUP BY ALL",
+)
+
+
 def duck_type(ch: str) -> str:
     """The DuckDB type noops stores a ClickHouse exporter column type as."""
     if ch.startswith("Array("):
@@ -160,7 +174,9 @@ class DuckDBStore:
                 after: Sequence[str] = ()) -> int:
         if not rows:
             return 0
-        batch = to_arrow(table, columns, rows)
+        return self._insert_arrow(table, to_arrow(table, columns, rows), after)
+
+    def _insert_arrow(self, table: str, batch: pa.Table, after: Sequence[str] = ()) -> int:
         with self._cursor() as con:
             con.register("_batch", batch)
             try:
@@ -177,19 +193,20 @@ class DuckDBStore:
                     raise
             finally:
                 con.unregister("_batch")
-        return len(rows)
+        return int(batch.num_rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
-        n = self._insert("otel_traces", schema.TRACES, rows, after=(
-            "INSERT INTO otel_traces_trace_id_ts SELECT TraceId, "
-            "date_trunc('second', min(Timestamp))::TIMESTAMP_S, "
-            "date_trunc('second', max(Timestamp))::TIMESTAMP_S FROM _batch GROUP BY TraceId",
-            "INSERT INTO otel_traces_rollup_1m SELECT ServiceName, SpanName, SpanKind, "
-            f"date_trunc('minute', Timestamp)::TIMESTAMP_S AS Minute, {_BUCKET_SQL} AS Bucket, "
-            "count(*), count(*) FILTER (WHERE StatusCode = 'Error'), sum(Duration)::UBIGINT, "
-            "min(Duration), max(Duration) FROM _batch GROUP BY ALL",
-        ))
+        n = self._insert("otel_traces", schema.TRACES, rows, after=_SPANS_AFTER)
         self._derive(rows)
+        return n
+
+    def insert_spans_arrow(self, spans: pa.Table) -> int:
+        """Like :meth:`insert_spans` for an Arrow table with exactly the ``otel_traces`` columns
+        and types :func:`~._rows.to_arrow` builds (what :mod:`noops.observe.otlp.native` makes)."""
+        if spans.num_rows == 0:
+            return 0
+        n = self._insert_arrow("otel_traces", spans, after=_SPANS_AFTER)
+        self._derive(edge_rows(spans))
         return n
 
     def _derive(self, rows: Sequence[Row]) -> None:
