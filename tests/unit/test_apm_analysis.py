@@ -36,6 +36,10 @@ def test_mtls_hop_rule_and_custom_egress() -> None:
     assert not is_mtls_client(via_egress, {"127.0.0.1:16001"})
     assert is_mtls_client({"server.address": "127.0.0.1", "server.port": "16001"},
                           {"127.0.0.1:16001"})
+    # the platform's prober says it presented its workload certificate to the front door
+    assert is_mtls_client({"url.full": "https://shop.localhost:8443/", "noops.mtls": "true"},
+                          DEFAULT_EGRESS)
+    assert not is_mtls_client({"url.full": "https://shop.localhost:8443/"}, DEFAULT_EGRESS)
     rows = [
         {"SpanKind": "Client", "TraceId": "t", "SpanId": "c", "ServiceName": "a",
          "SpanAttributes": via_egress, "Timestamp": 5, "Duration": 7, "StatusCode": "Error"},

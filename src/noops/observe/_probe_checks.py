@@ -165,6 +165,7 @@ async def check_http(probe: Probe, tls: TlsFiles, at: float) -> tuple[ProbeResul
                                      else False)
     status: int | None = None
     error, warning, days = "", "", None
+    mutual = False  # the check went over TLS presenting the prober's workload certificate
     started = time.perf_counter()
     try:
         url, extensions = _loopback(httpx.URL(probe.target), headers)
@@ -180,6 +181,7 @@ async def check_http(probe: Probe, tls: TlsFiles, at: float) -> tuple[ProbeResul
             ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
             if ssl_object is not None:
                 days = _days_left(ssl_object.getpeercert(binary_form=True), time.time())
+                mutual = tls.client_cert is not None
         error = judge(probe, status, bytes(body[:BODY_CAP]))
     except httpx.TimeoutException:
         error = f"timed out after {probe.timeout_s:g}s"
@@ -202,7 +204,8 @@ async def check_http(probe: Probe, tls: TlsFiles, at: float) -> tuple[ProbeResul
                                "server.address": url.host, "noops.probe.id": str(probe.id),
                                "noops.probe.name": probe.name,
                                **({"http.response.status_code": str(status)}
-                                  if status is not None else {})},
+                                  if status is not None else {}),
+                               **({"noops.mtls": "true"} if mutual else {})},
             "Duration": int(duration_ms * 1e6),
             "StatusCode": "Error" if error else "Unset", "StatusMessage": error}
     return result, span

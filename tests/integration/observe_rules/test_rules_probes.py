@@ -160,6 +160,10 @@ def test_https_probe_presents_a_client_certificate(ca: CertificateAuthority, mtl
         assert "client certificate" in refused.error or "CERTIFICATE_REQUIRED" in refused.error
         assert any(m == "noops.probe.tls_days_left" and v == ok.tls_days_left
                    for _, m, v, _ in gauges(tstore))
+        # the probe's own client spans say whether the workload certificate was presented
+        spans = tstore.trace(ok.trace_id)
+        assert spans and spans[0]["SpanAttributes"].get("noops.mtls") == "true"
+        assert "noops.mtls" not in tstore.trace(refused.trace_id)[0]["SpanAttributes"]
     finally:
         with_cert.close()
         without.close()

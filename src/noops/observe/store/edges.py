@@ -32,7 +32,9 @@ to the gateway and on to the callee. A hop is mTLS when
   ``server.address`` + ``server.port``, else ``net.peer.name`` + ``net.peer.port``, else the
   ``host:port`` of ``url.full`` (or the older ``http.url``); or
 * the server span carries the attribute ``noops.mtls`` = ``true`` (set by the platform when the
-  request reached the instance over mTLS).
+  request reached the instance over mTLS); or
+* the client span carries ``noops.mtls`` = ``true``: the platform's prober sets it when it
+  presented its workload certificate to the front door (which carries the call on over mTLS).
 
 An edge's ``mtls`` is true when every call in the window was an mTLS hop.
 """
@@ -93,8 +95,9 @@ def peer_of(attrs: Mapping[str, str]) -> str | None:
 
 
 def is_mtls_client(attrs: Mapping[str, str], egress: Collection[str]) -> bool:
-    """True when a client span's peer is a noops egress endpoint."""
-    return peer_of(attrs) in egress
+    """True when a client span's peer is a noops egress endpoint, or the span says it presented
+    a workload certificate (``noops.mtls``)."""
+    return attrs.get("noops.mtls", "").lower() == "true" or peer_of(attrs) in egress
 
 
 def _is_mtls_server(attrs: Mapping[str, str]) -> bool:
