@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,7 +157,10 @@ class DuckDBStore:
 
     # -- writes -------------------------------------------------------------------------------
     def _insert(self, table: str, columns: Sequence[schema.Column], rows: Sequence[Row],
-                after: Sequence[str] = ()) -> int:
+                after: Sequence[str] = (),
+                then: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> int:
+        """Insert ``rows`` into ``table``, then run the ``after`` statements (which may read the
+        batch as ``_batch``) and ``then(con)``, all in one transaction."""
         if not rows:
             return 0
         batch = to_arrow(table, columns, rows)
@@ -171,6 +174,8 @@ class DuckDBStore:
                                 + (f" ORDER BY {order}" if order else ""))
                     for sql in after:
                         con.execute(sql)
+                    if then is not None:
+                        then(con)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -180,7 +185,7 @@ class DuckDBStore:
         return len(rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
-        n = self._insert("otel_traces", schema.TRACES, rows, after=(
+        return self._insert("otel_traces", schema.TRACES, rows, after=(
             "INSERT INTO otel_traces_trace_id_ts SELECT TraceId, "
             "date_trunc('second', min(Timestamp))::TIMESTAMP_S, "
             "date_trunc('second', max(Timestamp))::TIMESTAMP_S FROM _batch GROUP BY TraceId",
@@ -188,42 +193,38 @@ class DuckDBStore:
             f"date_trunc('minute', Timestamp)::TIMESTAMP_S AS Minute, {_BUCKET_SQL} AS Bucket, "
             "count(*), count(*) FILTER (WHERE StatusCode = 'Error'), sum(Duration)::UBIGINT, "
             "min(Duration), max(Duration) FROM _batch GROUP BY ALL",
-        ))
-        self._derive(rows)
-        return n
+        ), then=self._deriver(rows))
 
-    def _derive(self, rows: Sequence[Row]) -> None:
-        """After a span insert: index its client/server spans and count the pairs they complete
-        into the service-map edge table, in one transaction (see :mod:`.edges`)."""
+    def _deriver(self, rows: Sequence[Row]) -> Callable[[duckdb.DuckDBPyConnection], None] | None:
+        """The service-map step for a span insert, run inside the insert's transaction (one
+        COMMIT; a failed pairing rolls the spans back with it): index the batch's client/server
+        spans and count the pairs they complete into the edge table (see :mod:`.edges`)."""
         batch_id = secrets.randbits(63)
         batch = edges.edge_batch(rows, batch_id, self.egress_endpoints)
         if batch is None:
-            return
+            return None
         stamps = batch.column("Timestamp").cast("int64").to_pylist()
         lo, hi = min(stamps), max(stamps)
         params = {"b": batch_id, "lo": _ts(lo - edges.PAIR_HORIZON_NS),
                   "hi": _ts(hi + edges.PAIR_HORIZON_NS)}
-        with self._cursor() as con:
+
+        def derive(con: duckdb.DuckDBPyConnection) -> None:
             con.register("_edge_batch", batch)
             try:
-                con.execute("BEGIN")
-                try:
-                    con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
-                    con.execute(_PAIR_SQL, params)
-                    con.execute(_EDGE_SQL)
-                    con.execute(_UNINDEX_SQL)
-                    con.execute("DROP TABLE _edge_pairs")
-                    self._edge_high_ns = max(self._edge_high_ns, hi)
-                    if self._edge_high_ns - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
-                        con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
-                                    [_ts(self._edge_high_ns - edges.INDEX_KEEP_NS)])
-                        self._edge_trimmed_ns = self._edge_high_ns
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+                con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
+                con.execute(_PAIR_SQL, params)
+                con.execute(_EDGE_SQL)
+                con.execute(_UNINDEX_SQL)
+                con.execute("DROP TABLE _edge_pairs")
+                high = max(self._edge_high_ns, hi)
+                if high - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
+                    con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
+                                [_ts(high - edges.INDEX_KEEP_NS)])
+                    self._edge_trimmed_ns = high
+                self._edge_high_ns = high
             finally:
                 con.unregister("_edge_batch")
+        return derive
 
     def insert_logs(self, rows: Sequence[Row]) -> int:
         return self._insert("otel_logs", schema.LOGS, rows)
