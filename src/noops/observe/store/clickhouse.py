@@ -18,7 +18,8 @@ Two ways to reach ClickHouse, behind :class:`Executor`:
 """
 
 # SQL text is assembled only from schema constants and fixed clauses; every value is a bound
-# parameter (DuckDB ?, ClickHouse {name:Type}), so S608 does not apply here.
+# parameter (DuckDB ?, ClickHouse {name:Type}) or, for the service-map pairing's trace ids, an
+# array literal escaped by ``_array_literal``, so S608 does not apply here.
 # ruff: noqa: S608
 
 from __future__ import annotations
@@ -261,21 +262,23 @@ ORDER BY (ClientService, ServerService, Minute, Bucket)""",
     return stmts
 
 
-# Service-map pairing (see :mod:`.edges`); {b}, {lo}, {hi} are integers the store computes.
-_EDGE_SIDE: Final = (
-    "(SELECT * FROM otel_traces_edge_spans WHERE Side = {side} AND Timestamp >= "
-    "fromUnixTimestamp64Nano(toInt64({lo})) AND Timestamp < fromUnixTimestamp64Nano(toInt64({hi})) "
-    "AND TraceId IN (SELECT TraceId FROM otel_traces_edge_spans WHERE Batch = {b} AND Timestamp >= "
-    "fromUnixTimestamp64Nano(toInt64({lo})) AND Timestamp < fromUnixTimestamp64Nano(toInt64({hi}))))")
+# Service-map pairing (see :mod:`.edges`); {b}, {lo}, {hi} are integers the store computes and
+# {tids} the insert's trace ids as an escaped array literal. One read of the index (a primary-key
+# lookup by TraceId, bounded by time): each (TraceId, LinkId) group's client rows times its
+# server rows are the pairs (an inner join's result, without the join), kept when one side is new.
 _PAIR_SQL: Final = (
-    "INSERT INTO otel_traces_edges_1m SELECT c.ServiceName, s.ServiceName, "
-    "toDateTime(toStartOfMinute(c.Timestamp)) AS m, toUInt16(least(floor("
-    f"{BUCKETS_PER_OCTAVE} * log2(greatest(c.Duration, 1))), {MAX_BUCKET})) AS bk, count(), "
-    "countIf(c.IsError + s.IsError > 0), countIf(c.Mtls + s.Mtls > 0), min(c.Duration), "
-    "max(c.Duration) FROM " + _EDGE_SIDE.replace("{side}", "0") + " AS c INNER JOIN "
-    + _EDGE_SIDE.replace("{side}", "1") + " AS s ON s.TraceId = c.TraceId AND s.LinkId = c.LinkId "
-    "WHERE (c.Batch = {b} OR s.Batch = {b}) AND c.ServiceName != s.ServiceName "
-    "GROUP BY c.ServiceName, s.ServiceName, m, bk")
+    "INSERT INTO otel_traces_edges_1m SELECT c.1 AS client, s.1 AS server, "
+    "toDateTime(toStartOfMinute(c.2)) AS m, toUInt16(least(floor("
+    f"{BUCKETS_PER_OCTAVE} * log2(greatest(c.3, 1))), {MAX_BUCKET})) AS bk, count(), "
+    "countIf(c.4 + s.2 > 0), countIf(c.5 + s.3 > 0), min(c.3), max(c.3) FROM ("
+    "SELECT groupArrayIf((toString(ServiceName), Timestamp, Duration, IsError, Mtls, "
+    "Batch = {b}), Side = 0) AS cs, groupArrayIf((toString(ServiceName), IsError, Mtls, "
+    "Batch = {b}), Side = 1) AS ss FROM otel_traces_edge_spans WHERE TraceId IN {tids} "
+    "AND Timestamp >= fromUnixTimestamp64Nano(toInt64({lo})) "
+    "AND Timestamp < fromUnixTimestamp64Nano(toInt64({hi})) "
+    "GROUP BY TraceId, LinkId HAVING notEmpty(cs) AND notEmpty(ss)) "
+    "ARRAY JOIN cs AS c ARRAY JOIN ss AS s WHERE (c.6 OR s.4) AND c.1 != s.1 "
+    "GROUP BY client, server, m, bk")
 
 
 class ClickHouseStore:
@@ -356,8 +359,9 @@ class ClickHouseStore:
         lo, hi = min(stamps), max(stamps)
         with self._guard():
             self._x.insert_arrow("otel_traces_edge_spans", batch)
+            tids = _array_literal(sorted(set(batch.column("TraceId").to_pylist())))
             self._x.command(_PAIR_SQL.format(b=batch_id, lo=lo - edges.PAIR_HORIZON_NS,
-                                             hi=hi + edges.PAIR_HORIZON_NS))
+                                             hi=hi + edges.PAIR_HORIZON_NS, tids=tids))
             self._edge_high_ns = max(self._edge_high_ns, hi)
         self._trim_edge_index()
 

@@ -16,7 +16,8 @@ Nested(a T, …)                  one ``"Name.a" T[]`` column per field (ClickHo
 ==============================  =======================  ====================================
 
 Writes go in as Arrow tables (measured faster than ``executemany``, which binds row by row),
-each ``insert_*`` in one transaction together with its trace-id and rollup rows. Building the
+each ``insert_*`` in one transaction together with its trace-id and rollup rows and, for
+spans, the service-map pairing. Building the
 Arrow table from Python mappings (~100k rows/s) dominates the insert cost, not DuckDB.
 Reads have no index: DuckDB scans with zone maps, so every query is
 bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
