@@ -444,18 +444,16 @@ class ClickHouseStore:
         return [slow(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
-        # The trace-id table is ordered by TraceId (a primary-key range); otel_traces is found
-        # through its TraceId bloom filter within the trace's time bounds (partitions, minmax).
-        lo, hi, n = self._tuples(
-            "SELECT toUnixTimestamp(min(Start)) AS lo, toUnixTimestamp(max(End)) AS hi, "
-            "count() AS n FROM otel_traces_trace_id_ts PREWHERE TraceId = {t:String}",
-            t=trace_id)[0]
-        if not n:
-            return []
+        # One statement: the trace's (Start, End) from the trace-id table (ordered by TraceId: a
+        # primary-key range) bound the read of otel_traces, found through partitions, the minmax
+        # and primary indexes on time and the TraceId bloom filter. An unknown id gives
+        # (1970, 1970): no rows.
         return self._q(
+            "WITH (SELECT (min(Start), max(End)) FROM otel_traces_trace_id_ts "
+            "PREWHERE TraceId = {t:String}) AS b "
             "SELECT * FROM otel_traces PREWHERE TraceId = {t:String} "
-            "WHERE Timestamp >= toDateTime({lo:UInt32}) AND Timestamp < toDateTime({hi:UInt32} + 1) "
-            "ORDER BY Timestamp, SpanId", t=trace_id, lo=int(lo), hi=int(hi))
+            "WHERE Timestamp >= b.1 AND Timestamp < b.2 + 1 ORDER BY Timestamp, SpanId",
+            t=trace_id)
 
     def logs(self, query: str | None = None, service: str | None = None,
              severity: str | None = None, start: datetime | None = None,
