@@ -16,7 +16,8 @@ Nested(a T, …)                  one ``"Name.a" T[]`` column per field (ClickHo
 ==============================  =======================  ====================================
 
 Writes go in as Arrow tables (measured faster than ``executemany``, which binds row by row),
-each ``insert_*`` in one transaction together with its trace-id and rollup rows. Building the
+each ``insert_*`` in one transaction together with its trace-id and rollup rows and, for
+spans, the service-map pairing. Building the
 Arrow table from Python mappings (~100k rows/s) dominates the insert cost, not DuckDB.
 Reads have no index: DuckDB scans with zone maps, so every query is
 bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +82,12 @@ _INSERT_ORDER: Final = {
     "otel_logs": "ServiceName, Timestamp",
 }
 _ENTRY: Final = "SpanKind IN ('Server', 'Consumer')"
+# DuckDB checkpoints its WAL into the file when the WAL reaches this size. Each checkpoint
+# writes the tables' last, partly filled row groups; rows appended to them later make the next
+# checkpoint rewrite them, and the blocks they leave stay in the file as free space (the file
+# never shrinks). At DuckDB's 16 MiB default a 122,880-row group of spans (~55 MB in the WAL) was
+# rewritten several times: the file came out ~1.5x the size of a compact copy of its data.
+_CHECKPOINT_AT: Final = "256MB"
 _BUCKET_SQL: Final = (f"CAST(least(floor({BUCKETS_PER_OCTAVE} * log2(greatest(Duration, 1))), "
                       f"{MAX_BUCKET}) AS USMALLINT)")
 # Service-map pairing (see :mod:`.edges`): index rows near the batch that pair up, one of them
@@ -146,7 +153,7 @@ class DuckDBStore:
         self._lock = threading.Lock()
         self._edge_high_ns = self._edge_trimmed_ns = 0
         try:
-            self._con = duckdb.connect(str(path))
+            self._con = duckdb.connect(str(path), config={"wal_autocheckpoint": _CHECKPOINT_AT})
             if threads:
                 self._con.execute(f"SET threads = {int(threads)}")
             for table, columns in schema.TABLES.items():
@@ -171,12 +178,16 @@ class DuckDBStore:
 
     # -- writes -------------------------------------------------------------------------------
     def _insert(self, table: str, columns: Sequence[schema.Column], rows: Sequence[Row],
-                after: Sequence[str] = ()) -> int:
+                after: Sequence[str] = (),
+                then: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> int:
+        """Insert ``rows`` into ``table``, then run the ``after`` statements (which may read the
+        batch as ``_batch``) and ``then(con)``, all in one transaction."""
         if not rows:
             return 0
-        return self._insert_arrow(table, to_arrow(table, columns, rows), after)
+        return self._insert_arrow(table, to_arrow(table, columns, rows), after, then)
 
-    def _insert_arrow(self, table: str, batch: pa.Table, after: Sequence[str] = ()) -> int:
+    def _insert_arrow(self, table: str, batch: pa.Table, after: Sequence[str] = (),
+                      then: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> int:
         with self._cursor() as con:
             con.register("_batch", batch)
             try:
@@ -187,6 +198,8 @@ class DuckDBStore:
                                 + (f" ORDER BY {order}" if order else ""))
                     for sql in after:
                         con.execute(sql)
+                    if then is not None:
+                        then(con)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -196,51 +209,47 @@ class DuckDBStore:
         return int(batch.num_rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
-        n = self._insert("otel_traces", schema.TRACES, rows, after=_SPANS_AFTER)
-        self._derive(rows)
-        return n
+        return self._insert("otel_traces", schema.TRACES, rows, after=_SPANS_AFTER,
+                            then=self._deriver(rows))
 
     def insert_spans_arrow(self, spans: pa.Table) -> int:
         """Like :meth:`insert_spans` for an Arrow table with exactly the ``otel_traces`` columns
         and types :func:`~._rows.to_arrow` builds (what :mod:`noops.observe.otlp.native` makes)."""
         if spans.num_rows == 0:
             return 0
-        n = self._insert_arrow("otel_traces", spans, after=_SPANS_AFTER)
-        self._derive(edge_rows(spans))
-        return n
+        return self._insert_arrow("otel_traces", spans, after=_SPANS_AFTER,
+                                  then=self._deriver(edge_rows(spans)))
 
-    def _derive(self, rows: Sequence[Row]) -> None:
-        """After a span insert: index its client/server spans and count the pairs they complete
-        into the service-map edge table, in one transaction (see :mod:`.edges`)."""
+    def _deriver(self, rows: Sequence[Row]) -> Callable[[duckdb.DuckDBPyConnection], None] | None:
+        """The service-map step for a span insert, run inside the insert's transaction (one
+        COMMIT; a failed pairing rolls the spans back with it): index the batch's client/server
+        spans and count the pairs they complete into the edge table (see :mod:`.edges`)."""
         batch_id = secrets.randbits(63)
         batch = edges.edge_batch(rows, batch_id, self.egress_endpoints)
         if batch is None:
-            return
+            return None
         stamps = batch.column("Timestamp").cast("int64").to_pylist()
         lo, hi = min(stamps), max(stamps)
         params = {"b": batch_id, "lo": _ts(lo - edges.PAIR_HORIZON_NS),
                   "hi": _ts(hi + edges.PAIR_HORIZON_NS)}
-        with self._cursor() as con:
+
+        def derive(con: duckdb.DuckDBPyConnection) -> None:
             con.register("_edge_batch", batch)
             try:
-                con.execute("BEGIN")
-                try:
-                    con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
-                    con.execute(_PAIR_SQL, params)
-                    con.execute(_EDGE_SQL)
-                    con.execute(_UNINDEX_SQL)
-                    con.execute("DROP TABLE _edge_pairs")
-                    self._edge_high_ns = max(self._edge_high_ns, hi)
-                    if self._edge_high_ns - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
-                        con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
-                                    [_ts(self._edge_high_ns - edges.INDEX_KEEP_NS)])
-                        self._edge_trimmed_ns = self._edge_high_ns
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+                con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
+                con.execute(_PAIR_SQL, params)
+                con.execute(_EDGE_SQL)
+                con.execute(_UNINDEX_SQL)
+                con.execute("DROP TABLE _edge_pairs")
+                high = max(self._edge_high_ns, hi)
+                if high - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
+                    con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
+                                [_ts(high - edges.INDEX_KEEP_NS)])
+                    self._edge_trimmed_ns = high
+                self._edge_high_ns = high
             finally:
                 con.unregister("_edge_batch")
+        return derive
 
     def insert_logs(self, rows: Sequence[Row]) -> int:
         return self._insert("otel_logs", schema.LOGS, rows)

@@ -21,8 +21,11 @@ that it holds only spans still waiting for a partner (a client span then pairs w
 server child only, and a re-sent server span is not counted twice); ClickHouse keeps them and
 finds the batch's traces through the index's ``ORDER BY (TraceId, LinkId)``.
 
-The pairing runs right after the span insert (``_derive``), in its own transaction: a crash
-between the two leaves those spans off the map, never counted twice.
+On DuckDB the pairing runs inside the span insert's transaction (one COMMIT: the spans and
+their pairs land together or not at all). ClickHouse has no transactions: the pairing runs right
+after the span insert, so a crash between the two leaves those spans off the map, never counted
+twice. There the index is partitioned by hour and trimmed by dropping whole partitions (no
+mutation rewrites its parts).
 
 **What counts as an mTLS hop.** noops runs an egress endpoint inside every instance's network
 namespace, ``127.0.0.1:15001`` by default, which carries the call over mTLS, with the app's SVID,
