@@ -31,9 +31,8 @@ markers, probes and alerts (``/api/deployments``, ``/api/probes``, ``/api/alerts
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,31 +40,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from noops.daemon import Platform, release_json
-from noops.errors import NoopsError, UsageError
+from noops.errors import UsageError
+from noops.httpapi import json_errors, json_object
 
 __all__ = ["make_app"]
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _errors(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except NoopsError as exc:
-            return JSONResponse({"error": str(exc), "kind": type(exc).__name__},
-                                status_code=exc.http_status)
-    return wrapped
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise UsageError("the request body must be JSON") from exc
-    if not isinstance(data, dict):
-        raise UsageError("the request body must be a JSON object")
-    return data
 
 
 def make_app(platform: Platform) -> Starlette:
@@ -77,7 +55,7 @@ def make_app(platform: Platform) -> Starlette:
 
     async def apps(request: Request) -> Response:
         if request.method == "POST":
-            body = await _body(request)
+            body = await json_object(request)
             app = state.create_app(platform.check_app_name(str(body.get("name", ""))))
             return JSONResponse({"name": app.name}, status_code=201)
         out = []
@@ -98,7 +76,7 @@ def make_app(platform: Platform) -> Starlette:
 
     async def deploy(request: Request) -> Response:
         name = request.path_params["app"]
-        body = await _body(request)
+        body = await json_object(request)
         state.app(name)
         spec = None
         if body.get("path"):
@@ -123,7 +101,7 @@ def make_app(platform: Platform) -> Starlette:
         return JSONResponse([release_json(r) for r in state.releases(name)])
 
     async def rollback(request: Request) -> Response:
-        body = await _body(request) if await request.body() else {}
+        body = await json_object(request) if await request.body() else {}
         version = body.get("version")
         result = await platform.rollback(request.path_params["app"],
                                          int(version) if version is not None else None)
@@ -132,7 +110,7 @@ def make_app(platform: Platform) -> Starlette:
     async def config(request: Request) -> Response:
         name = request.path_params["app"]
         if request.method == "PATCH":
-            body = await _body(request)
+            body = await json_object(request)
             result = await platform.change_config(
                 name, set_={str(k): str(v) for k, v in (body.get("set") or {}).items()},
                 unset=[str(k) for k in body.get("unset") or []])
@@ -144,7 +122,7 @@ def make_app(platform: Platform) -> Starlette:
 
     async def secrets(request: Request) -> Response:
         name = request.path_params["app"]
-        body = await _body(request)
+        body = await json_object(request)
         result = await platform.change_config(
             name, set_={str(k): str(v) for k, v in (body.get("set") or {}).items()},
             unset=[str(k) for k in body.get("unset") or []], secrets=True)
@@ -157,7 +135,7 @@ def make_app(platform: Platform) -> Starlette:
         return JSONResponse([s.to_json() for s in platform.supervisor.for_app(name)])
 
     async def scale(request: Request) -> Response:
-        body = await _body(request)
+        body = await json_object(request)
         counts = {}
         for k, v in body.items():
             if not isinstance(v, int) or isinstance(v, bool):
@@ -235,20 +213,20 @@ def make_app(platform: Platform) -> Starlette:
 
     routes = [
         Route("/metrics", platform.telemetry.metrics_endpoint),
-        Route("/api/health", _errors(health)),
-        Route("/api/apps", _errors(apps), methods=["GET", "POST"]),
-        Route("/api/apps/{app}", _errors(app_detail)),
-        Route("/api/apps/{app}/deploy", _errors(deploy), methods=["POST"]),
-        Route("/api/apps/{app}/releases", _errors(releases)),
-        Route("/api/apps/{app}/rollback", _errors(rollback), methods=["POST"]),
-        Route("/api/apps/{app}/config", _errors(config), methods=["GET", "PATCH"]),
-        Route("/api/apps/{app}/secrets", _errors(secrets), methods=["PATCH"]),
-        Route("/api/apps/{app}/ps", _errors(ps)),
-        Route("/api/apps/{app}/scale", _errors(scale), methods=["POST"]),
-        Route("/api/apps/{app}/logs", _errors(logs)),
-        Route("/api/apps/{app}/export/kubernetes", _errors(export_k8s)),
-        Route("/api/gc", _errors(gc), methods=["POST"]),
-        Route("/api/events", _errors(events)),
+        Route("/api/health", json_errors(health)),
+        Route("/api/apps", json_errors(apps), methods=["GET", "POST"]),
+        Route("/api/apps/{app}", json_errors(app_detail)),
+        Route("/api/apps/{app}/deploy", json_errors(deploy), methods=["POST"]),
+        Route("/api/apps/{app}/releases", json_errors(releases)),
+        Route("/api/apps/{app}/rollback", json_errors(rollback), methods=["POST"]),
+        Route("/api/apps/{app}/config", json_errors(config), methods=["GET", "PATCH"]),
+        Route("/api/apps/{app}/secrets", json_errors(secrets), methods=["PATCH"]),
+        Route("/api/apps/{app}/ps", json_errors(ps)),
+        Route("/api/apps/{app}/scale", json_errors(scale), methods=["POST"]),
+        Route("/api/apps/{app}/logs", json_errors(logs)),
+        Route("/api/apps/{app}/export/kubernetes", json_errors(export_k8s)),
+        Route("/api/gc", json_errors(gc), methods=["POST"]),
+        Route("/api/events", json_errors(events)),
         *platform.telemetry.routes(),
     ]
     return Starlette(routes=routes)

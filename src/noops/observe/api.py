@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -35,7 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from noops.errors import NoopsError, UsageError
+from noops.errors import UsageError
+from noops.httpapi import json_errors
 from noops.observe.store import TelemetryStore
 from noops.observe.waterfall import load_waterfall
 
@@ -46,8 +47,6 @@ DEFAULT_HISTOGRAM_MS: Final = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 50
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SINCE: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _MAX_LIMIT: Final = 10_000
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def parse_since(text: str) -> timedelta:
@@ -96,16 +95,6 @@ def _json(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _json(v) for k, v in data.items()}
     return data
-
-
-def _errors(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except NoopsError as exc:
-            return JSONResponse({"error": str(exc), "kind": type(exc).__name__},
-                                status_code=exc.http_status)
-    return wrapped
 
 
 def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
@@ -189,15 +178,15 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
 
     svc = "/api/apm/services/{service}"
     return [
-        Route("/api/apm/services", _errors(services)),
-        Route(f"{svc}/endpoints", _errors(endpoints)),
-        Route(f"{svc}/histogram", _errors(histogram)),
-        Route(f"{svc}/slowest", _errors(slowest)),
-        Route(f"{svc}/timeseries", _errors(timeseries)),
-        Route(f"{svc}/errors", _errors(errors)),
-        Route(f"{svc}/correlations", _errors(correlations)),
-        Route("/api/apm/map", _errors(service_map)),
-        Route("/api/apm/errors", _errors(errors)),
-        Route("/api/traces/{trace_id}", _errors(trace)),
-        Route("/api/logs", _errors(logs)),
+        Route("/api/apm/services", json_errors(services)),
+        Route(f"{svc}/endpoints", json_errors(endpoints)),
+        Route(f"{svc}/histogram", json_errors(histogram)),
+        Route(f"{svc}/slowest", json_errors(slowest)),
+        Route(f"{svc}/timeseries", json_errors(timeseries)),
+        Route(f"{svc}/errors", json_errors(errors)),
+        Route(f"{svc}/correlations", json_errors(correlations)),
+        Route("/api/apm/map", json_errors(service_map)),
+        Route("/api/apm/errors", json_errors(errors)),
+        Route("/api/traces/{trace_id}", json_errors(trace)),
+        Route("/api/logs", json_errors(logs)),
     ]

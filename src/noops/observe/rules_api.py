@@ -46,7 +46,6 @@ renewed SVID on its next check; :meth:`Probes.set_tls` switches to other files.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -54,35 +53,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from noops.errors import NoopsError
+from noops.httpapi import json_errors, json_object
 from noops.observe._rules_common import RuleUsageError, epoch, parse_duration
 from noops.observe.alerts import Alerts
 from noops.observe.markers import DeployMarkers
 from noops.observe.probes import Probes
 
 __all__ = ["rules_routes"]
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _errors(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except NoopsError as exc:
-            return JSONResponse({"error": str(exc), "kind": type(exc).__name__},
-                                status_code=exc.http_status)
-    return wrapped
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise RuleUsageError("the request body must be JSON") from exc
-    if not isinstance(data, dict):
-        raise RuleUsageError("the request body must be a JSON object")
-    return data
 
 
 def _int(value: Any, what: str) -> int:
@@ -125,7 +102,7 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
 
     async def deployments(request: Request) -> Response:
         if request.method == "POST":
-            body = await _body(request)
+            body = await json_object(request)
             at = body.get("at")
             if at is not None and not isinstance(at, int | float):
                 raise RuleUsageError("'at' must be seconds since the epoch")
@@ -153,7 +130,7 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
 
     async def probe_list(request: Request) -> Response:
         if request.method == "POST":
-            body = await _body(request)
+            body = await json_object(request)
             options: dict[str, Any] = {}
             for key in ("every", "expect_status", "timeout", "tls_warn_days"):
                 if body.get(key) is not None:
@@ -182,7 +159,7 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
 
     async def alert_list(request: Request) -> Response:
         if request.method == "POST":
-            body = await _body(request)
+            body = await json_object(request)
             hooks = body.get("webhooks") or ([body["webhook"]] if body.get("webhook") else [])
             if not isinstance(hooks, list):
                 raise RuleUsageError("'webhooks' must be a list of URLs")
@@ -207,12 +184,12 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
                                           _limit(request)))
 
     return [
-        Route("/api/deployments", _errors(deployments), methods=["GET", "POST"]),
-        Route("/api/deployments/{id}", _errors(deployment), methods=["GET"]),
-        Route("/api/probes", _errors(probe_list), methods=["GET", "POST"]),
-        Route("/api/probes/{id}", _errors(probe_delete), methods=["DELETE"]),
-        Route("/api/probes/{id}/results", _errors(probe_results), methods=["GET"]),
-        Route("/api/alerts", _errors(alert_list), methods=["GET", "POST"]),
-        Route("/api/alerts/events", _errors(alert_events), methods=["GET"]),
-        Route("/api/alerts/{id}", _errors(alert_delete), methods=["DELETE"]),
+        Route("/api/deployments", json_errors(deployments), methods=["GET", "POST"]),
+        Route("/api/deployments/{id}", json_errors(deployment), methods=["GET"]),
+        Route("/api/probes", json_errors(probe_list), methods=["GET", "POST"]),
+        Route("/api/probes/{id}", json_errors(probe_delete), methods=["DELETE"]),
+        Route("/api/probes/{id}/results", json_errors(probe_results), methods=["GET"]),
+        Route("/api/alerts", json_errors(alert_list), methods=["GET", "POST"]),
+        Route("/api/alerts/events", json_errors(alert_events), methods=["GET"]),
+        Route("/api/alerts/{id}", json_errors(alert_delete), methods=["DELETE"]),
     ]
