@@ -7,7 +7,9 @@ import shutil
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +46,16 @@ def needs(*tools: str) -> pytest.MarkDecorator:
         raise RuntimeError(f"CI needs root and {', '.join(missing or tools)}: `make deps` "
                            "installs them")
     return pytest.mark.skipif(lacking, reason=f"needs root and {', '.join(tools)} (run `make deps`)")
+
+
+def eventually(what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
+    """Poll ``check`` every 0.3 s until it returns something truthy (returned), or fail saying
+    what never happened."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)

@@ -8,14 +8,13 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from helpers import EXAMPLES, needs
+from helpers import EXAMPLES, eventually, needs
 from noops.gate._identity_totp import totp_at
 from noops.gate.identity import IdentityStore
 from noops.gate.pep import DEFAULT_POLICY
@@ -32,15 +31,6 @@ readiness = { period_s = 0.5, timeout_s = 1, failures = 2 }
 """
 
 
-def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def _get(daemon: Any, host: str, path: str = "/", cookie: str | None = None) -> httpx.Response:
@@ -94,7 +84,7 @@ def test_default_policy_admits_the_prober_and_keeps_the_console_for_admins(  # t
     anonymous = _get(daemon, f"{app}.localhost")
     assert anonymous.status_code in (302, 303, 401, 403), anonymous
     # ... but the default probe, presenting the prober's SVID, checks the app itself
-    probe = _wait_for("the default probe's first result", lambda: [
+    probe = eventually("the default probe's first result", lambda: [
         p for p in daemon.api("GET", "/api/probes", params={"app": app}).json()
         if p.get("last")])
     assert probe[0]["last"]["ok"] is True and probe[0]["last"]["status"] == 200, probe

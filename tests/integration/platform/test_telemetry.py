@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import EXAMPLES, eventually
 from noops.observe.store import DuckDBStore
 
 pytestmark = [pytest.mark.runc, pytest.mark.stacks]
@@ -55,15 +55,6 @@ def _metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def _counter(daemon: Any, name: str, **labels: str) -> float:
@@ -101,9 +92,9 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
     # a 200 from /work means the receiver acknowledged the span and the log record
     assert _counter(daemon, "noops_otlp_accepted_items_total", signal="traces") >= 3
     assert _counter(daemon, "noops_otlp_accepted_items_total", signal="logs") >= 3
-    _wait_for("stdout lines in the store", lambda: _counter(
+    eventually("stdout lines in the store", lambda: _counter(
         daemon, "noops_telemetry_log_rows_total") >= 6)
-    _wait_for("two usage samples", lambda: _counter(
+    eventually("two usage samples", lambda: _counter(
         daemon, "noops_telemetry_usage_rows_total") >= 6)
 
     # /metrics on the API socket and on the receiver's port: Prometheus text, platform figures
@@ -130,7 +121,7 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
     assert daemon.api("POST", "/api/deployments", json=outside).status_code == 201
     again = daemon.api("POST", "/api/deployments", json=outside)
     assert again.status_code == 200 and again.json()["deduplicated"] is True
-    probe = _wait_for("the default probe's first result", lambda: [
+    probe = eventually("the default probe's first result", lambda: [
         p for p in daemon.api("GET", "/api/probes", params={"app": app}).json()
         if p["last"] is not None])
     assert probe[0]["name"] == f"{app} front door"
@@ -241,8 +232,6 @@ authenticated = false
 
 
 def test_two_service_shop_is_one_trace_with_an_edge_and_markers(platform_with, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from helpers import EXAMPLES
-
     daemon = platform_with()
     policy = tmp_path / "shop-policy.toml"
     policy.write_text(SHOP_POLICY)
@@ -265,9 +254,9 @@ def test_two_service_shop_is_one_trace_with_an_edge_and_markers(platform_with, t
 
     # one trace: the frontend's server span, its client call through the egress and the
     # gateway, the inventory's server span; the frontend's log line carries the trace id
-    trace = _wait_for("one trace across both services with its log line", page_trace)
+    trace = eventually("one trace across both services with its log line", page_trace)
     assert set(trace["services"]) >= {"shop-frontend", "shop-inventory"}
-    edges = _wait_for("the shop-frontend → shop-inventory edge", lambda: [
+    edges = eventually("the shop-frontend → shop-inventory edge", lambda: [
         e for e in daemon.api("GET", "/api/apm/map", params={"since": "15m"}).json()
         if (e["client"], e["server"]) == ("shop-frontend", "shop-inventory")])
     assert edges[0]["calls"] >= 1
