@@ -87,6 +87,18 @@ def test_correlation_scores() -> None:
     assert correlations(rows, cohort_total=10, rest_total=0, limit=5) == []
 
 
+def test_correlations_leave_out_keys_unique_per_span() -> None:
+    # ten slow spans, each from its own client port: over-represented, and meaningless
+    ports = [("span", "network.peer.port", str(40000 + i), 1, 0) for i in range(10)]
+    rows = [*ports, ("span", "provider", "slowpay", 8, 2)]
+    got = correlations(rows, cohort_total=10, rest_total=50, limit=5)
+    assert [c["key"] for c in got] == ["provider"]
+    # a few values of a key are not "unique per span"
+    few = [("span", "region", r, 3, 0) for r in ("a", "b", "c")]
+    assert {c["value"] for c in correlations(few, cohort_total=10, rest_total=50, limit=5)} == \
+        {"a", "b", "c"}
+
+
 def test_top_names() -> None:
     counts = [("a", 5), ("b", 9), ("c", 5), ("d", 1)]
     assert top_names(counts, 4) is None

@@ -5,6 +5,7 @@ correlation scores, the endpoint cardinality guard)."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -64,15 +65,32 @@ def cohort_of(slow_ms: float | None, failed: bool) -> tuple[str, float]:
     return "failed", 0.0
 
 
+UNIQUE_KEY_MIN_VALUES: Final = 5
+"""See :func:`correlations`."""
+
+
 def correlations(rows: Sequence[Sequence[Any]], cohort_total: int, rest_total: int,
                  limit: int) -> list[Correlation]:
     """Score SQL rows ``(source, key, value, cohort_count, rest_count)``: ``score`` is the
     cohort share minus the baseline share; only over-represented pairs are kept. With no
-    baseline (every span in the cohort) nothing stands out and the answer is empty."""
+    baseline (every span in the cohort) nothing stands out and the answer is empty.
+
+    Keys that are unique per span (a client port, a request id, a timestamp) explain nothing
+    and would crowd out what does: a key with at least :data:`UNIQUE_KEY_MIN_VALUES` values in
+    the cohort, more values than half the spans carrying them, is left out."""
     if cohort_total == 0 or rest_total == 0:
         return []
+    values: Counter[tuple[str, str]] = Counter()
+    carriers: Counter[tuple[str, str]] = Counter()
+    for source, key, _value, hit, miss in rows:
+        values[(source, key)] += 1
+        carriers[(source, key)] += int(hit) + int(miss)
+    unique_per_span = {k for k, n in values.items()
+                       if n >= UNIQUE_KEY_MIN_VALUES and n > carriers[k] / 2}
     out: list[Correlation] = []
     for source, key, value, hit, miss in rows:
+        if (source, key) in unique_per_span:
+            continue
         cohort, base = int(hit) / cohort_total, int(miss) / rest_total
         if cohort > base:
             out.append(Correlation(source=str(source), key=str(key), value=str(value),
