@@ -144,5 +144,7 @@ def map_layout(edges: Sequence[Mapping[str, Any]], *, width: int = 900, row_h: i
                           "y1": round(y1 + dy * trim / length, 1),
                           "x2": round(x2 - dx * trim / length, 1),
                           "y2": round(y2 - dy * trim / length, 1),
-                          "lx": round((x1 + x2) / 2, 1), "ly": round((y1 + y2) / 2 - 8, 1)})
+                          # labels nearer the callee: edges fanning out of one caller (the
+                          # prober calls every app) would stack their labels at the caller
+                          "lx": round(x1 + dx * 0.62, 1), "ly": round(y1 + dy * 0.62 - 10, 1)})
     return {"nodes": nodes, "edges": out_edges, "width": width, "height": int(height)}

@@ -38,9 +38,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -158,15 +160,27 @@ class _VersionHook:
 
     def insert_spans(self, rows: list[Row]) -> object:
         written = self.store.insert_spans(rows)
-        pairs = {(r.get("ServiceName", ""), (r.get("ResourceAttributes") or {}).get(
-            "service.version", "")) for r in rows}
+        self._observe({(r.get("ServiceName", ""), (r.get("ResourceAttributes") or {}).get(
+            "service.version", "")) for r in rows})
+        return written
+
+    def insert_spans_arrow(self, spans: pa.Table) -> object:
+        """The native decoder's path (the receiver takes it only when the store offers it)."""
+        written = cast(Any, self.store).insert_spans_arrow(spans)
+        versions = pc.map_lookup(spans.column("ResourceAttributes"), "service.version", "first")
+        pairs = pa.table({"s": spans.column("ServiceName"), "v": versions}).group_by(
+            ["s", "v"]).aggregate([])
+        self._observe(set(zip(pairs.column("s").to_pylist(), pairs.column("v").to_pylist(),
+                              strict=True)))
+        return written
+
+    def _observe(self, pairs: set[tuple[str | None, str | None]]) -> None:
         for service, version in pairs:
             if service and version:
                 try:
                     self.markers.observe_spans(service, version)
                 except NoopsError:
                     log.exception("could not mark %s %s", service, version)
-        return written
 
     def insert_logs(self, rows: list[Row]) -> object:
         return self.store.insert_logs(rows)

@@ -4,6 +4,7 @@ monitors forward to and on the TCP port, ``/metrics``, retention, a port already
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -28,6 +29,23 @@ def _span(trace_id: str, service: str) -> bytes:
             "traceId": trace_id, "spanId": "00000000000000aa", "name": "GET /",
             "kind": 2, "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1000)}]}]}]}
     ).encode()
+
+
+def _span_protobuf(trace_id: str, service: str, version: str) -> bytes:
+    from google.protobuf.json_format import ParseDict
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    now = time.time_ns()
+    return ParseDict({"resourceSpans": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": service}},
+            {"key": "service.version", "value": {"stringValue": version}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": base64.b64encode(bytes.fromhex(trace_id)).decode(),
+            "spanId": base64.b64encode(bytes.fromhex("00000000000000bb")).decode(),
+            "name": "GET /", "kind": 2, "startTimeUnixNano": str(now),
+            "endTimeUnixNano": str(now + 1000)}]}]}]}, ExportTraceServiceRequest()
+    ).SerializeToString()
 
 
 def _settings(home: Path, port: int, **extra: str) -> Settings:
@@ -65,6 +83,24 @@ def test_receiver_socket_port_metrics_retention_and_stop(tmp_path: Path) -> None
                 await asyncio.sleep(0.05)
             [marker] = telemetry.markers.list(service="by-port")
             assert (marker.version, marker.kind) == ("v9", "version")
+            # protobuf spans take the native decoder in the daemon too, and mark versions alike
+            from noops.observe.otlp import native
+
+            assert native.AVAILABLE, "pip install builds the native decoder (gcc, python3-dev)"
+            assert telemetry.receiver._decoders["traces"] is native.decode_traces
+            async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(
+                    uds=str(telemetry.socket)), base_url="http://otlp") as client:
+                resp = await client.post("/v1/traces", content=_span_protobuf(
+                    "3" * 32, "by-protobuf", "v10"),
+                    headers={"Content-Type": "application/x-protobuf"})
+                assert resp.status_code == 200, resp.text
+            for _ in range(100):
+                if telemetry.markers.list(service="by-protobuf"):
+                    break
+                await asyncio.sleep(0.05)
+            [marker] = telemetry.markers.list(service="by-protobuf")
+            assert (marker.version, marker.kind) == ("v10", "version")
+            assert telemetry.store.trace("3" * 32)
             # retention: an 8-day-old log record goes, a fresh one stays (logs keep 7 days)
             telemetry.store.insert_logs([{"Timestamp": old, "ServiceName": "a", "Body": "old"},
                                          {"Timestamp": time.time_ns(), "ServiceName": "a",
