@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -121,7 +122,7 @@ class AlertRule:
                 "endpoint": self.endpoint, "threshold": self.threshold,
                 "unit": _UNITS[self.kind], "probe_id": self.probe_id, "for_s": self.for_s,
                 "window_s": self.window_s, "min_requests": self.min_requests,
-                "webhooks": builtins.list(self.webhooks), "created": iso(self.created)}
+                "webhooks": [redact_url(w) for w in self.webhooks], "created": iso(self.created)}
 
 
 @dataclass(frozen=True)
@@ -312,8 +313,9 @@ class Alerts:
             deliveries = self.db.query("SELECT webhook, status, attempts, last_error, delivered_at "
                                        "FROM alert_deliveries WHERE event_id = ?", (r["id"],))
             out.append({**json.loads(r["payload"]), "alert_id": r["alert_id"],
-                        "deliveries": [{"webhook": d["webhook"], "status": d["status"],
-                                        "attempts": d["attempts"], "last_error": d["last_error"],
+                        "deliveries": [{"webhook": redact_url(d["webhook"]), "status": d["status"],
+                                        "attempts": d["attempts"],
+                                        "last_error": _redacted(d["last_error"], d["webhook"]),
                                         "delivered_at": iso(d["delivered_at"])}
                                        for d in deliveries]})
         return out
@@ -494,8 +496,8 @@ class Alerts:
             status, next_at = "delivered", at
         elif attempts >= MAX_ATTEMPTS:
             status, next_at = "failed", at
-            log.warning("alert webhook %s gave up after %d attempts: %s", row["webhook"],
-                        attempts, error)
+            log.warning("alert webhook %s gave up after %d attempts: %s",
+                        redact_url(row["webhook"]), attempts, _redacted(error, row["webhook"]))
         else:
             status, next_at = "pending", at + min(BACKOFF_S * 2 ** (attempts - 1), BACKOFF_CAP_S)
         with self.db.tx() as con:
@@ -519,3 +521,17 @@ class Alerts:
 
     def close(self) -> None:
         self.db.close()
+
+
+def redact_url(url: str) -> str:
+    """A webhook URL as shown and logged: its path and query are often the credential (Slack,
+    Teams, PagerDuty), so only the scheme, the host and the last four characters remain."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        return "…"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…{url[-4:]}"
+
+
+def _redacted(text: str | None, url: str) -> str | None:
+    return text.replace(url, redact_url(url)) if text else text

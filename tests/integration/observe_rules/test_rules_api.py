@@ -88,13 +88,16 @@ def test_probe_routes(client: httpx.Client, rules_api: RulesApi, app_server: Ser
 def test_alert_routes(client: httpx.Client, rules_api: RulesApi, tstore: DuckDBStore,
                       webhook: Served) -> None:
     tstore.insert_spans(span_rows("shop", at(0), 3, 60, error_every=2))
+    hook = f"{webhook.url}/services/T0/B1/s3cr3t-token"
     made = client.post("/api/alerts", json={"kind": "error_rate", "service": "shop",
                                             "threshold": "5%", "for": "1m", "window": "2m",
-                                            "webhook": webhook.url})
+                                            "webhook": hook})
     assert made.status_code == 201
     rule = made.json()
-    assert (rule["threshold"], rule["unit"], rule["for_s"], rule["webhooks"]) == (
-        5.0, "%", 60.0, [webhook.url])
+    assert (rule["threshold"], rule["unit"], rule["for_s"]) == (5.0, "%", 60.0)
+    # a webhook URL is a credential (its path): shown with scheme, host and its last characters
+    assert rule["webhooks"] == [f"{webhook.url}/…oken"]
+    assert "s3cr3t" not in client.get("/api/alerts").text
     alerts = rules_api.alerts
     alerts.evaluate(at(2))
     assert client.get("/api/alerts").json()[0]["state"] == "pending"
