@@ -488,44 +488,51 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     pid_path(settings).write_text(str(os.getpid()))
     # before the instances: their monitors forward telemetry to the receiver's socket
     await platform.telemetry.start()
-    summary = await platform.recover()
-    log.info("recovered: %s", summary)
-    gc_task = asyncio.create_task(platform.gc_forever(), name="gc")
-    rotate_task = asyncio.create_task(platform.rotate_forever(), name="svid-rotation")
-    frontdoor = start_frontdoor(settings)
-    sock = socket_path(settings)
     stop = asyncio.Event()
-    platform.routes.publish(CONSOLE_APP, [f"{CONSOLE_APP}.localhost"],
-                            [platform.system.console_endpoint()])
-    console_task = asyncio.create_task(platform.system.run_console(stop, sock), name="console")
-    sock.unlink(missing_ok=True)
-    config = uvicorn.Config(make_app(platform), uds=str(sock), log_level="warning",
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    # uvicorn must not take over SIGTERM/SIGINT: the daemon stops in its own order
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.05)
-    if sock.exists():
-        os.chmod(sock, 0o600)
-    await stop.wait()
-    server.should_exit = True
-    await task
-    await console_task
-    gc_task.cancel()
-    rotate_task.cancel()
-    for slot in list(platform.supervisor.slots.values()):
-        if slot.task is not None:
-            slot.task.cancel()
-    await platform.telemetry.stop()
-    pid_path(settings).unlink(missing_ok=True)
-    if frontdoor is not None:
-        log.info("front door keeps running (pid %s)", frontdoor)
-    platform.state.close()
+    background: list[asyncio.Task[Any]] = []
+    frontdoor: int | None = None
+    try:
+        summary = await platform.recover()
+        log.info("recovered: %s", summary)
+        background += [asyncio.create_task(platform.gc_forever(), name="gc"),
+                       asyncio.create_task(platform.rotate_forever(), name="svid-rotation")]
+        frontdoor = start_frontdoor(settings)
+        sock = socket_path(settings)
+        platform.routes.publish(CONSOLE_APP, [f"{CONSOLE_APP}.localhost"],
+                                [platform.system.console_endpoint()])
+        console_task = asyncio.create_task(platform.system.run_console(stop, sock), name="console")
+        sock.unlink(missing_ok=True)
+        config = uvicorn.Config(make_app(platform), uds=str(sock), log_level="warning",
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        # uvicorn must not take over SIGTERM/SIGINT: the daemon stops in its own order
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if sock.exists():
+            os.chmod(sock, 0o600)
+        await stop.wait()
+        server.should_exit = True
+        await task
+        await console_task
+    finally:
+        # also when starting up failed: the receiver drains, the store and the console close
+        stop.set()
+        await platform.system.stop_console()
+        for bg in background:
+            bg.cancel()
+        for slot in list(platform.supervisor.slots.values()):
+            if slot.task is not None:
+                slot.task.cancel()
+        await platform.telemetry.stop()
+        pid_path(settings).unlink(missing_ok=True)
+        if frontdoor is not None:
+            log.info("front door keeps running (pid %s)", frontdoor)
+        platform.state.close()
 
 
 def start_frontdoor(settings: Settings) -> int | None:

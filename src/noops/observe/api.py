@@ -158,7 +158,7 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
         trace_id = request.path_params["trace_id"]
         if not re.fullmatch(r"[0-9a-fA-F]{32}", trace_id):
             raise UsageError(f"{trace_id!r} is not a trace id (32 hex digits)")
-        return await call(load_waterfall, store, trace_id)
+        return await call(load_waterfall, store, trace_id.lower())
 
     async def logs(request: Request) -> Response:
         params = request.query_params

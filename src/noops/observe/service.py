@@ -109,7 +109,8 @@ def open_store(settings: Settings) -> TelemetryStore:
             host=url.hostname, port=url.port or (8443 if url.scheme == "clickhouses" else 8123),
             username=url.username or "default", password=url.password or "",
             database=url.path.strip("/") or "default", secure=url.scheme == "clickhouses")
-    raise UsageError(f"telemetry_store = {choice!r}: use duckdb, chdb or "
+    shown = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()  # never the password
+    raise UsageError(f"telemetry_store = {shown!r}: use duckdb, chdb or "
                      "clickhouse://user:password@host:8123/database")
 
 
@@ -436,6 +437,6 @@ class Telemetry:
         while True:
             try:
                 await self.expire()
-            except NoopsError:
+            except Exception:  # the loop must outlive any failure, or the disk fills up
                 log.exception("telemetry retention failed; retrying in %ss", every_s)
             await asyncio.sleep(every_s)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from console_harness import APP, Platform
 
-from helpers import needs
+from helpers import eventually, needs
 from noops.gate._identity_totp import totp_at
 from noops.gate.identity import IdentityStore
 from noops.gate.pep import DEFAULT_POLICY
@@ -24,17 +24,24 @@ pytestmark = [pytest.mark.runc, pytest.mark.stacks, pytest.mark.console,
 PASSWORD = "correct horse battery staple"
 
 
+def _anonymous_status(platform: Platform) -> int:
+    port = platform.env["NOOPS_FRONTDOOR_PORT"]
+    return httpx.get(f"https://127.0.0.1:{port}/", verify=False,
+                     headers={"Host": "console.localhost", "Accept": "application/json"}).status_code
+
+
 @pytest.fixture
 def default_policy(platform: Platform, tmp_path: Path) -> Any:
-    """The default policy for this test, then the open one the other console tests use."""
+    """The default policy for this test, then the open one the other console tests use (each
+    waited for until the front door enforces it)."""
     policy = tmp_path / "default.toml"
     policy.write_text(DEFAULT_POLICY)
     platform.noops("policy", "apply", str(policy))
-    time.sleep(0.5)  # the front door looks every 0.25 s
+    eventually("the default policy", lambda: _anonymous_status(platform) == 401, 10)
     yield
     policy.write_text('[[route]]\nid = "open"\nhost = "*.localhost"\nauthenticated = false\n')
     platform.noops("policy", "apply", str(policy))
-    time.sleep(0.5)
+    eventually("the open policy", lambda: _anonymous_status(platform) == 200, 10)
 
 
 def _users(platform: Platform, suffix: str) -> dict[str, str]:
@@ -72,9 +79,7 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
     secrets = _users(platform, unique)
 
     # anonymous: a page asks to sign in, the API behind it refuses outright
-    anonymous = httpx.get(f"https://127.0.0.1:{port}/api/apps", verify=False,
-                          headers={"Host": "console.localhost", "Accept": "application/json"})
-    assert anonymous.status_code == 401, anonymous.text
+    assert _anonymous_status(platform) == 401
 
     admin = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
     try:

@@ -149,6 +149,11 @@ def test_bad_telemetry_settings_say_what_to_use(tmp_path: Path) -> None:
 
     with pytest.raises(UsageError, match="use duckdb, chdb or clickhouse://"):
         Telemetry(_settings(tmp_path, 0, telemetry_store="mysql://db/x"))
+    # a URL without a host: the message names it without its password
+    with pytest.raises(UsageError) as refused:
+        Telemetry(_settings(tmp_path, 0, telemetry_store="clickhouse://ops:hunter2@/telemetry"))
+    assert "hunter2" not in str(refused.value)
+    assert "telemetry_store = 'clickhouse:/telemetry'" in str(refused.value)
     with pytest.raises(UsageError, match="otlp_port"):
         Telemetry(_settings(tmp_path, 70000))
     with pytest.raises(UsageError, match="retention_logs_days must be more than 0"):
