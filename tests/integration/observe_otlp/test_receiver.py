@@ -525,3 +525,26 @@ def test_unwritable_wal_answers_503_and_acknowledges_nothing(
     segments = b"".join(p.read_bytes() for p in (tmp_path / "wal0").glob("*.wal"))
     assert b'"s0"' in segments and b'"s2"' in segments and b'"s1"' not in segments
     list(WAL(tmp_path / "wal0").replay())
+
+
+def test_a_request_cancelled_in_the_group_commit_never_pins_the_wal(tmp_path: Path) -> None:
+    """A request cancelled while it waits for the WAL (client gone) is written with the next
+    batch but never acknowledged: the others still get their answer and it holds back no
+    checkpoint."""
+    async def scenario() -> None:
+        receiver = Receiver(MemoryStore(), tmp_path / "wal")
+        await receiver.start()
+        try:
+            assert receiver._wal_lock is not None
+            async with receiver._wal_lock:  # a commit in progress: the next requests queue up
+                gone = asyncio.create_task(receiver._wal_append("traces", b"gone"))
+                await asyncio.sleep(0.05)
+                gone.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            kept = await asyncio.wait_for(receiver._wal_append("traces", b"kept"), 10)
+            assert receiver._inflight == {kept}
+        finally:
+            await receiver.stop()
+
+    asyncio.run(scenario())

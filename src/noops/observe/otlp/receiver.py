@@ -390,13 +390,22 @@ class Receiver:
         assert self._wal_lock is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._wal_pending.append((signal, payload, fut))
-        async with self._wal_lock:
-            if not fut.done():  # else an earlier holder of the lock committed it
-                batch, self._wal_pending = self._wal_pending, []
-                # Shielded: if this request is cancelled, the others in its batch still get
-                # their answer.
-                await asyncio.shield(self._wal_commit(batch))
-        return await fut
+        try:
+            async with self._wal_lock:
+                if not fut.done():  # else an earlier holder of the lock committed it
+                    batch, self._wal_pending = self._wal_pending, []
+                    # Shielded: if this request is cancelled, the others in its batch still
+                    # get their answer.
+                    await asyncio.shield(self._wal_commit(batch))
+            return await fut
+        except asyncio.CancelledError:
+            # the client is gone: its record is never acknowledged nor queued, so it must not
+            # hold back the WAL checkpoint (a batch still to be written skips it)
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled() and fut.exception() is None:
+                self._inflight.discard(fut.result())
+            raise
 
     async def _wal_commit(self, batch: list[tuple[str, bytes, asyncio.Future[int]]]) -> None:
         try:
@@ -404,9 +413,12 @@ class Receiver:
                 self.wal.append_batch, [(sig, data) for sig, data, _ in batch])
         except (WalError, OSError) as exc:
             for *_, f in batch:
-                f.set_exception(exc)
+                if not f.done():
+                    f.set_exception(exc)
             return
         for (*_, f), seq in zip(batch, seqs, strict=True):
+            if f.done():  # its request was cancelled while it waited: never acknowledged
+                continue
             self._inflight.add(seq)
             f.set_result(seq)
         self._last_seq = max(self._last_seq, seqs[-1])
