@@ -93,8 +93,12 @@ class UsageSampler:
         pid = self._pids.get(instance_id)
         if pid is not None and Path(f"/proc/{pid}").exists():
             return pid
-        result = subprocess.run([self.runc, "--root", str(self.runc_root), "state", instance_id],
-                                capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run([self.runc, "--root", str(self.runc_root), "state",
+                                     instance_id], capture_output=True, text=True, check=False,
+                                    timeout=5)
+        except subprocess.TimeoutExpired:  # a hung runc must not stall the usage loop
+            return None
         if result.returncode != 0:
             return None
         try:
