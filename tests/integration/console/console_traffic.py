@@ -11,19 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 from opentelemetry import propagate, trace
-from opentelemetry._logs import SeverityNumber
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from noops.observe.otlp.decode import decode_logs, decode_traces
 from noops.observe.store import TelemetryStore
+from sdk_service import SdkService
 
 MS = 1_000_000
 
@@ -38,40 +29,11 @@ class Facts:
     end_ns: int = 0
 
 
-class _Service:
-    def __init__(self, name: str) -> None:
-        resource = Resource.create({"service.name": name, "service.version": "v1"})
-        self.spans = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider(resource=resource)
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.tracer = self.tracer_provider.get_tracer(name)
-        self.logs = InMemoryLogRecordExporter()
-        self.logger_provider = LoggerProvider(resource=resource)
-        self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.logs))
-        self.logger = self.logger_provider.get_logger(name)
-
-    def log(self, t: int, level: str, body: str) -> None:
-        self.logger.emit(timestamp=t, severity_text=level, body=body,
-                         severity_number=getattr(SeverityNumber, level))
-
-    def flush(self, store: TelemetryStore) -> None:
-        body = encode_spans(self.spans.get_finished_spans()).SerializeToString()
-        store.insert_spans(decode_traces(body, "application/x-protobuf").rows)
-        logs = self.logs.get_finished_logs()
-        if logs:
-            store.insert_logs(decode_logs(encode_logs(logs).SerializeToString(),
-                                          "application/x-protobuf").rows)
-
-    def close(self) -> None:
-        self.tracer_provider.shutdown()
-        self.logger_provider.shutdown()
-
-
 def record_traffic(store: TelemetryStore, app: str, *, minutes: int = 8,
                    per_minute: int = 30) -> Facts:
     """``per_minute`` requests to ``app`` per minute for the ``minutes`` ending a minute ago; each
     calls ``inventory``. Every 10th request fails in inventory, every 7th takes 400 ms."""
-    web, inv = _Service(app), _Service("inventory")
+    web, inv = SdkService(app, "v1"), SdkService("inventory", "v1")
     facts = Facts(app)
     t0 = time.time_ns() - (minutes + 1) * 60_000 * MS
     step = 60_000 * MS // per_minute
