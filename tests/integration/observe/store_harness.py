@@ -1,8 +1,7 @@
 """Telemetry-store harness: every backend behind one fixture, plus a realistic synthetic dataset.
 
-``telemetry_store`` is parametrized over ``BACKENDS``; a backend that cannot do something declares
-it in ``OPT_OUTS`` and the test calls :func:`opt_out`, which skips with the stated reason (shown by
-``-ra``) instead of silently passing.
+The store fixtures are parametrized over ``BACKENDS``: every test runs on every backend, with no
+opt-outs (chdb now also bounds its files under the retention test).
 """
 
 from __future__ import annotations
@@ -24,15 +23,6 @@ from noops.observe.store import DuckDBStore, TelemetryStore
 from noops.observe.store.duckdb import duck_type
 
 BACKENDS = ("duckdb", "chdb")
-
-OPT_OUTS: dict[str, dict[str, str]] = {}
-
-
-def opt_out(backend: str, capability: str) -> None:
-    reason = OPT_OUTS.get(backend, {}).get(capability)
-    if reason:
-        pytest.skip(f"opt-out {backend}/{capability}: {reason}")
-
 
 _CHDB_DIR = Path(tempfile.mkdtemp(prefix="noops-chdb-"))  # chdb: one data path per process
 
