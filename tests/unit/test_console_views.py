@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from noops.console.views import app_row, chart_series, map_layout, restarts, spark, trace_filter
+from noops.console.views import (
+    app_row,
+    chart_series,
+    map_layout,
+    resource_series,
+    restarts,
+    spark,
+    trace_filter,
+)
 
 
 def test_app_row_counts_desired_from_the_formation_and_matches_probes_and_alerts() -> None:
@@ -78,3 +86,16 @@ def _reaches(pairs: set[tuple[str, str]], start: str, goal: str) -> bool:
             seen.add(n)
             todo += [s for c, s in pairs if c == n]
     return False
+
+
+def test_resource_series_aligns_instances_on_one_axis() -> None:
+    cpu = [{"bucket_s": 60, "group": "web-1", "avg": 0.25}, {"bucket_s": 120, "group": "web-1", "avg": 0.5},
+           {"bucket_s": 120, "group": "web-2", "avg": 0.125}, {"bucket_s": 60, "group": "", "avg": 9.0}]
+    mem = [{"bucket_s": 60, "group": "web-2", "avg": 3 * 2**20}]
+    got = resource_series(cpu, mem)
+    assert got["x"] == [60, 120]
+    assert got["instances"] == ["web-1", "web-2"]  # a point without an instance is not drawn
+    assert got["cpu_pct"] == [[25.0, 50.0], [None, 12.5]]
+    assert got["mem_mib"] == [[None, None], [3.0, None]]
+    assert got["latest"] == {"web-1": (50.0, None), "web-2": (12.5, 3.0)}
+    assert resource_series([], [])["x"] == []

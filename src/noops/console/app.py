@@ -51,6 +51,7 @@ from noops.console.views import (
     chart_series,
     iso_ns,
     map_layout,
+    resource_series,
     restarts,
     spark,
     trace_filter,
@@ -68,6 +69,8 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+_BY_INST = "noops.instance.id"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -143,19 +146,23 @@ def make_console(api: ApiClient) -> Starlette:
         name = request.path_params["app"]
         seg = _seg(name)
         since = _since(request)
-        detail, releases, config, series, markers, stats, probes = await api.gather(
+        gauge = "/api/metrics/gauge/container.{}"
+        (detail, releases, config, series, markers, stats, probes, cpu, memory) = await api.gather(
             api.get(f"/api/apps/{seg}"), api.get(f"/api/apps/{seg}/releases"),
             api.get(f"/api/apps/{seg}/config"),
             api.optional(f"/api/apm/services/{seg}/timeseries", since=since),
             api.optional("/api/deployments", service=name, limit=50),
-            api.optional("/api/apm/services", since=since), api.optional("/api/probes", app=name))
+            api.optional("/api/apm/services", since=since), api.optional("/api/probes", app=name),
+            api.optional(gauge.format("cpu.utilization"), service=name, since=since, by=_BY_INST),
+            api.optional(gauge.format("memory.usage"), service=name, since=since, by=_BY_INST))
         charts = chart_series(series or [])
         start = charts["x"][0] if charts["x"] else None
         marks = [m for m in markers or [] if start is None or m["at_epoch_s"] >= start - 60]
         mine = next((s for s in stats or [] if s["service"] == name), None)
         return render(request, "app.html", app=detail, releases=releases, config=config,
                       charts=charts, markers=marks, stats=mine, since=since, sinces=_SINCE,
-                      probes=probes or [], active=(detail.get("release") or {}).get("version"))
+                      probes=probes or [], active=(detail.get("release") or {}).get("version"),
+                      usage=resource_series(cpu or [], memory or []))
 
     async def instances(request: Request) -> Response:
         """Fragment: the instances table (polled while a rollback rolls out)."""

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["app_row", "chart_series", "iso_ns", "map_layout", "restarts", "spark", "trace_filter"]
+__all__ = ["app_row", "chart_series", "iso_ns", "map_layout", "resource_series", "restarts", "spark",
+           "trace_filter"]
 
 
 def iso_ns(ns: int | float | None) -> str:
@@ -79,6 +80,33 @@ def chart_series(points: Sequence[Mapping[str, Any]]) -> dict[str, list[float | 
         err.append(round(100.0 * int(p.get("errors") or 0) / count, 2) if count else None)
         p95.append(round(float(p["p95_ms"]), 3) if count and p.get("p95_ms") is not None else None)
     return {"x": xs, "rate": rate, "error_pct": err, "p95_ms": p95}
+
+
+def resource_series(cpu: Sequence[Mapping[str, Any]], memory: Sequence[Mapping[str, Any]]
+                    ) -> dict[str, Any]:
+    """Per-instance gauge points (``/api/metrics/gauge/…?by=noops.instance.id``) as uPlot
+    columns on one shared x axis: ``cpu_pct`` (average % of the instance's CPU limit) and
+    ``mem_mib`` (average MiB), one list per instance, ``None`` where an instance has no point;
+    ``latest`` maps an instance to its last ``(cpu_pct, mem_mib)``."""
+    xs = sorted({int(p["bucket_s"]) for p in (*cpu, *memory)})
+    names = sorted({str(p["group"]) for p in (*cpu, *memory) if p.get("group")})
+    at = {x: i for i, x in enumerate(xs)}
+
+    def columns(points: Sequence[Mapping[str, Any]], scale: float) -> list[list[float | None]]:
+        cols: dict[str, list[float | None]] = {n: [None] * len(xs) for n in names}
+        for p in points:
+            if p.get("group") in cols:
+                cols[str(p["group"])][at[int(p["bucket_s"])]] = round(float(p["avg"]) * scale, 2)
+        return [cols[n] for n in names]
+
+    cpu_cols, mem_cols = columns(cpu, 100.0), columns(memory, 1 / 2**20)
+
+    def last(col: list[float | None]) -> float | None:
+        return next((v for v in reversed(col) if v is not None), None)
+
+    latest = {n: (last(c), last(m)) for n, c, m in zip(names, cpu_cols, mem_cols, strict=True)}
+    return {"x": xs, "instances": names, "cpu_pct": cpu_cols, "mem_mib": mem_cols,
+            "latest": latest}
 
 
 def trace_filter(traces: Iterable[Mapping[str, Any]], *, min_ms: float | None,

@@ -17,7 +17,14 @@ status (bad input 400, unknown trace 404, store failure 503). ``since`` is a dur
 /api/traces/{trace_id}                                 waterfall + linked logs
 /api/logs?q=&service=&severity=&trace_id=&span_id=     log records, newest first
   &attr=k=v (repeatable)&since=&limit=
+/api/metrics/gauge/{metric}?service=&by=&step=&since=  gauge avg/max per ``step`` s and per
+                                                       value of attribute ``by``
 =====================================================  ======================================
+
+Gauges the platform writes for every instance: ``container.cpu.utilization`` (0…1 of its CPU
+limit) and ``container.memory.usage`` (bytes), ``by=noops.instance.id``; probes write
+``noops.probe.up`` and ``noops.probe.duration_ms`` (``by=probe.name``). ``step`` defaults to
+the window divided into about 120 points (at least 10 s).
 
 Store calls block (DuckDB, chdb), so each runs in a worker thread.
 """
@@ -176,6 +183,14 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
                           span_id=(params.get("span_id") or "").lower() or None,
                           attributes=attributes or None, limit=_int(request, "limit", 100))
 
+    async def gauge(request: Request) -> Response:
+        start, end = _window(request)
+        auto = max(10, math.ceil((end - start).total_seconds() / 120))
+        params = request.query_params
+        return await call(store.gauge_series, request.path_params["metric"], start, end,
+                          service=params.get("service") or None, by=params.get("by") or None,
+                          step_s=_int(request, "step", auto, hi=86_400))
+
     svc = "/api/apm/services/{service}"
     return [
         Route("/api/apm/services", json_errors(services)),
@@ -189,4 +204,5 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
         Route("/api/apm/errors", json_errors(errors)),
         Route("/api/traces/{trace_id}", json_errors(trace)),
         Route("/api/logs", json_errors(logs)),
+        Route("/api/metrics/gauge/{metric}", json_errors(gauge)),
     ]

@@ -5,12 +5,15 @@ the screenshots for docs/console.md are taken."""
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from console_harness import APP, DOCS_IMG, Console, Platform
 
 from helpers import needs
+from noops.runtime.usage import InstanceUsage, UsageSampler
 
 pytestmark = [pytest.mark.console, pytest.mark.runc, pytest.mark.stacks,
               needs("runc", "mmdebstrap", "ip")]
@@ -101,6 +104,29 @@ def test_app_page_charts_markers_config_and_logs(console: Console, platform: Pla
     page.wait_for_function("document.getElementById('log-tail').textContent.length > 0")
     assert text(page, "#tail-state") == "live"
     shot(page, "app")
+
+
+def test_instance_resource_charts(console: Console, platform: Platform, page: Any) -> None:
+    # the console's store is its own: fill it the way the daemon does, from the instances' cgroups
+    slots = [i for i in platform.api("GET", f"/api/apps/{APP}/ps").json() if i["instance"]]
+    sampler = UsageSampler("runc", Path("/run/noops/runc"))
+    usage = [InstanceUsage(i["instance"], APP, i["process"], i["release"], i["started_at"], 1000,
+                           i["restarts"]) for i in slots]
+    for _ in range(2):  # CPU utilisation needs two samples
+        console.api.store.insert_metrics("gauge", sampler.sample(usage)["gauge"])
+        time.sleep(1)
+    mem = console.api.get("/api/metrics/gauge/container.memory.usage", service=APP,
+                          by="noops.instance.id", **H)
+    running = {i["instance"] for i in slots}
+    assert {p["group"] for p in mem} == running
+    page.goto(f"{console.url}/apps/{APP}?since=1h")
+    assert page.locator("figure[data-usage] canvas").count() == 2
+    legend = text(page, "figure[data-usage=mem_mib] .u-legend")
+    assert all(inst in legend for inst in running)
+    cells = page.locator("[data-field=mem]").all_inner_texts()
+    assert len(cells) == len(running) and all(re.fullmatch(r"\d+ MiB", c) for c in cells)
+    assert max(float(c.split()[0]) for c in cells) <= max(p["max"] for p in mem) / 2**20 + 1
+    assert all(re.fullmatch(r"\d+\.\d %", c) for c in page.locator("[data-field=cpu]").all_inner_texts())
 
 
 def test_traces_search_scatter_and_waterfall(console: Console, page: Any) -> None:

@@ -126,7 +126,25 @@ def test_log_search(apm_api: ApmApi) -> None:
     assert len(apm_api.get("/api/logs", limit="3", **H).json()) == 3
 
 
+def test_gauge_series_by_instance(apm_api: ApmApi) -> None:
+    import time
+
+    now = int(time.time()) // 60 * 60 - 60  # the last whole minute: its points are all in window
+    rows = [{"ServiceName": "shop", "MetricName": "container.memory.usage", "TimeUnix": (now + s)
+             * 1_000_000_000, "Value": float(v), "Attributes": {"noops.instance.id": inst}}
+            for inst, values in (("shop-1", (100, 300)), ("shop-2", (50, 50)))
+            for s, v in zip((0, 30), values, strict=True)]
+    apm_api.store.insert_metrics("gauge", rows)
+    body = apm_api.get("/api/metrics/gauge/container.memory.usage", service="shop",
+                       by="noops.instance.id", step="60", **H).json()
+    assert [(p["group"], p["bucket_s"], p["avg"], p["max"], p["count"]) for p in body] == [
+        ("shop-1", now, 200.0, 300.0, 2), ("shop-2", now, 50.0, 50.0, 2)]
+    assert apm_api.get("/api/metrics/gauge/container.memory.usage", service="web", **H
+                       ).json() == []
+
+
 @pytest.mark.parametrize(("path", "params", "needle"), [
+    ("/api/metrics/gauge/x", {"step": "0"}, "between"),
     ("/api/apm/services", {"since": "forever"}, "not a duration"),
     ("/api/logs", {"severity": "loud"}, "unknown severity"),
     ("/api/logs", {"attr": "novalue"}, "KEY=VALUE"),

@@ -330,6 +330,28 @@ def test_rollup_timeseries(loaded: tuple[str, TelemetryStore], dataset: Dataset)
     assert sum(p["count"] for p in ep) == sum(s["SpanName"] == "GET /items" for s in entry(dataset, "api"))
 
 
+@pytest.mark.parametrize(("step", "by"), [(60, None), (180, "route"), (180, "absent")])
+def test_gauge_series(loaded: tuple[str, TelemetryStore], dataset: Dataset, step: int,
+                      by: str | None) -> None:
+    groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for g in dataset.gauges:
+        if g["MetricName"] == "cpu":
+            key = (g["Attributes"].get(by, "") if by else "", g["TimeUnix"] // NS // step * step)
+            groups[key].append(g["Value"])
+    got = loaded[1].gauge_series("cpu", START, END, service="api", by=by, step_s=step)
+    assert [(p["group"], p["bucket_s"]) for p in got] == sorted(groups)
+    for p in got:
+        values = groups[(p["group"], p["bucket_s"])]
+        assert p["count"] == len(values)
+        assert p["avg"] == pytest.approx(sum(values) / len(values))
+        assert p["max"] == pytest.approx(max(values))
+    assert loaded[1].gauge_series("cpu", START, END, step_s=step, by=by) == got  # only api sends it
+    assert loaded[1].gauge_series("cpu", START, END, service="frontend") == []
+    assert loaded[1].gauge_series("no.such.metric", START, END) == []
+    with pytest.raises(StoreUsageError):
+        loaded[1].gauge_series("cpu", START, END, step_s=0)
+
+
 def test_bucket_formula_matches_sql(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
     backend, store = loaded
     table = "otel_traces_rollup_1m"

@@ -99,6 +99,27 @@
     });
   }
 
+  const palette = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457"];
+
+  function usageCharts() {
+    const data = document.getElementById("usage-charts");
+    if (!data || !window.uPlot) return;
+    const u = JSON.parse(data.textContent);
+    const plots = [];
+    document.querySelectorAll("figure[data-usage]").forEach(function (fig) {
+      const key = fig.dataset.usage, unit = fig.dataset.unit;
+      const series = [{}].concat(u.instances.map(function (name, i) {
+        return {label: name + " (" + unit + ")", stroke: palette[i % palette.length], spanGaps: false};
+      }));
+      plots.push([fig, new uPlot({width: width(fig), height: 140, series: series, axes: [{}, {size: 50}],
+        scales: {y: {range: function (p, lo, hi) { return [0, Math.max(hi * 1.1, 1)]; }}}},
+        [u.x].concat(u[key]), fig)]);
+    });
+    window.addEventListener("resize", function () {
+      plots.forEach(function (p) { p[1].setSize({width: width(p[0]), height: 140}); });
+    });
+  }
+
   function scatter() {
     const data = document.getElementById("trace-scatter");
     const fig = document.querySelector("figure[data-scatter]");
@@ -190,6 +211,7 @@
     sparklines(document);
     autosubmit();
     appCharts();
+    usageCharts();
     scatter();
     probeCharts();
     logTail();

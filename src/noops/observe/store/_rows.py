@@ -11,7 +11,14 @@ from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from noops.observe.store.base import HistogramBin, Row, SlowTrace, StoreUsageError, TimeseriesPoint
+from noops.observe.store.base import (
+    GaugePoint,
+    HistogramBin,
+    Row,
+    SlowTrace,
+    StoreUsageError,
+    TimeseriesPoint,
+)
 from noops.observe.store.rollup import estimate_quantiles
 from noops.observe.store.schema import Column
 
@@ -216,3 +223,17 @@ def points(rows: Sequence[Sequence[Any]]) -> list[TimeseriesPoint]:
             errors=sum(int(r[3]) for r in group),
             p50_ms=qs[0] / 1e6, p95_ms=qs[1] / 1e6, p99_ms=qs[2] / 1e6))
     return out
+
+
+def gauge_points(step_s: int, rows: Sequence[Sequence[Any]]) -> list[GaugePoint]:
+    """Rows ``(bucket_s, group, avg, max, count)`` to points sorted by group, then bucket; a
+    ``step_s`` under one second is a :class:`StoreUsageError` (checked before the query)."""
+    return sorted((GaugePoint(bucket_s=int(r[0]), group=str(r[1] or ""), avg=float(r[2]),
+                              max=float(r[3]), count=int(r[4])) for r in rows),
+                  key=lambda p: (p["group"], p["bucket_s"]))
+
+
+def check_step(step_s: int) -> int:
+    if int(step_s) < 1:
+        raise StoreUsageError(f"step {step_s!r} s: use a whole number of seconds, at least 1")
+    return int(step_s)

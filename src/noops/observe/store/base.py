@@ -134,6 +134,14 @@ class Correlation(TypedDict):
     score: float  # (cohort_pct - baseline_pct) / 100, in (0, 1]; higher is more telling
 
 
+class GaugePoint(TypedDict):
+    bucket_s: int  # start of the step, epoch seconds (aligned to a multiple of the step)
+    group: str     # the ``by`` attribute's value; '' without ``by`` or where it is missing
+    avg: float
+    max: float
+    count: int
+
+
 class TimeseriesPoint(TypedDict):
     minute_ns: int
     count: int
@@ -231,6 +239,15 @@ class TelemetryStore(Protocol):
                    endpoint: str | None = None) -> list[TimeseriesPoint]:
         """Per-minute entry-span count, errors and estimated percentiles, read from the minute
         rollup only (percentiles within ±4.4 %, see :mod:`.rollup`). Sorted by minute."""
+        ...
+
+    def gauge_series(self, metric: str, start: datetime, end: datetime, *,
+                     service: str | None = None, by: str | None = None, step_s: int = 60,
+                     ) -> list[GaugePoint]:
+        """``otel_metrics_gauge`` points named ``metric`` in ``[start, end)`` (one service's, or
+        every service's with ``None``), averaged and maxed per ``step_s`` bucket (epoch-aligned)
+        and per value of the data-point attribute ``by``. ``step_s`` < 1 is a
+        :class:`StoreUsageError`. Sorted by group, then bucket."""
         ...
 
     # -- housekeeping -------------------------------------------------------------------------

@@ -37,8 +37,10 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
+    check_step,
     edge_rows,
     from_arrow,
+    gauge_points,
     points,
     severity_floor,
     slow,
@@ -52,6 +54,7 @@ from noops.observe.store.base import (
     Edge,
     EndpointStats,
     ErrorGroup,
+    GaugePoint,
     HistogramBin,
     Row,
     ServiceStats,
@@ -565,6 +568,22 @@ class ClickHouseStore:
             f"AND {_ENTRY} AND ServiceName = {{svc:String}} {extra} GROUP BY Minute, Bucket",
             s=s, e=e, svc=service, ep=endpoint or "")
         return points(rows)
+
+    def gauge_series(self, metric: str, start: datetime, end: datetime, *,
+                     service: str | None = None, by: str | None = None, step_s: int = 60,
+                     ) -> list[GaugePoint]:
+        step = check_step(step_s)
+        s, e, _ = window_ns(start, end)
+        group = "Attributes[{by:String}]" if by else "''"
+        extra = "AND ServiceName = {svc:String}" if service is not None else ""
+        rows = self._tuples(
+            "SELECT intDiv(toUnixTimestamp(TimeUnix), {step:UInt32}) * {step:UInt32} AS b, "
+            f"{group} AS g, avg(Value) AS a, max(Value) AS m, count() AS n "
+            "FROM otel_metrics_gauge WHERE MetricName = {name:String} "
+            "AND TimeUnix >= fromUnixTimestamp64Nano({s:Int64}) "
+            f"AND TimeUnix < fromUnixTimestamp64Nano({{e:Int64}}) {extra} GROUP BY b, g",
+            step=step, s=s, e=e, name=metric, by=by or "", svc=service or "")
+        return gauge_points(step, rows)
 
     # -- housekeeping -------------------------------------------------------------------------
     def retention(self, signal: schema.Signal, max_age: timedelta, now: datetime | None = None

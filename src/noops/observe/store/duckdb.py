@@ -43,8 +43,10 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
+    check_step,
     edge_rows,
     from_arrow,
+    gauge_points,
     points,
     severity_floor,
     slow,
@@ -58,6 +60,7 @@ from noops.observe.store.base import (
     Edge,
     EndpointStats,
     ErrorGroup,
+    GaugePoint,
     HistogramBin,
     Row,
     ServiceStats,
@@ -430,6 +433,22 @@ class DuckDBStore:
             "max(DurationMax) FROM otel_traces_rollup_1m WHERE Minute >= ? AND Minute < ? "
             f"AND {_ENTRY} AND ServiceName = ? {extra} GROUP BY ALL", params)
         return points(rows)
+
+    def gauge_series(self, metric: str, start: datetime, end: datetime, *,
+                     service: str | None = None, by: str | None = None, step_s: int = 60,
+                     ) -> list[GaugePoint]:
+        step = check_step(step_s)
+        s, e, _ = window_ns(start, end)
+        group = "coalesce(Attributes[?], '')" if by else "''"
+        params: list[Any] = [step, step, *([by] if by else []), metric, _ts(s), _ts(e)]
+        extra = ""
+        if service is not None:
+            extra, params = "AND ServiceName = ?", [*params, service]
+        rows = self._rows(
+            f"SELECT epoch(TimeUnix)::BIGINT // ? * ?, {group}, avg(Value), max(Value), count(*) "
+            "FROM otel_metrics_gauge WHERE MetricName = ? AND TimeUnix >= ? AND TimeUnix < ? "
+            f"{extra} GROUP BY ALL", params)
+        return gauge_points(step, rows)
 
     # -- housekeeping -------------------------------------------------------------------------
     def retention(self, signal: schema.Signal, max_age: timedelta, now: datetime | None = None
