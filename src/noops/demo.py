@@ -113,6 +113,7 @@ def main() -> int:
                 "url": f"https://shop-frontend.localhost:{port}/", "every": "10s",
                 "name": "shop front page", "app": "shop-frontend",
                 "expect_text": "noops example: shop-frontend"})
+        client.call("PUT", "/api/status-pages/shop-frontend", {"title": "Shop status"})
     except NoopsError as exc:
         console.print(f"[red]Error:[/] {exc}")
         return exc.exit_code
@@ -126,6 +127,8 @@ def main() -> int:
         console.print(f"  https://{name}.localhost:{port}/")
     console.print(f"\n[bold]The console:[/] https://console.localhost:{port}/  (traces, service "
                   "map, logs, deploys, probes and alerts of every app)")
+    console.print(f"[bold]A public status page[/] (no sign-in): "
+                  f"https://console.localhost:{port}/status/shop-frontend")
     console.print(f"\nTrust the CA once: {cert}  (or: noops ca export > noops-ca.pem)\n"
                   f"Sign in as [bold]{user['user']}[/] / [bold]{user['password']}[/]; when asked, "
                   f"enter the code from an authenticator app with the secret "

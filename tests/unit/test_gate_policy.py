@@ -352,3 +352,22 @@ def test_store_detects_a_tampered_version_file(tmp_path: Path) -> None:
     (tmp_path / "versions" / f"{v1.removeprefix('sha256:')}.toml").write_text(POLICY.replace("ops", "all"))
     with pytest.raises(PolicyError, match="does not match its version"):
         PolicyStore(tmp_path).current()
+
+
+@pytest.mark.parametrize(("path", "method", "outcome"), [
+    ("/status/shop", "GET", "allow"),
+    ("/status/shop", "HEAD", "allow"),
+    ("/status", "GET", "allow"),
+    ("/status/shop", "POST", "deny"),          # read-only
+    ("/statusx", "GET", "deny"),               # a prefix ends at a segment boundary
+    ("/status/../apps/shop", "GET", "deny"),   # normalised to /apps/shop: the console's route
+    ("/", "GET", "deny"),
+    ("/access", "GET", "deny"),
+])
+def test_default_policy_makes_only_status_pages_public(path: str, method: str,
+                                                       outcome: str) -> None:
+    from noops.gate.pep import DEFAULT_POLICY
+
+    d = decide(path, who=Identity(), method=method, host="console.localhost",
+               policy=Policy.load(DEFAULT_POLICY), score=0)
+    assert d.outcome == outcome, (path, method, d)

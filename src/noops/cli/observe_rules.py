@@ -225,3 +225,56 @@ def deploys(ctx: Ctx, service: str | None, limit: int) -> None:
                 con.print(f"    [dim]{cmp['note']}[/]")
 
     emit(ctx, data, human)
+
+
+# -- public status pages -----------------------------------------------------------------------
+@cli.group("status-page", invoke_without_command=True)
+@output_options
+@click.pass_context
+def status_page(click_ctx: click.Context) -> None:
+    """Public status pages: read-only, no sign-in, at https://console.localhost:PORT/status/APP."""
+    if click_ctx.invoked_subcommand is None:
+        click_ctx.invoke(status_page_list)
+
+
+def _page_url(ctx: Ctx, app: str) -> str:
+    return f"https://console.localhost:{ctx.settings.get('frontdoor_port')}/status/{app}"
+
+
+@status_page.command("list")
+@output_options
+@pass_ctx
+def status_page_list(ctx: Ctx) -> None:
+    """Published status pages."""
+    data = Client(ctx.settings).call("GET", "/api/status-pages")
+
+    def human(con: Console) -> None:
+        if not data:
+            con.print("no public status pages: `noops status-page enable APP`")
+        for p in data:
+            con.print(f"{p['app']}  {p['title']!r}  {_page_url(ctx, p['app'])}", highlight=False)
+
+    emit(ctx, data, human)
+
+
+@status_page.command("enable")
+@click.argument("app")
+@click.option("--title", help="Heading of the page (default: the app's name).")
+@output_options
+@pass_ctx
+def status_page_enable(ctx: Ctx, app: str, title: str | None) -> None:
+    """Publish APP's status page: its probes' names, state and uptime, for anyone."""
+    data = Client(ctx.settings).call("PUT", f"/api/status-pages/{app}", {"title": title})
+    emit(ctx, data, lambda con: con.print(
+        f"published: {_page_url(ctx, app)}  (shows the names, state and uptime of {app}'s "
+        "probes; targets and errors stay private)", highlight=False))
+
+
+@status_page.command("disable")
+@click.argument("app")
+@output_options
+@pass_ctx
+def status_page_disable(ctx: Ctx, app: str) -> None:
+    """Stop publishing APP's status page."""
+    data = Client(ctx.settings).call("DELETE", f"/api/status-pages/{app}")
+    emit(ctx, data, lambda con: con.print(f"{app}'s status page is no longer published"))

@@ -22,6 +22,9 @@ Routes (HTML unless noted)::
     GET  /services/{s}/correlations fragment: slow (``slow_ms``) and failed cohorts' attributes
     GET  /map                       service map
     GET  /uptime                    probes, alert rules and events
+    GET  /status/{app}              the app's public status page, when published (standalone:
+                                    no console links, no scripts; the default policy lets
+                                    anyone GET ``/status``)
     GET  /healthz                   ``ok`` (text)
 
 A POST must come from the console's own pages: it needs the ``HX-Request`` header (a cross-site
@@ -283,6 +286,17 @@ def make_console(api: ApiClient) -> Starlette:
         return render(request, "uptime.html", cards=cards, alerts=alerts or [],
                       events=events or [], probes_served=probes is not None)
 
+    async def status_page(request: Request) -> Response:
+        """Public: reads only the published page's figures; every failure looks the same from
+        outside (no status page / unavailable), never the API's own message."""
+        try:
+            data = await api.get(f"/api/status-pages/{_seg(request.path_params['app'])}/page")
+        except (ApiError, UsageError) as exc:
+            missing = getattr(exc, "http_status", 400) in (400, 404)
+            return render(request, "status.html", status_code=404 if missing else 503, s=None,
+                          missing=missing)
+        return render(request, "status.html", s=data)
+
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
 
@@ -308,6 +322,7 @@ def make_console(api: ApiClient) -> Starlette:
         Route("/services/{service}/correlations", page(correlations)),
         Route("/map", page(service_map)),
         Route("/uptime", page(uptime)),
+        Route("/status/{app}", status_page),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]

@@ -74,6 +74,15 @@ authenticated = true
 groups = ["admin"]
 min_score = 35
 below = "step_up"
+
+# public status pages (`noops status-page enable APP`): read-only, no sign-in; the console shows
+# only pages that were published and nothing else under /status
+[[route]]
+id = "status-pages"
+host = "console.localhost"
+path = "/status"
+methods = ["GET", "HEAD"]
+authenticated = false
 '''
 
 _DECISION_TTL_S: Final = 1.0

@@ -17,7 +17,13 @@ POST     /api/alerts                     ``{kind, service?, threshold?, endpoint
                                          for?, window?, min_requests?, webhooks?, name?}`` → 201
 DELETE   /api/alerts/{id}                remove a rule (its events stay)
 GET      /api/alerts/events              ``?alert=&limit=`` notifications, newest first
+GET      /api/status-pages               published status pages
+PUT      /api/status-pages/{app}         ``{title?}`` publish the app's public status page
+DELETE   /api/status-pages/{app}         stop publishing it
+GET      /api/status-pages/{app}/page    what the public page shows (404 when unpublished)
 =======  ==============================  ====================================================
+
+The status-page routes come from :func:`status_routes` (:class:`~noops.observe.status.StatusPages`).
 
 Every error is ``{"error": message, "kind": ErrorClass}`` with the error's ``http_status``.
 Store queries run in a worker thread so the event loop never waits on DuckDB.
@@ -58,8 +64,9 @@ from noops.observe._rules_common import RuleUsageError, epoch, parse_duration
 from noops.observe.alerts import Alerts
 from noops.observe.markers import DeployMarkers
 from noops.observe.probes import Probes
+from noops.observe.status import StatusPages
 
-__all__ = ["rules_routes"]
+__all__ = ["rules_routes", "status_routes"]
 
 
 def _int(value: Any, what: str) -> int:
@@ -192,4 +199,28 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
         Route("/api/alerts", json_errors(alert_list), methods=["GET", "POST"]),
         Route("/api/alerts/events", json_errors(alert_events), methods=["GET"]),
         Route("/api/alerts/{id}", json_errors(alert_delete), methods=["DELETE"]),
+    ]
+
+
+def status_routes(pages: StatusPages) -> list[BaseRoute]:
+    """Publish, list and read public status pages (see the table above)."""
+
+    async def page_list(_: Request) -> Response:
+        return JSONResponse(pages.list())
+
+    async def page_one(request: Request) -> Response:
+        app = request.path_params["app"]
+        if request.method == "PUT":
+            body = await json_object(request)
+            return JSONResponse(pages.enable(app, _text(body, "title")))
+        pages.disable(app)
+        return JSONResponse({"removed": app})
+
+    async def page_view(request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(pages.page, request.path_params["app"]))
+
+    return [
+        Route("/api/status-pages", json_errors(page_list), methods=["GET"]),
+        Route("/api/status-pages/{app}", json_errors(page_one), methods=["PUT", "DELETE"]),
+        Route("/api/status-pages/{app}/page", json_errors(page_view), methods=["GET"]),
     ]

@@ -57,7 +57,8 @@ from noops.observe.api import apm_routes
 from noops.observe.markers import DeployMarkers
 from noops.observe.otlp import Receiver
 from noops.observe.probes import Probes
-from noops.observe.rules_api import rules_routes
+from noops.observe.rules_api import rules_routes, status_routes
+from noops.observe.status import StatusPages
 from noops.observe.store import DuckDBStore, TelemetryStore
 from noops.settings import Settings
 
@@ -239,6 +240,7 @@ class Telemetry:
         self.markers = DeployMarkers(rules_db, self.store)
         self.probes = Probes(rules_db, self.store)
         self.alerts = Alerts(rules_db, self.store, self.probes)
+        self.status_pages = StatusPages(rules_db, self.probes, self.store)
         self.receiver = Receiver(_VersionHook(self.store, self.markers),
                                  settings.home / "telemetry" / "wal")
         self._platform_samples = platform_samples or (lambda: ())
@@ -254,7 +256,8 @@ class Telemetry:
     def routes(self) -> list[BaseRoute]:
         """``/api/apm/…``, ``/api/traces/…``, ``/api/logs`` and the deployments, probes and
         alerts routes (``POST /api/deployments`` among them)."""
-        return [*apm_routes(self.store), *rules_routes(self.markers, self.probes, self.alerts)]
+        return [*apm_routes(self.store), *rules_routes(self.markers, self.probes, self.alerts),
+                *status_routes(self.status_pages)]
 
     # -- metrics ---------------------------------------------------------------------------
     def samples(self) -> Iterator[Sample]:
@@ -376,7 +379,7 @@ class Telemetry:
     def close(self) -> None:
         """Close the rules, the WAL and the store (what :meth:`stop` ends with; for a service
         that was never started, the whole of stopping it)."""
-        for rules in (self.alerts, self.probes, self.markers):
+        for rules in (self.status_pages, self.alerts, self.probes, self.markers):
             rules.close()
         self.receiver.wal.close()
         self.store.close()

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from console_harness import APP, Platform
+from console_harness import APP, DOCS_IMG, Platform
 
 from helpers import eventually, needs
 from noops.gate._identity_totp import totp_at
@@ -105,3 +105,41 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
         assert answer is not None and answer.status == 403
     finally:
         developer.close()
+
+
+def test_a_published_status_page_is_the_only_public_page(platform: Platform, browser: Any,
+                                                         default_policy: Any) -> None:
+    port = platform.env["NOOPS_FRONTDOOR_PORT"]
+    url = f"https://console.localhost:{port}/"
+    platform.noops("status-page", "enable", APP, "--title", "Shop status")
+    anonymous = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+    try:
+        page = anonymous.new_page()
+        # the platform's default probe of the app has checked it through the gateway
+        eventually("a probe result on the status page", lambda: (
+            page.goto(f"{url}status/{APP}") is not None
+            and page.locator("[data-component] [data-field=up]").first.inner_text() == "Operational"), 90)
+        assert page.locator("h1").inner_text() == "Shop status"
+        assert page.locator("[data-field=state]").inner_text() == "All systems operational"
+        data = platform.api("GET", f"/api/status-pages/{APP}/page").json()
+        (probe,) = data["components"]
+        shown = page.locator(f"[data-component='{probe['name']}'] [data-field=uptime-24h]")
+        assert shown.inner_text() == f"{probe['uptime_pct']['24h']:.2f} %"
+        assert page.locator("a, script, form").count() == 0  # nothing leads into the console
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_IMG / "status.png"), full_page=True)
+
+        unpublished = page.goto(f"{url}status/no-such-app")
+        assert unpublished is not None and unpublished.status == 404
+        assert "No status page here" in page.locator("h1").inner_text()
+        # every console page asks the anonymous browser to sign in; a write is refused
+        for path in ("", f"apps/{APP}", "traces", "map", "uptime", "static/console.js",
+                     f"apps/{APP}/instances"):
+            page.goto(url + path)
+            assert "/.noops/login" in page.url, path
+        post = httpx.post(f"https://127.0.0.1:{port}/status/{APP}", verify=False,
+                          headers={"Host": "console.localhost"})
+        assert post.status_code in (401, 403, 405) and "Shop status" not in post.text
+    finally:
+        anonymous.close()
+        platform.noops("status-page", "disable", APP)

@@ -17,7 +17,8 @@ from starlette.applications import Starlette
 from noops.observe.alerts import Alerts
 from noops.observe.markers import DeployMarkers
 from noops.observe.probes import Probes
-from noops.observe.rules_api import rules_routes
+from noops.observe.rules_api import rules_routes, status_routes
+from noops.observe.status import StatusPages
 from noops.observe.store import DuckDBStore
 
 
@@ -52,8 +53,10 @@ def rules_api(tmp_path: Path, rules_db: Path, tstore: DuckDBStore) -> Iterator[R
     home = rules_db.parent.parent
     markers, probes = DeployMarkers(rules_db, tstore), Probes(rules_db, tstore, jitter=0)
     alerts = Alerts(rules_db, tstore, probes)
+    pages = StatusPages(rules_db, probes, tstore)
     sock = home / "noops.sock"
-    config = uvicorn.Config(Starlette(routes=rules_routes(markers, probes, alerts)),
+    routes = [*rules_routes(markers, probes, alerts), *status_routes(pages)]
+    config = uvicorn.Config(Starlette(routes=routes),
                             uds=str(sock), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -70,5 +73,5 @@ def rules_api(tmp_path: Path, rules_db: Path, tstore: DuckDBStore) -> Iterator[R
         http.close()
         server.should_exit = True
         thread.join()
-        for owner in (markers, probes, alerts):
+        for owner in (pages, markers, probes, alerts):
             owner.close()

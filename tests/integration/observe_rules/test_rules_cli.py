@@ -82,3 +82,15 @@ def test_deploys_prints_before_and_after(rules_api: RulesApi, tstore: DuckDBStor
     data = json.loads(noops(rules_api, "deploys", "--json").output)
     assert data[0]["comparison"]["after"]["error_pct"] == pytest.approx(10.0)
     assert json.loads(noops(rules_api, "deploys", "other", "--json").output) == []
+
+
+def test_status_page_commands(rules_api: RulesApi) -> None:
+    assert "no public status pages" in noops(rules_api, "status-page").output
+    enabled = noops(rules_api, "status-page", "enable", "shop", "--title", "Shop")
+    assert enabled.exit_code == 0, enabled.output
+    assert "https://console.localhost:8443/status/shop" in enabled.output
+    listed = json.loads(noops(rules_api, "status-page", "list", "--json").output)
+    assert [(p["app"], p["title"]) for p in listed] == [("shop", "Shop")]
+    assert refused(noops(rules_api, "status-page", "enable", "No_Such"), 2, "not an app name")
+    assert noops(rules_api, "status-page", "disable", "shop").exit_code == 0
+    assert refused(noops(rules_api, "status-page", "disable", "shop"), 2, "no public status page")
