@@ -9,6 +9,8 @@ POST     /api/apps                               ``{"name"}`` → create
 GET      /api/apps/{app}                         one app: release, instances
 POST     /api/apps/{app}/deploy                  ``{"image"}`` or ``{"path"}`` (built first)
 GET      /api/apps/{app}/releases                releases, newest first
+GET      /api/apps/{app}/image                   the active image: stack, distro, base release
+                                                 date, ``rebase_available``
 POST     /api/apps/{app}/rollback                ``{"version"}`` (optional)
 GET      /api/apps/{app}/config                  config vars and secret *names*
 PATCH    /api/apps/{app}/config                  ``{"set": {}, "unset": []}`` → new release
@@ -73,6 +75,18 @@ def make_app(platform: Platform) -> Starlette:
         rel = state.active_release(name)
         return JSONResponse({"name": name, "release": release_json(rel) if rel else None,
                              "instances": [s.to_json() for s in platform.supervisor.for_app(name)]})
+
+    async def image(request: Request) -> Response:
+        """The active release's image: stack, distro, base release date, rebase available."""
+        from noops.build.inspect import freshness
+
+        name = request.path_params["app"]
+        state.app(name)
+        rel = state.active_release(name)
+        if rel is None:
+            raise UsageError(f"{name} has no release yet: deploy it first")
+        data = await asyncio.to_thread(freshness, platform.store, rel.image_digest)
+        return JSONResponse({"app": name, "release": rel.version, "image": rel.image_ref, **data})
 
     async def deploy(request: Request) -> Response:
         name = request.path_params["app"]
@@ -218,6 +232,7 @@ def make_app(platform: Platform) -> Starlette:
         Route("/api/apps/{app}", json_errors(app_detail)),
         Route("/api/apps/{app}/deploy", json_errors(deploy), methods=["POST"]),
         Route("/api/apps/{app}/releases", json_errors(releases)),
+        Route("/api/apps/{app}/image", json_errors(image)),
         Route("/api/apps/{app}/rollback", json_errors(rollback), methods=["POST"]),
         Route("/api/apps/{app}/config", json_errors(config), methods=["GET", "PATCH"]),
         Route("/api/apps/{app}/secrets", json_errors(secrets), methods=["PATCH"]),

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from helpers import EXAMPLES, needs, wait_http
+from noops.build.inspect import freshness
 from noops.build.lifecycle import build_image
 from noops.build.rebase import rebase_image
 from noops.build.stacks import build_stack
@@ -25,6 +26,8 @@ def test_rebase_swaps_only_the_base(noops_settings: Settings, store: ImageStore,
     old_top = old_md["runImage"]["topLayer"]
     app_diffs = before.diff_ids[before.diff_ids.index(old_top) + 1:]
     app_blobs = [d.digest for d in before.layers[before.diff_ids.index(old_top) + 1:]]
+    fresh = freshness(store, report.name)
+    assert (fresh["stack"], fresh["distro"], fresh["rebase_available"]) == ("python", "debian 12", False)
 
     # a "patched" run image: rebuilt from Debian with another SOURCE_DATE_EPOCH
     patched = Settings(environ={"SOURCE_DATE_EPOCH": str(1_700_000_000 + int(unique, 16) % 10**6)},
@@ -33,7 +36,9 @@ def test_rebase_swaps_only_the_base(noops_settings: Settings, store: ImageStore,
     new_base = store.image("noops/run-python:stable")
     assert new_base.digest == new_run.run_digest and new_base.diff_ids[-1] != old_top
 
+    assert freshness(store, report.name)["rebase_available"] is True  # the console's "patch me"
     result = rebase_image(noops_settings, store, report.name)
+    assert freshness(store, report.name)["rebase_available"] is False
     after = store.image(report.name)
     assert after.digest == result.digest != before.digest
     md = json.loads(after.labels["io.buildpacks.lifecycle.metadata"])

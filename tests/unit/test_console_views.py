@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from noops.console.views import (
     app_row,
+    base_age_days,
     chart_series,
     map_layout,
     resource_series,
@@ -99,3 +100,13 @@ def test_resource_series_aligns_instances_on_one_axis() -> None:
     assert got["mem_mib"] == [[None, None], [3.0, None]]
     assert got["latest"] == {"web-1": (50.0, None), "web-2": (12.5, 3.0)}
     assert resource_series([], [])["x"] == []
+
+
+def test_base_age_days() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    assert base_age_days({"base_released": "2026-11-20T00:00:00Z"}, now) == 7
+    assert base_age_days({"base_released": "2026-11-28T00:00:00Z"}, now) == 0  # clock skew
+    assert base_age_days({"base_released": "yesterday"}, now) is None
+    assert base_age_days({}, now) is None and base_age_days(None, now) is None

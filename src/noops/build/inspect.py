@@ -14,7 +14,7 @@ from noops.oci.image import Image
 from noops.oci.store import ImageStore
 from noops.settings import Settings
 
-__all__ = ["image_sbom", "inspect_image", "read_layer_file"]
+__all__ = ["freshness", "image_sbom", "inspect_image", "read_layer_file"]
 
 
 def inspect_image(store: ImageStore, ref: str) -> dict[str, Any]:
@@ -46,6 +46,34 @@ def inspect_image(store: ImageStore, ref: str) -> dict[str, Any]:
         "env": image.env,
         "layers": layers,
         "size": image.size,
+    }
+
+
+def freshness(store: ImageStore, ref: str) -> dict[str, Any]:
+    """How fresh the OS under an image is: its stack (``dev.noops.stack``), distro, when that
+    run image was released, and whether the run image it was built on (``runImage.image``) now
+    has another top layer in ``store``, i.e. ``noops rebase`` would patch it. ``rebase_available``
+    is None for an image not built by noops or whose run image is not in the store."""
+    image = store.image(ref)
+    labels = image.labels
+    run = (image.label_json(LIFECYCLE_LABEL) or {}).get("runImage") or {}
+    current = None
+    if run.get("image") and run.get("topLayer"):
+        try:
+            current = store.image(run["image"]).diff_ids[-1]
+        except (ImageError, IndexError):
+            current = None
+    distro = " ".join(v for v in (labels.get("io.buildpacks.base.distro.name"),
+                                  labels.get("io.buildpacks.base.distro.version")) if v)
+    return {
+        "digest": image.digest,
+        "created": image.config.get("created"),
+        "stack": labels.get("dev.noops.stack"),
+        "distro": distro or None,
+        "base_released": labels.get("io.buildpacks.base.released"),
+        "run_image": run.get("image"),
+        "run_top_layer": run.get("topLayer"),
+        "rebase_available": None if current is None else current != run.get("topLayer"),
     }
 
 

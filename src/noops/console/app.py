@@ -12,6 +12,7 @@ Routes (HTML unless noted)::
     GET  /apps/{app}                charts with deploy markers, releases, instances, config, logs
     GET  /apps/{app}/spark          fragment: the overview row's p95 sparkline
     GET  /apps/{app}/restarts       fragment: the overview row's restart count
+    GET  /apps/{app}/image          fragment: the overview row's OS base (stack, age, rebase)
     GET  /apps/{app}/instances      fragment: the instances table (polled during a rollback)
     GET  /apps/{app}/logs/stream    server-sent events: the live log tail (text/event-stream)
     GET  /apps/{app}/logs/search    fragment: log search (``q``, ``severity``)
@@ -51,6 +52,7 @@ from starlette.staticfiles import StaticFiles
 from noops.console.client import ApiClient, ApiError
 from noops.console.views import (
     app_row,
+    base_age_days,
     chart_series,
     iso_ns,
     map_layout,
@@ -144,6 +146,11 @@ def make_console(api: ApiClient) -> Starlette:
         """Fragment: an overview row's restart count (loaded after the page, one read)."""
         ps = await api.optional(f"/api/apps/{_seg(request.path_params['app'])}/ps")
         return render(request, "_restarts.html", restarts=restarts(ps or []))
+
+    async def row_image(request: Request) -> Response:
+        """Fragment: an overview row's OS base: stack, distro, age, rebase available."""
+        data = await api.optional(f"/api/apps/{_seg(request.path_params['app'])}/image")
+        return render(request, "_image.html", image=data, age_days=base_age_days(data))
 
     async def app_page(request: Request) -> Response:
         name = request.path_params["app"]
@@ -313,6 +320,7 @@ def make_console(api: ApiClient) -> Starlette:
         Route("/apps/{app}/spark", page(row_spark)),
         Route("/apps/{app}/instances", page(instances)),
         Route("/apps/{app}/restarts", page(row_restarts)),
+        Route("/apps/{app}/image", page(row_image)),
         Route("/apps/{app}/logs/stream", page(logs_stream)),
         Route("/apps/{app}/logs/search", page(logs_search)),
         Route("/apps/{app}/rollback", page(rollback), methods=["POST"]),

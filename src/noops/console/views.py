@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["app_row", "chart_series", "iso_ns", "map_layout", "resource_series", "restarts", "spark",
-           "trace_filter"]
+__all__ = ["app_row", "base_age_days", "chart_series", "iso_ns", "map_layout", "resource_series",
+           "restarts", "spark", "trace_filter"]
 
 
 def iso_ns(ns: int | float | None) -> str:
@@ -80,6 +80,20 @@ def chart_series(points: Sequence[Mapping[str, Any]]) -> dict[str, list[float | 
         err.append(round(100.0 * int(p.get("errors") or 0) / count, 2) if count else None)
         p95.append(round(float(p["p95_ms"]), 3) if count and p.get("p95_ms") is not None else None)
     return {"x": xs, "rate": rate, "error_pct": err, "p95_ms": p95}
+
+
+def base_age_days(image: Mapping[str, Any] | None, now: datetime | None = None) -> int | None:
+    """Whole days since the image's OS base (run image) was released; None when unknown."""
+    raw = (image or {}).get("base_released")
+    if not raw:
+        return None
+    try:
+        released = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if released.tzinfo is None:
+        released = released.replace(tzinfo=UTC)
+    return max(0, ((now or datetime.now(UTC)) - released).days)
 
 
 def resource_series(cpu: Sequence[Mapping[str, Any]], memory: Sequence[Mapping[str, Any]]
