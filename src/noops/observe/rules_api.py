@@ -26,7 +26,8 @@ GET      /api/status-pages/{app}/page    what the public page shows (404 when un
 The status-page routes come from :func:`status_routes` (:class:`~noops.observe.status.StatusPages`).
 
 Every error is ``{"error": message, "kind": ErrorClass}`` with the error's ``http_status``.
-Store queries run in a worker thread so the event loop never waits on DuckDB.
+Every call into the rule objects (SQLite) and the store (DuckDB) runs in a worker thread, so
+the event loop never waits on either.
 
 Wiring (what the daemon does)::
 
@@ -114,15 +115,16 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
             if at is not None and not isinstance(at, int | float):
                 raise RuleUsageError("'at' must be seconds since the epoch")
             attributes = body.get("attributes")
-            marker = markers.record(
+            marker = await asyncio.to_thread(
+                markers.record,
                 str(body.get("service") or ""), str(body.get("version") or ""),
                 str(body.get("kind") or "external"), at=at, source=str(body.get("source") or "api"),
                 fingerprint=_text(body, "fingerprint"),
                 description=_text(body, "description") or "", attributes=attributes)
             return JSONResponse(marker.to_json(), status_code=200 if marker.deduplicated else 201)
         q = request.query_params
-        found = markers.list(service=q.get("service") or None, since=_since(q.get("since")),
-                             limit=_limit(request, 50))
+        found = await asyncio.to_thread(markers.list, service=q.get("service") or None,
+                                        since=_since(q.get("since")), limit=_limit(request, 50))
         out = [m.to_json() for m in found]
         if q.get("compare") in ("1", "true"):
             for item, marker in zip(out, found, strict=True):
@@ -130,7 +132,7 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
         return JSONResponse(out)
 
     async def deployment(request: Request) -> Response:
-        marker = markers.get(_int(request.path_params["id"], "marker id"))
+        marker = await asyncio.to_thread(markers.get, _int(request.path_params["id"], "marker id"))
         window = parse_duration(request.query_params.get("window", "15m"), "window")
         comparison = await asyncio.to_thread(markers.compare, marker, timedelta(seconds=window))
         return JSONResponse({**marker.to_json(), "comparison": comparison})
@@ -147,22 +149,28 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
                     options[key] = _text(body, key)
             if "json_expect" in body:
                 options["json_expect"] = body["json_expect"]
-            probe = probes.add(str(body.get("url") or body.get("target") or ""), **options)
+            probe = await asyncio.to_thread(
+                probes.add, str(body.get("url") or body.get("target") or ""), **options)
             return JSONResponse(probe.to_json(), status_code=201)
-        out = []
-        for probe in probes.list(app=request.query_params.get("app") or None):
-            last = probes.results(probe.id, limit=1)
-            out.append({**probe.to_json(), "last": last[0].to_json() if last else None})
-        return JSONResponse(out)
+        def listing(app: str | None) -> list[dict[str, Any]]:
+            out = []
+            for probe in probes.list(app=app):
+                last = probes.results(probe.id, limit=1)
+                out.append({**probe.to_json(), "last": last[0].to_json() if last else None})
+            return out
+
+        return JSONResponse(await asyncio.to_thread(listing,
+                                                    request.query_params.get("app") or None))
 
     async def probe_delete(request: Request) -> Response:
         probe_id = _int(request.path_params["id"], "probe id")
-        probes.remove(probe_id)
+        await asyncio.to_thread(probes.remove, probe_id)
         return JSONResponse({"removed": probe_id})
 
     async def probe_results(request: Request) -> Response:
         probe_id = _int(request.path_params["id"], "probe id")
-        return JSONResponse([r.to_json() for r in probes.results(probe_id, _limit(request))])
+        results = await asyncio.to_thread(probes.results, probe_id, _limit(request))
+        return JSONResponse([r.to_json() for r in results])
 
     async def alert_list(request: Request) -> Response:
         if request.method == "POST":
@@ -170,7 +178,8 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
             hooks = body.get("webhooks") or ([body["webhook"]] if body.get("webhook") else [])
             if not isinstance(hooks, list):
                 raise RuleUsageError("'webhooks' must be a list of URLs")
-            rule = alerts.add(
+            rule = await asyncio.to_thread(
+                alerts.add,
                 str(body.get("kind") or ""), _text(body, "service"),
                 threshold=body.get("threshold"), endpoint=_text(body, "endpoint"),
                 probe_id=None if body.get("probe_id") is None else _int(body["probe_id"], "probe_id"),
@@ -178,17 +187,17 @@ def rules_routes(markers: DeployMarkers, probes: Probes, alerts: Alerts) -> list
                 min_requests=_int(body.get("min_requests", 10), "min_requests"),
                 webhooks=[str(h) for h in hooks], name=_text(body, "name"))
             return JSONResponse(rule.to_json(), status_code=201)
-        return JSONResponse(alerts.states())
+        return JSONResponse(await asyncio.to_thread(alerts.states))
 
     async def alert_delete(request: Request) -> Response:
         alert_id = _int(request.path_params["id"], "alert id")
-        alerts.remove(alert_id)
+        await asyncio.to_thread(alerts.remove, alert_id)
         return JSONResponse({"removed": alert_id})
 
     async def alert_events(request: Request) -> Response:
         alert = request.query_params.get("alert")
-        return JSONResponse(alerts.events(None if not alert else _int(alert, "alert"),
-                                          _limit(request)))
+        return JSONResponse(await asyncio.to_thread(
+            alerts.events, None if not alert else _int(alert, "alert"), _limit(request)))
 
     return [
         Route("/api/deployments", json_errors(deployments), methods=["GET", "POST"]),
@@ -206,14 +215,14 @@ def status_routes(pages: StatusPages) -> list[BaseRoute]:
     """Publish, list and read public status pages (see the table above)."""
 
     async def page_list(_: Request) -> Response:
-        return JSONResponse(pages.list())
+        return JSONResponse(await asyncio.to_thread(pages.list))
 
     async def page_one(request: Request) -> Response:
         app = request.path_params["app"]
         if request.method == "PUT":
             body = await json_object(request)
-            return JSONResponse(pages.enable(app, _text(body, "title")))
-        pages.disable(app)
+            return JSONResponse(await asyncio.to_thread(pages.enable, app, _text(body, "title")))
+        await asyncio.to_thread(pages.disable, app)
         return JSONResponse({"removed": app})
 
     async def page_view(request: Request) -> Response:
