@@ -33,7 +33,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from noops.observe.otlp import decode as d
-from noops.observe.otlp.decode import OtlpDecodeError, decode_logs, decode_metrics, decode_traces
+from noops.observe.otlp.decode import (
+    MAX_SHARED_CHARS,
+    OtlpDecodeError,
+    OtlpTooLargeError,
+    decode_logs,
+    decode_metrics,
+    decode_traces,
+)
 
 PB, JS = "application/x-protobuf", "application/json"
 RESOURCE = Resource.create({"service.name": "shop", "deployment.environment": "test"})
@@ -562,3 +569,20 @@ def test_hostile_json_bodies_are_a_400_error(body: bytes) -> None:
     with pytest.raises(OtlpDecodeError) as err:
         decode_traces(body, JS)
     assert str(err.value)
+
+
+def test_json_logs_repeating_a_large_resource_are_refused_whole() -> None:
+    value = "v" * 16_000
+    per_row = 8 * (2 + len(value))
+    records = MAX_SHARED_CHARS // per_row + 1
+    doc = {"resourceLogs": [{
+        "resource": {"attributes": [{"key": f"r{i}", "value": {"stringValue": value}}
+                                    for i in range(8)]},
+        "scopeLogs": [{"logRecords": [{"timeUnixNano": "1", "body": {"stringValue": "x"}}] * records}],
+    }]}
+    body = json.dumps(doc).encode()
+    assert len(body) < 200_000
+    with pytest.raises(OtlpTooLargeError, match="fewer items per request"):
+        decode_logs(body, JS)
+    doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"] = [{"timeUnixNano": "1"}] * (records - 1)
+    assert decode_logs(json.dumps(doc).encode(), JS).count == records - 1

@@ -16,8 +16,10 @@ from noops.observe.otlp import native
 from noops.observe.otlp.decode import (
     MAX_ATTRIBUTES,
     MAX_KEY_CHARS,
+    MAX_SHARED_CHARS,
     MAX_VALUE_CHARS,
     OtlpDecodeError,
+    OtlpTooLargeError,
     decode_traces,
 )
 from noops.observe.store import edges, schema
@@ -284,3 +286,35 @@ def test_edge_rows_from_a_table_match_the_rows() -> None:
     want = edges.edge_batch(rows, 1, {"db:15001"})
     assert want is not None and want.column("Mtls").to_pylist() == [1, 0]
     assert edges.edge_batch(mine, 1, {"db:15001"}).equals(want)
+
+
+def _shared_request(spans: int) -> tuple[ExportTraceServiceRequest, int]:
+    """One resource of 8 long attributes shared by ``spans`` small spans (a ~130 kB body)."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    for i in range(8):
+        rs.resource.attributes.add(key=f"r{i}", value=AnyValue(string_value="v" * MAX_VALUE_CHARS))
+    ss = rs.scope_spans.add()
+    ss.scope.name = "lib"
+    for i in range(spans):
+        ss.spans.add(trace_id=b"\x01" * 16, span_id=(i + 1).to_bytes(8, "big"), name="n",
+                     start_time_unix_nano=10, end_time_unix_nano=20)
+    per_row = 8 * (2 + MAX_VALUE_CHARS) + len("lib")
+    return req, per_row
+
+
+def test_a_batch_that_expands_too_far_is_refused_whole_by_both_decoders() -> None:
+    _, per_row = _shared_request(0)
+    fits = MAX_SHARED_CHARS // per_row
+    ok_req, _ = _shared_request(fits)
+    table = native.decode_traces_native(ok_req.SerializeToString())
+    assert table is not None and table.num_rows == fits
+    assert decode_traces(ok_req.SerializeToString(), PB).count == fits
+    big_req, _ = _shared_request(fits + 1)
+    body = big_req.SerializeToString()
+    assert len(body) < 200_000
+    assert native.decode_traces_native(body) is None  # the Python decoder decides
+    for decode in (native.decode_traces, decode_traces):
+        with pytest.raises(OtlpTooLargeError, match="fewer items per request") as err:
+            decode(body, PB)
+        assert err.value.http_status == 413

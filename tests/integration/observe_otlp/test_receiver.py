@@ -165,6 +165,30 @@ def test_limits_and_refusals(otlp_server: Server) -> None:
         refusals(srv, client.post)
 
 
+def test_a_batch_that_expands_too_far_is_refused_and_stores_nothing(otlp_server: Server) -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    from noops.observe.otlp.decode import MAX_SHARED_CHARS
+
+    srv = otlp_server()
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    for i in range(8):
+        rs.resource.attributes.add(key=f"r{i}", value=AnyValue(string_value="v" * 16_000))
+    spans = rs.scope_spans.add().spans
+    for i in range(MAX_SHARED_CHARS // (8 * 16_002) + 1):
+        spans.add(trace_id=b"\1" * 16, span_id=(i + 1).to_bytes(8, "big"), name="n",
+                  start_time_unix_nano=10, end_time_unix_nano=20)
+    body = gzip.compress(req.SerializeToString())
+    assert len(body) < 16_384  # a small request …
+    r = httpx.post(f"{srv.url}/v1/traces", content=body,
+                   headers={"content-type": PB, "content-encoding": "gzip"})
+    assert r.status_code == 413  # … that would expand past the cap: refused whole
+    ok = httpx.post(f"{srv.url}/v1/traces", content=body_of(span_json(1)), headers={"content-type": JS})
+    assert ok.status_code == 200
+    srv.store.wait(lambda: len(srv.store.spans) == 1)  # only the small batch
+
+
 def refusals(srv: RunningReceiver, post: Any) -> None:
     assert post("/v1/traces", content=b"x" * 5000, headers={"content-type": PB}).status_code == 413
     bomb = gzip.compress(b"\0" * 2_000_000, 9)

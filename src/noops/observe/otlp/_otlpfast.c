@@ -32,6 +32,9 @@
 #define MAX_KEY 256
 #define MAX_ATTRS 128
 #define MAX_ITEM (1024 * 1024)
+/* decode.py's MAX_SHARED_CHARS: resource and scope data repeated in every row of a request;
+ * past it the Python decoder decides (it refuses the request with 413). */
+#define MAX_SHARED ((size_t)64 * 1024 * 1024)
 
 enum { OK = 0, FALLBACK = -1, NOMEM = -2 };
 #define TRY(x)                 \
@@ -284,6 +287,7 @@ typedef struct {
     mapcol_t scratch; /* scope attributes: checked, not stored */
     int64_t spans, events, links;
     size_t item; /* bytes of the current span's flattened strings (decode.py's item_chars) */
+    size_t shared; /* bytes of resource and scope data repeated by the rows so far */
 } st_t;
 
 /* AnyValue -> the string decode.py stores, appended to vals (ends the string). */
@@ -577,6 +581,10 @@ static int span(st_t *st, rd_t r, rd_t scope_name, rd_t scope_version) {
         for (int32_t i = 1; i <= n; i++) TRY(buf_i32(&dst[side]->off, (int32_t)base + so[i]));
     }
     TRY(map_end(&st->res_attrs));
+    st->shared += st->res.keys.data.len + st->res.vals.data.len + st->scratch.keys.data.len +
+                  st->scratch.vals.data.len + (size_t)(scope_name.end - scope_name.p) +
+                  (size_t)(scope_version.end - scope_version.p);
+    if (st->shared > MAX_SHARED) return FALLBACK;
     TRY(buf_i32(&st->ev_off, (int32_t)st->events));
     TRY(buf_i32(&st->ln_off, (int32_t)st->links));
     if (st->events > INT32_MAX || st->links > INT32_MAX) return FALLBACK;

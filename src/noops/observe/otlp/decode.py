@@ -24,6 +24,12 @@ Limits (hostile input): each flattened value is cut to :data:`MAX_VALUE_CHARS` (
 :data:`MAX_KEY_CHARS`; cuts are reported in ``errors`` as warnings. An item whose flattened
 strings exceed :data:`MAX_ITEM_CHARS` in total is rejected. JSON nesting deeper than Python's
 parser allows, invalid UTF-8 and protobuf garbage raise :class:`OtlpDecodeError`.
+
+Every row repeats its resource's attributes and its scope's name, version and attributes, so a
+small body whose many items share one large resource would expand to a very large table. The
+characters repeated that way are counted over the whole request; past
+:data:`MAX_SHARED_CHARS` the request is refused whole with :class:`OtlpTooLargeError` (HTTP
+413), before anything is stored.
 """
 
 from __future__ import annotations
@@ -52,10 +58,12 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ITEM_CHARS",
     "MAX_KEY_CHARS",
+    "MAX_SHARED_CHARS",
     "MAX_VALUE_CHARS",
     "METRIC_KINDS",
     "DecodeResult",
     "OtlpDecodeError",
+    "OtlpTooLargeError",
     "decode_logs",
     "decode_metrics",
     "decode_traces",
@@ -69,6 +77,7 @@ MAX_KEY_CHARS = 256
 MAX_ATTRIBUTES = 128
 MAX_DEPTH = 8
 MAX_ITEM_CHARS = 1024 * 1024
+MAX_SHARED_CHARS = 64 * 1024 * 1024
 MAX_ERRORS = 8  # distinct messages kept per request; the rest are only counted
 METRIC_KINDS = ("gauge", "sum", "histogram")
 
@@ -91,6 +100,13 @@ _U64_MAX = 2**64 - 1
 
 class OtlpDecodeError(UsageError):
     """The whole body is undecodable (HTTP 400, not retryable); the message says why."""
+
+
+class OtlpTooLargeError(OtlpDecodeError):
+    """The body would expand past :data:`MAX_SHARED_CHARS` of repeated resource and scope data
+    (HTTP 413, not retryable as is)."""
+
+    http_status = 413
 
 
 @dataclass
@@ -127,6 +143,17 @@ class _Ctx:
         self.item_chars = 0
         self.truncated = 0
         self.dropped_attrs = 0
+        self.shared_chars = 0
+
+    def charge(self, sc: _Scope, rows: int) -> None:
+        """Count ``rows`` new rows repeating ``sc``'s shared columns; refuse the request past
+        :data:`MAX_SHARED_CHARS`."""
+        self.shared_chars += rows * sc.shared
+        if self.shared_chars > MAX_SHARED_CHARS:
+            raise OtlpTooLargeError(
+                f"the batch repeats its resource and scope attributes ({sc.shared} characters) "
+                f"in every item: over {MAX_SHARED_CHARS} characters once expanded. Send fewer "
+                "items per request, or fewer resource attributes")
 
     def reject(self, what: str, reason: str, n: int = 1) -> None:
         self.result.rejected += n
@@ -436,6 +463,12 @@ class _Scope:
     scope_attrs: Attrs
     scope_dropped: int
     scope_schema: str
+    shared: int = 0  # characters every row under this scope repeats
+
+    def __post_init__(self) -> None:
+        self.shared = (sum(len(k) + len(v) for k, v in self.resource_attrs.items())
+                       + sum(len(k) + len(v) for k, v in self.scope_attrs.items())
+                       + len(self.scope_name) + len(self.scope_version))
 
 
 def _decode(
@@ -463,10 +496,12 @@ def _decode(
                 )  # fmt: skip
                 for item in getattr(ss, items_key[0]):
                     ctx.item_chars = 0
+                    before = len(ctx.result.rows)
                     try:
                         item_pb(ctx, sc, item)
                     except _Reject as exc:
                         ctx.reject(what, str(exc))
+                    ctx.charge(sc, len(ctx.result.rows) - before)
     elif media == CONTENT_TYPE_JSON:
         doc = _parse_json(body)
         groups = doc.get(res_key[1], [])
@@ -522,6 +557,7 @@ def _json_group(
             continue
         for item in items:
             ctx.item_chars = 0
+            before = len(ctx.result.rows)
             try:
                 _need_obj(item, "items")
                 item_json(ctx, sc, item)
@@ -529,6 +565,7 @@ def _json_group(
                 ctx.reject(what, str(exc))
             except (TypeError, ValueError, OverflowError, AttributeError) as exc:
                 ctx.reject(what, f"malformed item ({type(exc).__name__})")
+            ctx.charge(sc, len(ctx.result.rows) - before)
 
 
 # --- traces --------------------------------------------------------------------------------------

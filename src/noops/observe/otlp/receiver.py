@@ -11,7 +11,8 @@ Answers (the body always in the request's encoding, protobuf or JSON):
 * ``200`` + ``partial_success`` when some items were rejected (or warnings, rejected 0);
 * ``Content-Encoding`` ``gzip`` and ``deflate`` are accepted, inflated under a cap;
 * ``400`` undecodable body (``google.rpc.Status``), ``415`` other content types or encodings,
-  ``413`` body over ``max_body_bytes`` or gzip that inflates over ``max_decompressed_bytes``;
+  ``413`` body over ``max_body_bytes``, gzip that inflates over ``max_decompressed_bytes``, or
+  items that repeat too much resource data (``decode.MAX_SHARED_CHARS``);
 * ``429`` + ``Retry-After`` when the queue is full (never accept-and-drop), ``503`` +
   ``Retry-After`` when the WAL cannot be written.
 """
@@ -356,8 +357,8 @@ class Receiver:
                 if body is None:
                     return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
             result = await anyio.to_thread.run_sync(self._decoders[signal], body, media)
-        except OtlpDecodeError as exc:
-            return self._error(media, 400, _GRPC_INVALID_ARGUMENT, str(exc))
+        except OtlpDecodeError as exc:  # 400, or 413 for a batch that expands too far
+            return self._error(media, exc.http_status, _GRPC_INVALID_ARGUMENT, str(exc))
         if result.count:
             throttled = await self._enqueue(signal, media, body, result)
             if throttled is not None:
