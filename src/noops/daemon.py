@@ -24,7 +24,7 @@ import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from noops.observe.service import PatternCounter, Sample, Telemetry, otlp_socket
 from noops.oci.bundle import Runc
 from noops.oci.image import Image
 from noops.oci.store import ImageStore
-from noops.runtime.identity import read_record
+from noops.runtime.identity import SvidRecord, read_record
 from noops.runtime.instances import InstanceManager, InstanceSpec
 from noops.runtime.logship import InstanceInfo, LogShipper
 from noops.runtime.rollout import DeployError, RolloutPlan, rollout
@@ -209,16 +209,15 @@ class Platform:
             inst = slot.instance
             record = read_record(Path(inst.dir)) if inst is not None else None
             if inst is not None and record is not None:
-                out.append(CertificateInfo("workload", inst.id, record.spiffe_id, record.serial,
-                                           datetime.fromtimestamp(record.not_after, UTC), slot.app))
+                out.append(_svid_info(inst.id, record, slot.app))
         for name, app in (("probe", PROBE_ID[0]), ("console", CONSOLE_APP)):
             record = read_record(self.system.root / name)
             if record is not None:
-                out.append(CertificateInfo("workload", name, record.spiffe_id, record.serial,
-                                           datetime.fromtimestamp(record.not_after, UTC), app))
+                out.append(_svid_info(name, record, app))
         tls = self.gateway_tls
         out.append(CertificateInfo("gateway", "gateway (health probes)", tls.spiffe_id, tls.serial,
-                                   tls.not_after))
+                                   tls.not_after, None,
+                                   tls.not_after - timedelta(seconds=tls.ttl_s)))
         return out
 
     def route_hosts(self) -> dict[str, list[str]]:
@@ -462,6 +461,12 @@ class Platform:
                     started += 1
             self.supervisor.publish(app)
         return {"adopted": adopted, "reaped": reaped, "started": started}
+
+
+def _svid_info(name: str, record: SvidRecord, app: str) -> CertificateInfo:
+    not_after = datetime.fromtimestamp(record.not_after, UTC)
+    return CertificateInfo("workload", name, record.spiffe_id, record.serial, not_after, app,
+                           not_after - timedelta(seconds=record.ttl_s))
 
 
 def _marker_kind(description: str) -> str:

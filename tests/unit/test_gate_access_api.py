@@ -126,7 +126,10 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
     workloads = [CertificateInfo("workload", "shop-web-1", svid.spiffe_id or "", svid.serial,
                                  svid.not_after, "shop"),
                  CertificateInfo("workload", "shop-worker-1", other.spiffe_id or "", other.serial,
-                                 other.not_after, "shop")]
+                                 other.not_after, "shop", other.not_after - timedelta(hours=0.5)),
+                 # 50 of its 60 minutes gone: its renewal at half-life is overdue
+                 CertificateInfo("workload", "blog-web-1", "spiffe://noops.local/app/blog/web", 7,
+                                 now + timedelta(minutes=10), "blog", now - timedelta(minutes=50))]
     routes = access_routes(files, workloads=lambda: workloads,
                            hosts=lambda: {"shop": ["shop.localhost"], "idle": []})
     with served(routes, tmp_path / "api.sock") as client:
@@ -219,9 +222,13 @@ def test_summary_per_app(gate: Gate) -> None:
     assert (shop["decisions"], shop["deny"], shop["step_up"]) == (5, 1, 1)
     assert shop["cert_not_after"] == gate.svid_not_after.isoformat()   # the earlier of the two
     assert 0 < shop["cert_days_left"] <= round(1800 / 86400, 2)
-    assert summary["blog"]["decisions"] == 1 and summary["blog"]["cert_days_left"] is None
+    assert shop["cert_expiring"] is False   # 7 days are not left, but it is fresh
+    blog = summary["blog"]
+    assert blog["decisions"] == 1 and blog["cert_expiring"] is True
+    assert blog["cert_days_left"] == round(10 / 1440, 2)
     assert summary["idle"] == {"hosts": [], "decisions": 0, "deny": 0, "step_up": 0,
-                               "cert_not_after": None, "cert_days_left": None}
+                               "cert_not_after": None, "cert_days_left": None,
+                               "cert_expiring": False}
     assert get(gate, "/api/access/summary", since="3h")["shop"]["deny"] == 2
 
 
@@ -242,10 +249,15 @@ def test_users_devices_certificates_policy(gate: Gate) -> None:
     certs = get(gate, "/api/access/certificates")
     assert certs["trust_domain"] == "noops.local"
     kinds = [c["kind"] for c in certs["certificates"]]
-    assert kinds == ["root", "intermediate", "workload", "workload"]
+    assert kinds == ["root", "intermediate", "workload", "workload", "workload"]
     root = certs["certificates"][0]
     assert root["serial"] == f"{gate.ca.root.serial_number:x}" and root["days_left"] > 3600
-    assert certs["certificates"][2]["spiffe_id"] == "spiffe://noops.local/app/shop/web"
+    by_name = {c["name"]: c for c in certs["certificates"]}
+    assert by_name["shop-web-1"]["spiffe_id"] == "spiffe://noops.local/app/shop/web"
+    # blog-web-1 is past half its life; shop-web-1's lifetime is unknown: 7 days alone decide
+    assert [c["name"] for c in certs["certificates"] if c["expiring"]] == ["blog-web-1",
+                                                                           "shop-web-1"]
+    assert not by_name["shop-worker-1"]["expiring"] and not root["expiring"]
 
     policy = get(gate, "/api/access/policy")
     assert policy["source"] == POLICY_V2 and not policy["default"]

@@ -3,9 +3,11 @@
 Every route is ``GET``; every error is ``{"error": message, "kind": …}`` with the error's HTTP
 status (bad input 400). ``since`` is a duration such as ``90s``, ``15m``, ``2h`` or ``7d``
 ending now. Times are ISO 8601 in UTC; ``days_left`` is fractional days until ``not_after``
-(negative once expired). Nothing here ever returns a password hash, a TOTP secret, a session
-secret or a private key: users come from :func:`noops.gate.identity.read_users`, audit records
-were redacted when they were written (:mod:`noops.gate.audit`).
+(negative once expired); ``expiring`` is true with less than 7 days left *and*, when the
+lifetime is known, less than half of it (short-lived certificates renewed at half-life are
+flagged only when their renewal is overdue). Nothing here ever returns a password hash, a TOTP
+secret, a session secret or a private key: users come from :func:`noops.gate.identity.read_users`,
+audit records were redacted when they were written (:mod:`noops.gate.audit`).
 
 =========================================  =====================================================
 /api/access/audit                          decisions, newest first: ``?user=&outcome=&route=
@@ -21,13 +23,14 @@ were redacted when they were written (:mod:`noops.gate.audit`).
 /api/access/scores?since=1h                per route: ``{route, decisions, mean_score,
                                            buckets: [10 counts: 0-9 … 90-100], outcomes}``
 /api/access/summary?since=1h               per app: ``{hosts, decisions, deny, step_up,
-                                           cert_not_after, cert_days_left}``
+                                           cert_not_after, cert_days_left, cert_expiring}``
 /api/access/users                          ``[{name, groups, totp_enrolled, locked,
                                            locked_out_until, created_at, last_login}]``
 /api/access/devices                        ``[{user, name, serial, issued, not_after, days_left,
-                                           revoked, revoked_reason, revoked_at}]``
+                                           expiring, revoked, revoked_reason, revoked_at}]``
 /api/access/certificates                   ``{trust_domain, certificates: [{kind, name, subject,
-                                           spiffe_id, serial, not_after, days_left, app}]}``
+                                           spiffe_id, serial, not_before, not_after, days_left,
+                                           expiring, app}]}``
 /api/access/policy                         ``{version, default, mode, routes, source}``
 /api/access/policy/history                 ``[{time, actor, version, previous}]`` newest first
 =========================================  =====================================================
@@ -80,6 +83,7 @@ __all__ = ["OUTCOMES", "CertificateInfo", "access_routes", "served_certificate"]
 OUTCOMES: Final = ("allow", "deny", "step_up", "read_only", "login", "logout", "policy_applied",
                    "trust_config_applied", "trust_config_rejected")
 MAX_LIMIT: Final = 1000
+WARN_DAYS: Final = 7
 BUCKETS: Final = 10
 _NO_ROUTE: Final = "(no route)"
 _REORDER: Final = timedelta(seconds=60)
@@ -96,6 +100,7 @@ class CertificateInfo:
     serial: int
     not_after: datetime
     app: str | None = None
+    not_before: datetime | None = None
 
 
 def _iso(moment: datetime | float | None) -> str | None:
@@ -108,6 +113,16 @@ def _iso(moment: datetime | float | None) -> str | None:
 
 def _days_left(not_after: datetime, now: datetime) -> float:
     return round((not_after - now).total_seconds() / 86400.0, 2)
+
+
+def _expiring(not_before: datetime | None, not_after: datetime, now: datetime) -> bool:
+    """Less than :data:`WARN_DAYS` left and, when the lifetime is known, past half of it: short
+    lives renewed at half-life (SVIDs, serving certificates) are flagged only when a renewal is
+    overdue, not all the time."""
+    left = not_after - now
+    if left >= timedelta(days=WARN_DAYS):
+        return False
+    return not_before is None or left < (not_after - not_before) / 2
 
 
 def _limit(request: Request, default: int = 100) -> int:
@@ -257,7 +272,8 @@ class _Reader:
 
         def entry(app: str) -> dict[str, Any]:
             return apps.setdefault(app, {"hosts": [], "decisions": 0, "deny": 0, "step_up": 0,
-                                         "cert_not_after": None, "cert_days_left": None})
+                                         "cert_not_after": None, "cert_days_left": None,
+                                         "cert_expiring": False})
 
         if self._hosts is not None:
             for name, hosts in self._hosts().items():
@@ -271,15 +287,16 @@ class _Reader:
             row["decisions"] += 1
             if r.get("outcome") in ("deny", "step_up"):
                 row[str(r["outcome"])] += 1
-        earliest: dict[str, datetime] = {}
+        earliest: dict[str, CertificateInfo] = {}
         for cert in self._workload_certs():
             if cert.kind == "workload" and cert.app is not None and (
-                    cert.app not in earliest or cert.not_after < earliest[cert.app]):
-                earliest[cert.app] = cert.not_after
-        for app, not_after in earliest.items():
+                    cert.app not in earliest or cert.not_after < earliest[cert.app].not_after):
+                earliest[cert.app] = cert
+        for app, cert in earliest.items():
             row = entry(app)
-            row["cert_not_after"] = _iso(not_after)
-            row["cert_days_left"] = _days_left(not_after, now)
+            row["cert_not_after"] = _iso(cert.not_after)
+            row["cert_days_left"] = _days_left(cert.not_after, now)
+            row["cert_expiring"] = _expiring(cert.not_before, cert.not_after, now)
         return dict(sorted(apps.items()))
 
     def _workload_certs(self) -> list[CertificateInfo]:
@@ -300,9 +317,11 @@ class _Reader:
         for d in ca.devices():
             not_after = datetime.fromisoformat(d["not_after"])
             revocation = d.get("revocation") or {}
+            issued = datetime.fromisoformat(d["issued"])
             out.append({"user": d["user"], "name": d["name"], "serial": d["serial"],
-                        "issued": d["issued"], "not_after": _iso(not_after),
-                        "days_left": _days_left(not_after, now), "revoked": bool(d["revoked"]),
+                        "issued": _iso(issued), "not_after": _iso(not_after),
+                        "days_left": _days_left(not_after, now),
+                        "expiring": _expiring(issued, not_after, now), "revoked": bool(d["revoked"]),
                         "revoked_reason": revocation.get("reason"),
                         "revoked_at": revocation.get("revoked_at")})
         return out
@@ -323,8 +342,11 @@ class _Reader:
             out.append({"kind": kind, "name": name, "subject": cert.subject.rfc4514_string(),
                         "spiffe_id": uris[0] if uris else None,
                         "serial": f"{cert.serial_number:x}",
+                        "not_before": _iso(cert.not_valid_before_utc),
                         "not_after": _iso(cert.not_valid_after_utc),
-                        "days_left": _days_left(cert.not_valid_after_utc, now), "app": app})
+                        "days_left": _days_left(cert.not_valid_after_utc, now),
+                        "expiring": _expiring(cert.not_valid_before_utc, cert.not_valid_after_utc,
+                                              now), "app": app})
 
         if ca is not None:
             add("root", "root CA", ca.root)
@@ -336,8 +358,10 @@ class _Reader:
         for info in sorted(self._workload_certs(), key=lambda c: (c.kind, c.app or "", c.name)):
             out.append({"kind": info.kind, "name": info.name, "subject": "",
                         "spiffe_id": info.spiffe_id, "serial": f"{info.serial:x}",
-                        "not_after": _iso(info.not_after),
-                        "days_left": _days_left(info.not_after, now), "app": info.app})
+                        "not_before": _iso(info.not_before), "not_after": _iso(info.not_after),
+                        "days_left": _days_left(info.not_after, now),
+                        "expiring": _expiring(info.not_before, info.not_after, now),
+                        "app": info.app})
         return {"trust_domain": ca.trust_domain if ca is not None else None, "certificates": out}
 
     def _store(self) -> PolicyStore | None:
