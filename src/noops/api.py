@@ -24,6 +24,10 @@ GET      /api/events                             ``?app=&since=`` platform event
 GET      /metrics                                the platform's metrics, Prometheus text format
 =======  =====================================  ============================================
 
+The gateway's read-only access API (``/api/access/…``: audit decisions, trust scores, the
+Safety summary, users, devices, certificates, policy; :mod:`noops.gate.api`) reads
+``$NOOPS_HOME/gate``.
+
 Telemetry routes come from :meth:`noops.observe.service.Telemetry.routes`: the APM API
 (``/api/apm/…``, ``/api/traces/{id}``, ``/api/logs``; :mod:`noops.observe.api`) and deploy
 markers, probes and alerts (``/api/deployments``, ``/api/probes``, ``/api/alerts``;
@@ -43,6 +47,8 @@ from starlette.routing import Route
 
 from noops.daemon import Platform, release_json
 from noops.errors import UsageError
+from noops.gate.api import access_routes
+from noops.gate.pep import GateFiles
 from noops.httpapi import json_errors, json_object
 
 __all__ = ["make_app"]
@@ -243,5 +249,8 @@ def make_app(platform: Platform) -> Starlette:
         Route("/api/gc", json_errors(gc), methods=["POST"]),
         Route("/api/events", json_errors(events)),
         *platform.telemetry.routes(),
+        *access_routes(GateFiles(platform.settings.home / "gate"), ca=platform.ca,
+                       workloads=platform.issued_certificates, hosts=platform.route_hosts,
+                       frontdoor=("127.0.0.1", int(port))),
     ]
     return Starlette(routes=routes)

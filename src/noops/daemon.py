@@ -24,17 +24,20 @@ import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from noops.appspec import AppSpec, parse_manifest
 from noops.errors import NoopsError, UsageError
+from noops.gate.api import CertificateInfo
 from noops.gate.mtls import UpstreamTLS, load_or_create_ca
 from noops.gate.pep import GateFiles
 from noops.observe.service import PatternCounter, Sample, Telemetry, otlp_socket
 from noops.oci.bundle import Runc
 from noops.oci.image import Image
 from noops.oci.store import ImageStore
+from noops.runtime.identity import SvidRecord, read_record
 from noops.runtime.instances import InstanceManager, InstanceSpec
 from noops.runtime.logship import InstanceInfo, LogShipper
 from noops.runtime.rollout import DeployError, RolloutPlan, rollout
@@ -43,7 +46,7 @@ from noops.runtime.usage import InstanceUsage, UsageSampler
 from noops.settings import Settings
 from noops.state import StateStore, open_state
 from noops.state.model import Release, ReleaseStatus
-from noops.system import CONSOLE_APP, RESERVED_APPS, SystemWorkloads
+from noops.system import CONSOLE_APP, PROBE_ID, RESERVED_APPS, SystemWorkloads
 
 __all__ = ["Platform", "RoutesFile"]
 
@@ -196,6 +199,30 @@ class Platform:
                         "Gateway decisions since the daemon started, by outcome", float(n),
                         {"outcome": outcome}))
         return out
+
+    def issued_certificates(self) -> list[CertificateInfo]:
+        """The certificates the CA issued that live outside its directory, for the access API:
+        every supervised instance's SVID, the platform workloads' (prober, console) and the
+        gateway identity the daemon's health probes present. Reads files; call it in a thread."""
+        out: list[CertificateInfo] = []
+        for slot in list(self.supervisor.slots.values()):
+            inst = slot.instance
+            record = read_record(Path(inst.dir)) if inst is not None else None
+            if inst is not None and record is not None:
+                out.append(_svid_info(inst.id, record, slot.app))
+        for name, app in (("probe", PROBE_ID[0]), ("console", CONSOLE_APP)):
+            record = read_record(self.system.root / name)
+            if record is not None:
+                out.append(_svid_info(name, record, app))
+        tls = self.gateway_tls
+        out.append(CertificateInfo("gateway", "gateway (health probes)", tls.spiffe_id, tls.serial,
+                                   tls.not_after, None,
+                                   tls.not_after - timedelta(seconds=tls.ttl_s)))
+        return out
+
+    def route_hosts(self) -> dict[str, list[str]]:
+        """App -> the hosts the front door routes to it (the published route table)."""
+        return {app: list(entry.get("hosts", [])) for app, entry in list(self.routes.apps.items())}
 
     def _event(self, app: str | None, kind: str, message: str, data: dict[str, Any]) -> None:
         try:
@@ -434,6 +461,12 @@ class Platform:
                     started += 1
             self.supervisor.publish(app)
         return {"adopted": adopted, "reaped": reaped, "started": started}
+
+
+def _svid_info(name: str, record: SvidRecord, app: str) -> CertificateInfo:
+    not_after = datetime.fromtimestamp(record.not_after, UTC)
+    return CertificateInfo("workload", name, record.spiffe_id, record.serial, not_after, app,
+                           not_after - timedelta(seconds=record.ttl_s))
 
 
 def _marker_kind(description: str) -> str:

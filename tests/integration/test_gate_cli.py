@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,27 @@ def test_ca_users_devices_and_audit(tmp_path: Path) -> None:
 
     checked = _noops(home, "audit", "--verify", "--json")
     assert checked.returncode == 0 and '"ok": true' in checked.stdout
+
+
+def test_audit_query_reads_without_touching_the_log(tmp_path: Path) -> None:
+    """`noops audit` filters newest first and never cuts the line the front door is writing."""
+    from datetime import UTC, datetime
+
+    from noops.gate.audit import AuditLog
+
+    home = tmp_path / "home"
+    path = home / "gate" / "audit" / "decisions.jsonl"
+    with AuditLog(path) as log:
+        for i, (user, outcome) in enumerate([("alice", "deny"), ("bob", "deny"), ("alice", "allow"),
+                                             ("alice", "deny")]):
+            log.append({"time": datetime.now(UTC), "request_id": f"r{i}", "user": user,
+                        "outcome": outcome, "score": 10 * i})
+    with path.open("ab") as fh:
+        fh.write(b'{"seq":4,"outcome":"al')   # a write in progress
+    before = path.read_bytes()
+    found = _noops(home, "audit", "--user", "alice", "--outcome", "deny", "--json")
+    assert found.returncode == 0, found.stderr
+    assert [r["request_id"] for r in json.loads(found.stdout)] == ["r3", "r0"]
+    newest = _noops(home, "audit", "-n", "1", "--json")
+    assert [r["request_id"] for r in json.loads(newest.stdout)] == ["r3"]
+    assert path.read_bytes() == before

@@ -9,9 +9,12 @@ from noops.console.views import (
     app_row,
     base_age_days,
     chart_series,
+    expiry_text,
     map_layout,
     resource_series,
     restarts,
+    safety,
+    score_bars,
     spark,
     trace_filter,
 )
@@ -110,3 +113,33 @@ def test_base_age_days() -> None:
     assert base_age_days({"base_released": "2026-11-28T00:00:00Z"}, now) == 0  # clock skew
     assert base_age_days({"base_released": "yesterday"}, now) is None
     assert base_age_days({}, now) is None and base_age_days(None, now) is None
+
+
+def test_expiry_text_reads_in_the_best_unit() -> None:
+    assert [expiry_text(d) for d in (None, -1, 0, 3650, 2.0, 1.5, 1 / 24, 0.01, 0.0001)] == [
+        "", "expired", "expired", "3650 d", "2 d", "36.0 h", "1.0 h", "14 min", "1 min"]
+
+
+def test_safety_cell_from_the_access_summary() -> None:
+    summary = {"shop": {"deny": 4, "step_up": 1, "cert_days_left": 0.02,
+                        "cert_not_after": "2026-11-27T20:00:00+00:00", "cert_expiring": False},
+               "blog": {"deny": 0, "step_up": 0, "cert_days_left": -0.5, "cert_expiring": True}}
+    assert safety(None, "shop") is None   # not served: the page shows an empty state
+    assert safety(summary, "shop") == {"deny": 4, "step_up": 1, "cert": "29 min",
+                                       "cert_not_after": "2026-11-27T20:00:00+00:00",
+                                       "cert_warn": False}
+    assert safety(summary, "blog")["cert"] == "expired" and safety(summary, "blog")["cert_warn"]
+    assert safety(summary, "new") == {"deny": 0, "step_up": 0, "cert": None,
+                                      "cert_not_after": None, "cert_warn": False}
+    row = app_row({"name": "shop", "release": None}, None, [], [], summary)
+    assert row["safety"]["deny"] == 4
+    assert app_row({"name": "shop", "release": None}, None, [], [])["safety"] is None
+
+
+def test_score_bars_scale_to_the_fullest_bucket() -> None:
+    (bars,) = score_bars([{"route": "apps", "decisions": 6, "mean_score": 51.5,
+                           "buckets": [2, 0, 0, 0, 0, 0, 0, 0, 0, 4], "outcomes": {"allow": 6}}])
+    assert bars["route"] == "apps" and bars["decisions"] == 6
+    assert [b["pct"] for b in bars["bars"]] == [50.0, 0, 0, 0, 0, 0, 0, 0, 0, 100.0]
+    assert bars["bars"][0]["label"] == "0–9" and bars["bars"][9]["label"] == "90–100"
+    assert score_bars([{"route": "x", "buckets": [0] * 10}])[0]["bars"][3]["pct"] == 0.0

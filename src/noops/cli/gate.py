@@ -216,18 +216,21 @@ def policy_history(ctx: Ctx) -> None:
 @pass_ctx
 def audit(ctx: Ctx, check: bool, user: str | None, outcome: str | None, limit: int) -> None:
     """The gateway's decision log: one record per request, allowed or denied, with the score."""
-    from noops.gate.audit import AuditLog, verify
+    from noops.gate.audit import read_newest_first, verify
 
     path = _gate_dir(ctx) / "audit"
     if not check:
         if not (path / "decisions.jsonl").exists():
             emit(ctx, [], lambda con: con.print("no audit records yet"))
             return
-        log = AuditLog(path / "decisions.jsonl")
-        try:
-            rows = log.query(user=user, outcome=outcome, limit=limit)
-        finally:
-            log.close()
+        # read-only: opening an AuditLog (a writer) would cut a line the front door is writing
+        rows: list[dict[str, Any]] = []
+        for entry in read_newest_first(path / "decisions.jsonl"):
+            if len(rows) >= limit:
+                break
+            if (user is None or entry.get("user") == user) and \
+                    (outcome is None or entry.get("outcome") == outcome):
+                rows.append(entry)
 
         def show(con: Console) -> None:
             for r in rows:

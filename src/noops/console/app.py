@@ -3,8 +3,8 @@
 Every page makes a few API reads concurrently (:meth:`ApiClient.gather`), so its server time is
 that of its slowest read; per-app extras on the overview (sparkline, restarts) are fragments the
 browser loads after the page, so the overview costs the same for 1 app or 50. Reads of optional
-subsystems (APM, probes, alerts, deploy markers) go through :meth:`ApiClient.optional`: a platform
-without them renders empty states, not errors.
+subsystems (APM, probes, alerts, deploy markers, the gateway's access API) go through
+:meth:`ApiClient.optional`: a platform without them renders empty states, not errors.
 
 Routes (HTML unless noted)::
 
@@ -26,6 +26,9 @@ Routes (HTML unless noted)::
     GET  /status/{app}              the app's public status page, when published (standalone:
                                     no console links, no scripts; the default policy lets
                                     anyone GET ``/status``)
+    GET  /access                    gateway decisions (``user``, ``app``, ``outcome``,
+                                    ``route``, ``since``), trust scores per route, users, devices,
+                                    certificates, policy history
     GET  /healthz                   ``ok`` (text)
 
 A POST must come from the console's own pages: it needs the ``HX-Request`` header (a cross-site
@@ -49,15 +52,17 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from noops.console.client import ApiClient, ApiError
+from noops.console.client import ApiClient, ApiError, ApiUnavailableError
 from noops.console.views import (
     app_row,
     base_age_days,
     chart_series,
+    expiry_text,
     iso_ns,
     map_layout,
     resource_series,
     restarts,
+    score_bars,
     spark,
     trace_filter,
 )
@@ -67,6 +72,8 @@ __all__ = ["make_console"]
 
 _HERE = Path(__file__).parent
 _SINCE = ("15m", "1h", "6h", "24h", "7d")
+_OUTCOMES = ("allow", "deny", "step_up", "read_only", "login", "logout", "policy_applied",
+             "trust_config_applied", "trust_config_rejected")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
@@ -80,8 +87,8 @@ _BY_INST = "noops.instance.id"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _since(request: Request) -> str:
-    since = request.query_params.get("since", "15m")
+def _since(request: Request, default: str = "15m") -> str:
+    since = request.query_params.get("since") or default
     if since not in _SINCE:
         raise UsageError(f"since={since!r}: pick one of {', '.join(_SINCE)}")
     return since
@@ -110,6 +117,7 @@ def make_console(api: ApiClient) -> Starlette:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson_attr"] = lambda v: json.dumps(v, separators=(",", ":"))
     env.filters["iso_ns"] = iso_ns
+    env.filters["expiry"] = expiry_text
 
     def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(request=request, path=request.url.path, **ctx)
@@ -127,11 +135,13 @@ def make_console(api: ApiClient) -> Starlette:
 
     async def overview(request: Request) -> Response:
         since = _since(request)
-        apps, services, alerts, probes = await api.gather(
+        apps, services, alerts, probes, access = await api.gather(
             api.get("/api/apps"), api.optional("/api/apm/services", since=since),
-            api.optional("/api/alerts"), api.optional("/api/probes"))
+            api.optional("/api/alerts"), api.optional("/api/probes"),
+            api.optional("/api/access/summary", since="1h"))
         stats = {s["service"]: s for s in services or []}
-        rows = [app_row(a, stats.get(a["name"]), alerts or [], probes or []) for a in apps]
+        rows = [app_row(a, stats.get(a["name"]), alerts or [], probes or [], access)
+                for a in apps]
         return render(request, "overview.html", rows=rows, since=since, sinces=_SINCE,
                       apm=services is not None, other_services=sorted(
                           set(stats) - {a["name"] for a in apps}))
@@ -304,6 +314,29 @@ def make_console(api: ApiClient) -> Starlette:
                           missing=missing)
         return render(request, "status.html", s=data)
 
+    async def access(request: Request) -> Response:
+        since = _since(request, "1h")
+        q = request.query_params
+        user, route = (q.get("user") or "").strip(), (q.get("route") or "").strip()
+        app = (q.get("app") or "").strip()
+        outcome = q.get("outcome") or ""
+        if outcome and outcome not in _OUTCOMES:
+            raise UsageError(f"outcome={outcome!r}: pick one of {', '.join(_OUTCOMES)}")
+        decisions, chain, scores, users, devices, certs, policy, history = await api.gather(
+            _served(api.get("/api/access/audit", user=user, outcome=outcome, route=route,
+                            app=app, since=since, limit=_DECISIONS)),
+            api.optional("/api/access/audit/verify"),
+            api.optional("/api/access/scores", since=since), api.optional("/api/access/users"),
+            api.optional("/api/access/devices"), api.optional("/api/access/certificates"),
+            api.optional("/api/access/policy"), api.optional("/api/access/policy/history"))
+        return render(request, "access.html", served=decisions is not None,
+                      decisions=decisions or [], chain=chain, scores=score_bars(scores or []),
+                      users=users or [], devices=devices or [],
+                      certs=(certs or {}).get("certificates") or [],
+                      trust_domain=(certs or {}).get("trust_domain"), policy=policy,
+                      history=history or [], since=since, sinces=_SINCE, outcomes=_OUTCOMES,
+                      user=user, app=app, outcome=outcome, route=route, limit=_DECISIONS)
+
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
 
@@ -331,6 +364,7 @@ def make_console(api: ApiClient) -> Starlette:
         Route("/map", page(service_map)),
         Route("/uptime", page(uptime)),
         Route("/status/{app}", status_page),
+        Route("/access", page(access)),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
@@ -339,3 +373,19 @@ def make_console(api: ApiClient) -> Starlette:
 
 async def _none() -> None:
     return None
+
+
+_DECISIONS = 50
+
+
+async def _served(call: Awaitable[Any]) -> Any:
+    """``call``'s answer, or None when the route is not served (404/405): the page shows an
+    empty state. Any other error (a bad filter: 400) is the page's error."""
+    try:
+        return await call
+    except ApiUnavailableError:
+        raise
+    except ApiError as exc:
+        if exc.http_status in (404, 405):
+            return None
+        raise

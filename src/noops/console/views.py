@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["app_row", "base_age_days", "chart_series", "iso_ns", "map_layout", "resource_series",
-           "restarts", "spark", "trace_filter"]
+__all__ = ["app_row", "base_age_days", "chart_series", "expiry_text", "iso_ns", "map_layout",
+           "resource_series", "restarts", "safety", "score_bars", "spark", "trace_filter"]
 
 
 def iso_ns(ns: int | float | None) -> str:
@@ -40,10 +40,55 @@ def restarts(instances: Sequence[Mapping[str, Any]]) -> int:
     return sum(int(p.get("restarts") or 0) for p in instances)
 
 
+def expiry_text(days: float | None) -> str:
+    """Time left on a certificate in the unit that reads best: ``45 d``, ``5.3 h``, ``25 min``,
+    ``expired`` ('' for unknown)."""
+    if days is None:
+        return ""
+    if days <= 0:
+        return "expired"
+    if days >= 2:
+        return f"{days:.0f} d"
+    hours = days * 24
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    return f"{max(1, round(hours * 60))} min"
+
+
+def safety(summary: Mapping[str, Any] | None, app: str) -> dict[str, Any] | None:
+    """The overview's Safety cell of ``app`` from ``/api/access/summary`` (None: not served):
+    denials and step-ups in the window, and the earliest expiry of its workload certificates."""
+    if summary is None:
+        return None
+    row = summary.get(app) or {}
+    days = row.get("cert_days_left")
+    return {"deny": int(row.get("deny") or 0), "step_up": int(row.get("step_up") or 0),
+            "cert": expiry_text(days) if days is not None else None,
+            "cert_not_after": row.get("cert_not_after"),
+            "cert_warn": bool(row.get("cert_expiring")) or (days is not None and days <= 0)}
+
+
+def score_bars(routes: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per route of ``/api/access/scores``: its buckets as bars ``{label, count, pct}`` (height
+    relative to the route's fullest bucket), plus the route's totals."""
+    out = []
+    for r in routes:
+        buckets = [int(c) for c in r.get("buckets") or []]
+        top = max(buckets, default=0) or 1
+        size = 100 // max(len(buckets), 1)
+        bars = [{"label": f"{i * size}–{100 if i == len(buckets) - 1 else i * size + size - 1}",
+                 "count": c, "pct": round(100.0 * c / top, 1)} for i, c in enumerate(buckets)]
+        out.append({"route": r.get("route"), "decisions": int(r.get("decisions") or 0),
+                    "mean_score": r.get("mean_score"), "outcomes": dict(r.get("outcomes") or {}),
+                    "bars": bars})
+    return out
+
+
 def app_row(app: Mapping[str, Any], stats: Mapping[str, Any] | None,
-            alerts: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, Any]]
-            ) -> dict[str, Any]:
-    """One overview row: lifecycle facts of ``app`` from the platform API plus its telemetry."""
+            alerts: Sequence[Mapping[str, Any]], probes: Sequence[Mapping[str, Any]],
+            access: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One overview row: lifecycle facts of ``app`` from the platform API plus its telemetry and
+    (``access``: ``/api/access/summary``, None when not served) its Safety cell."""
     release = app.get("release")
     name = str(app["name"])
     mine = [p for p in probes if p.get("app") == name]
@@ -64,6 +109,7 @@ def app_row(app: Mapping[str, Any], stats: Mapping[str, Any] | None,
         "firing": firing,
         "probes_up": len(up),
         "probes": len(mine),
+        "safety": safety(access, name),
     }
 
 

@@ -8,11 +8,14 @@ shoulder-surfer replaying a TOTP code seen once. See ``LoginPolicy`` for the num
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
+from typing import Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -20,7 +23,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from noops.gate import _identity_totp as totp
 from noops.gate._identity_db import IdentityDb, IdentityError
 
-__all__ = ["AuthOutcome", "AuthResult", "LoginPolicy", "User", "UsersMixin", "default_hasher"]
+__all__ = ["AuthOutcome", "AuthResult", "LoginPolicy", "User", "UserSummary", "UsersMixin",
+           "default_hasher", "read_users"]
 
 
 def default_hasher() -> PasswordHasher:
@@ -53,6 +57,60 @@ class User:
     groups: tuple[str, ...]
     disabled: bool
     totp_enabled: bool
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    """What an administrator may see of a user: never a hash or a secret.
+
+    ``disabled`` is an admin lock (:meth:`IdentityStore.lock_user`); ``locked_until`` is the end
+    of a failed-login lockout still running (Unix time), else None. ``last_login`` is when the
+    user's newest session began (a password or OIDC login), None if never.
+    """
+
+    name: str
+    groups: tuple[str, ...]
+    totp_enabled: bool
+    disabled: bool
+    locked_until: float | None
+    created_at: float
+    last_login: float | None
+
+
+_SUMMARY_SQL: Final = """
+SELECT u.name, u.groups_json, u.totp_secret IS NOT NULL, u.disabled, l.locked_until, u.created_at,
+       (SELECT MAX(s.created_at) FROM sessions s WHERE s.user = u.name)
+FROM users u LEFT JOIN lockouts l ON l.name = u.name ORDER BY u.name
+"""
+
+
+def _summaries(conn: sqlite3.Connection, now: float) -> list[UserSummary]:
+    return [UserSummary(name, tuple(json.loads(groups)), bool(totp), bool(disabled),
+                        until if until is not None and until > now else None, created, last)
+            for name, groups, totp, disabled, until, created, last in conn.execute(_SUMMARY_SQL)]
+
+
+def read_users(path: str | os.PathLike[str], *, now: float | None = None) -> list[UserSummary]:
+    """Every user of the identity database at ``path``, by name; [] when there is none yet.
+
+    Opens its own connection and closes it (safe from any thread or process, never creates the
+    file), for readers that do not hold an :class:`IdentityStore`."""
+    target = Path(path)
+    if not target.exists():
+        return []
+    moment = time.time() if now is None else now
+    try:
+        conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise IdentityError(f"cannot open the identity database {target} ({exc}); check its "
+                            "permissions") from exc
+    try:
+        return _summaries(conn, moment)
+    except sqlite3.Error as exc:
+        raise IdentityError(f"cannot read the identity database {target} ({exc}); check it is a "
+                            "noops identity database") from exc
+    finally:
+        conn.close()
 
 
 class AuthOutcome(StrEnum):
@@ -123,6 +181,10 @@ class UsersMixin:
                          "VALUES (?,?,?,?)", (name, hashed, json.dumps(sorted(set(groups))),
                                               time.time()))
         return User(name, tuple(sorted(set(groups))), disabled=False, totp_enabled=False)
+
+    def list_users(self, *, now: float | None = None) -> list[UserSummary]:
+        """Every user by name, as :class:`UserSummary` (no hash, no secret)."""
+        return _summaries(self._db.conn(), time.time() if now is None else now)
 
     def get_user(self, name: str) -> User | None:
         row = self._db.conn().execute(

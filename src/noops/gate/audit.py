@@ -53,6 +53,7 @@ __all__ = [
     "VerifyResult",
     "canonical_json",
     "json_fragment",
+    "read_newest_first",
     "verify",
 ]
 
@@ -220,6 +221,35 @@ def _read_lines(files: list[Path]) -> Iterator[bytes]:
         else:
             lines[-1] += b"\x00unterminated"   # makes the line fail verification
         yield from lines
+
+
+def read_newest_first(path_or_dir: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The records of a chain (the active file or its directory, with its rotated files), newest
+    first, as decoded JSON objects.
+
+    Read-only: nothing is written or truncated, so it is safe while another process appends. A
+    partial last line (a write in progress) and damaged lines are skipped (:func:`verify`
+    reports them). Files are read one at a time, newest first: a caller that stops early never
+    reads the older ones. Nothing to read (no log yet) yields nothing.
+    """
+    try:
+        files = _chain_files(Path(path_or_dir))
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit log {path_or_dir} ({exc}); check the path") from exc
+    for path in reversed(files):
+        try:
+            lines = list(_read_lines([path]))
+        except FileNotFoundError:
+            continue   # rotated away while we read; its records are in the next file
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {path} ({exc}); check the path") from exc
+        for raw in reversed(lines):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield entry
 
 
 def verify(path_or_dir: str | os.PathLike[str], expected_head: str | None = None) -> VerifyResult:
@@ -402,17 +432,9 @@ class AuditLog:
         """Matching records, newest first, at most ``limit``. Reads the files; not for the hot path."""
         cutoff = _time_text(since) if since is not None else None
         out: list[dict[str, Any]] = []
-        try:
-            lines = list(_read_lines(_chain_files(self.path)))
-        except OSError as exc:
-            raise AuditError(f"cannot read the audit log {self.path} ({exc}); check the path") from exc
-        for raw in reversed(lines):
+        for entry in read_newest_first(self.path):
             if len(out) >= limit:
                 break
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue   # verify() reports damaged lines; query shows what it can read
             if user is not None and entry.get("user") != user:
                 continue
             if outcome is not None and entry.get("outcome") != outcome:

@@ -48,8 +48,10 @@ from noops.gate._identity_users import (
     LoginPolicy,
     User,
     UsersMixin,
+    UserSummary,
     default_hasher,
     new_dummy_hash,
+    read_users,
 )
 
 __all__ = [
@@ -68,8 +70,10 @@ __all__ = [
     "SessionError",
     "SessionPolicy",
     "User",
+    "UserSummary",
     "clear_session_cookie",
     "default_hasher",
+    "read_users",
     "session_cookie",
     "session_cookie_from_header",
 ]

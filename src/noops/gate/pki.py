@@ -268,9 +268,15 @@ class CertificateAuthority:
             serialization.BestAvailableEncryption(secret))
 
     def devices(self) -> list[dict[str, Any]]:
-        """Enrolled device certificates (serial as hex), oldest first, with a ``revoked`` flag."""
+        """Enrolled device certificates (serial as hex), oldest first, with a ``revoked`` flag and
+        ``revocation`` (``{"reason", "revoked_at"}``, or None)."""
         data = self._registry.read()
-        return [{**d, "revoked": d["serial"] in data["revoked"]} for d in data["devices"]]
+        out = []
+        for d in data["devices"]:
+            entry = data["revoked"].get(d["serial"])
+            out.append({**d, "revoked": entry is not None, "revocation": None if entry is None else
+                        {"reason": entry["reason"], "revoked_at": entry["revoked_at"]}})
+        return out
 
     # -- revocation ----------------------------------------------------------------------------
 

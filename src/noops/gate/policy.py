@@ -571,6 +571,11 @@ class PolicyStore:
                               "on disk: apply the intended policy again")
         return policy
 
+    def source(self, version: str) -> str:
+        """The text of a stored version as it was applied (checked against its hash)."""
+        policy = self.load_version(version)
+        return (self._versions / f"{policy.version.removeprefix('sha256:')}.toml").read_text()
+
     def history(self) -> list[PolicyChange]:
         """Every apply, oldest first."""
         try:

@@ -35,7 +35,7 @@ import asyncio
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from noops.errors import UsageError
-from noops.httpapi import json_errors
+from noops.httpapi import json_errors, parse_since
 from noops.observe.store import TelemetryStore
 from noops.observe.waterfall import load_waterfall
 
@@ -51,17 +51,7 @@ __all__ = ["DEFAULT_HISTOGRAM_MS", "apm_routes", "parse_since"]
 
 DEFAULT_HISTOGRAM_MS: Final = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
                                2500.0, 5000.0, 10000.0)
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SINCE: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _MAX_LIMIT: Final = 10_000
-
-
-def parse_since(text: str) -> timedelta:
-    """``90s``/``15m``/``2h``/``7d`` as a timedelta; anything else is a :class:`UsageError`."""
-    m = _SINCE.match(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"since={text!r} is not a duration: use e.g. 30s, 15m, 2h or 7d")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _window(request: Request) -> tuple[datetime, datetime]:

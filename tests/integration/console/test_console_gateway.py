@@ -1,7 +1,7 @@
 """The console as users meet it: an app of the platform at ``https://console.localhost`` behind the
 zero-trust gateway, under the default policy. Chromium signs in with a password, is sent to
 verify with its authenticator, then sees the overview; a non-administrator and an anonymous
-browser are refused every page."""
+browser are refused every page (``PAGES``)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ pytestmark = [pytest.mark.runc, pytest.mark.stacks, pytest.mark.console,
 PASSWORD = "correct horse battery staple"
 
 
-def _anonymous_status(platform: Platform) -> int:
+PAGES = ("/", f"/apps/{APP}", "/traces", "/map", "/uptime", "/access")
+
+
+def _anonymous_status(platform: Platform, path: str = "/") -> int:
     port = platform.env["NOOPS_FRONTDOOR_PORT"]
-    return httpx.get(f"https://127.0.0.1:{port}/", verify=False,
+    return httpx.get(f"https://127.0.0.1:{port}{path}", verify=False,
                      headers={"Host": "console.localhost", "Accept": "application/json"}).status_code
 
 
@@ -79,7 +82,8 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
     secrets = _users(platform, unique)
 
     # anonymous: a page asks to sign in, the API behind it refuses outright
-    assert _anonymous_status(platform) == 401
+    for path in PAGES:
+        assert _anonymous_status(platform, path) == 401, path
 
     admin = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
     try:
@@ -92,6 +96,8 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
         assert f"v{release['version']}" in row
         page.goto(f"{url}apps/{APP}")
         assert APP in page.locator("main").inner_text()
+        page.goto(f"{url}access")   # the admin's own sign-in is among the decisions
+        assert f"adm{unique}" in page.locator("ol.decisions").inner_text()
     finally:
         admin.close()
 
@@ -101,8 +107,10 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
         _sign_in(page, url, f"dev{unique}")       # not an administrator: no step-up helps
         body = page.locator("body").inner_text()
         assert "Access denied" in body and "group" in body and APP not in body, body
-        answer = page.goto(f"{url}uptime")
-        assert answer is not None and answer.status == 403
+        for path in PAGES:
+            answer = page.goto(url + path.lstrip("/"))
+            assert answer is not None and answer.status == 403, path
+            assert "Access denied" in page.locator("body").inner_text(), path
     finally:
         developer.close()
 
@@ -133,7 +141,7 @@ def test_a_published_status_page_is_the_only_public_page(platform: Platform, bro
         assert unpublished is not None and unpublished.status == 404
         assert "No status page here" in page.locator("h1").inner_text()
         # every console page asks the anonymous browser to sign in; a write is refused
-        for path in ("", f"apps/{APP}", "traces", "map", "uptime", "static/console.js",
+        for path in ("", f"apps/{APP}", "traces", "map", "uptime", "access", "static/console.js",
                      f"apps/{APP}/instances"):
             page.goto(url + path)
             assert "/.noops/login" in page.url, path
