@@ -50,7 +50,7 @@ def test_overview_matches_the_api(console: Console, platform: Platform, page: An
     page.locator(f"{row} [data-field=stack]").wait_for()  # loaded after the page
     assert text(page, f"{row} [data-field=stack]") == f"{image['stack']} · {image['distro']}"
     assert text(page, f"{row} [data-field=rebase]") == (
-        "rebase available" if image["rebase_available"] else "base up to date")
+        "rebase available" if image["rebase_available"] else "up to date")
     assert "shop errors > 5 %" in text(page, row)  # the firing alert
     assert text(page, f"{row} [data-field=probes]") == "1/1 up"
     assert "inventory" in text(page, "main")  # a service that is not an app
