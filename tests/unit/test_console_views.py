@@ -11,6 +11,7 @@ from noops.console.views import (
     chart_series,
     expiry_text,
     map_layout,
+    policy_edges,
     resource_series,
     restarts,
     safety,
@@ -143,3 +144,25 @@ def test_score_bars_scale_to_the_fullest_bucket() -> None:
     assert [b["pct"] for b in bars["bars"]] == [50.0, 0, 0, 0, 0, 0, 0, 0, 0, 100.0]
     assert bars["bars"][0]["label"] == "0–9" and bars["bars"][9]["label"] == "90–100"
     assert score_bars([{"route": "x", "buckets": [0] * 10}])[0]["bars"][3]["pct"] == 0.0
+
+
+def test_policy_edges_mark_allowed_and_add_denied_only_calls() -> None:
+    edges = [{"client": "front", "server": "inv", "calls": 5, "rate_per_s": 1.0, "errors": 0,
+              "p95_ms": 3.0, "mtls": True, "mtls_calls": 5},
+             {"client": "noops-probe", "server": "front", "calls": 2, "rate_per_s": 0.1,
+              "errors": 0, "p95_ms": 9.0, "mtls": True, "mtls_calls": 2},
+             {"client": "front", "server": "cache", "calls": 1, "rate_per_s": 0.1, "errors": 0,
+              "p95_ms": 1.0, "mtls": False, "mtls_calls": 0}]
+    calls = [{"caller": "front", "caller_spiffe_id": "spiffe://d/app/front/web", "app": "inv",
+              "allow": 5, "deny": 1},
+             {"caller": "noops", "caller_spiffe_id": "spiffe://d/app/noops/probe", "app": "front",
+              "allow": 2, "deny": 0},
+             {"caller": "front", "caller_spiffe_id": "spiffe://d/app/front/web", "app": "billing",
+              "allow": 0, "deny": 3}]
+    got = {(e["client"], e["server"]): e for e in policy_edges(edges, calls)}
+    assert got[("front", "inv")]["policy"] == {"allow": 5, "deny": 1}
+    assert got[("noops-probe", "front")]["policy"] == {"allow": 2, "deny": 0}
+    assert got[("front", "cache")]["policy"] is None
+    denied = got[("front", "billing")]
+    assert denied["denied_only"] and denied["calls"] == 3 and denied["policy"]["deny"] == 3
+    assert [e["policy"] for e in policy_edges(edges, None)] == [None, None, None]

@@ -327,3 +327,26 @@ def test_the_front_doors_serving_certificate_is_read_by_a_handshake(tmp_path: Pa
     free.close()
     assert served_certificate("127.0.0.1", closed_port, timeout_s=0.5) is None
 
+
+
+def test_calls_between_workloads_by_caller_and_app(tmp_path: Path) -> None:
+    files = GateFiles(tmp_path / "gate")
+    files.audit.parent.mkdir(parents=True)
+    now = datetime.now(UTC)
+    front, probe = "spiffe://noops.local/app/shop-frontend/web", "spiffe://noops.local/app/noops/probe"
+    with AuditLog(files.audit) as log:
+        for ago, user, host, outcome in (
+                (7200, front, "billing.localhost", "deny"),               # outside the window
+                (30, front, "shop-inventory.localhost", "allow"),
+                (20, front, "shop-inventory.localhost", "allow"),
+                (10, front, "billing.localhost", "deny"),
+                (9, probe, "shop-frontend.localhost", "allow"),
+                (8, "alice", "shop-inventory.localhost", "deny")):        # a user, not a call
+            log.append(_decision(now, ago, host, "apps", outcome, 50, user=user))
+    with served(access_routes(files), tmp_path / "api.sock") as client:
+        calls = client.get("/api/access/calls", params={"since": "1h"}).json()
+    assert [(c["caller"], c["app"], c["allow"], c["deny"]) for c in calls] == [
+        ("noops", "shop-frontend", 1, 0),
+        ("shop-frontend", "billing", 0, 1),
+        ("shop-frontend", "shop-inventory", 2, 0)]
+    assert calls[1]["caller_spiffe_id"] == front

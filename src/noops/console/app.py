@@ -60,6 +60,7 @@ from noops.console.views import (
     expiry_text,
     iso_ns,
     map_layout,
+    policy_edges,
     resource_series,
     restarts,
     score_bars,
@@ -282,9 +283,11 @@ def make_console(api: ApiClient) -> Starlette:
 
     async def service_map(request: Request) -> Response:
         since = _since(request)
-        edges = await api.optional("/api/apm/map", since=since)
-        return render(request, "map.html", layout=map_layout(edges or []), edges=edges or [],
-                      since=since, sinces=_SINCE)
+        traced, calls = await api.gather(api.optional("/api/apm/map", since=since),
+                                         api.optional("/api/access/calls", since=since))
+        edges = policy_edges(traced or [], calls)
+        return render(request, "map.html", layout=map_layout(edges), edges=edges, since=since,
+                      sinces=_SINCE, policy_served=calls is not None)
 
     async def uptime(request: Request) -> Response:
         probes, alerts, events = await api.gather(

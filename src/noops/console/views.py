@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["app_row", "base_age_days", "chart_series", "expiry_text", "iso_ns", "map_layout",
-           "resource_series", "restarts", "safety", "score_bars", "spark", "trace_filter"]
+           "policy_edges", "resource_series", "restarts", "safety", "score_bars", "spark",
+           "trace_filter"]
 
 
 def iso_ns(ns: int | float | None) -> str:
@@ -184,6 +185,42 @@ def trace_filter(traces: Iterable[Mapping[str, Any]], *, min_ms: float | None,
         if needle and needle not in str(t.get("endpoint", "")).lower():
             continue
         out.append({**t, "at": iso_ns(t.get("timestamp_ns")), "failed": failed})
+    return out
+
+
+def policy_edges(edges: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str, Any]] | None
+                 ) -> list[dict[str, Any]]:
+    """Service-map edges (from traces) with the gateway's decisions on the same calls
+    (``/api/access/calls``): ``policy`` is ``{"allow": n, "deny": n}``, or None when no decision
+    names that caller and app (or the API is not served). A caller whose calls were all denied
+    has no server span, so no traced edge: it is added with ``denied_only`` and its count.
+
+    A caller matches an edge's client service by its app name, or by ``app-process`` (the
+    platform's prober, ``spiffe://…/app/noops/probe``, reports as ``noops-probe``)."""
+    by_pair: dict[tuple[str, str], dict[str, int]] = {}
+    for c in calls or []:
+        process = str(c.get("caller_spiffe_id") or "").rstrip("/").rsplit("/", 1)[-1]
+        for name in {str(c["caller"]), f"{c['caller']}-{process}"}:
+            tally = by_pair.setdefault((name, str(c["app"])), {"allow": 0, "deny": 0})
+            tally["allow"] += int(c.get("allow") or 0)
+            tally["deny"] += int(c.get("deny") or 0)
+    out = []
+    seen = set()
+    for e in edges:
+        key = (str(e["client"]), str(e["server"]))
+        seen.add(key)
+        out.append({**e, "policy": by_pair.get(key) if calls is not None else None,
+                    "denied_only": False})
+    for c in calls or []:
+        key = (str(c["caller"]), str(c["app"]))
+        process = str(c.get("caller_spiffe_id") or "").rstrip("/").rsplit("/", 1)[-1]
+        traced = key in seen or (f"{key[0]}-{process}", key[1]) in seen
+        if not traced and int(c.get("deny") or 0) and not int(c.get("allow") or 0):
+            seen.add(key)
+            out.append({"client": key[0], "server": key[1], "calls": int(c["deny"]),
+                        "rate_per_s": 0.0, "errors": int(c["deny"]), "p95_ms": 0.0,
+                        "mtls": True, "mtls_calls": int(c["deny"]),
+                        "policy": {"allow": 0, "deny": int(c["deny"])}, "denied_only": True})
     return out
 
 

@@ -24,6 +24,9 @@ audit records were redacted when they were written (:mod:`noops.gate.audit`).
                                            buckets: [10 counts: 0-9 … 90-100], outcomes}``
 /api/access/summary?since=1h               per app: ``{hosts, decisions, deny, step_up,
                                            cert_not_after, cert_days_left, cert_expiring}``
+/api/access/calls?since=1h                 service-to-service decisions: ``[{caller,
+                                           caller_spiffe_id, app, allow, deny, other}]`` per
+                                           calling workload (its SVID) and called app
 /api/access/users                          ``[{name, groups, totp_enrolled, locked,
                                            locked_out_until, created_at, last_login}]``
 /api/access/devices                        ``[{user, name, serial, issued, not_after, days_left,
@@ -266,6 +269,29 @@ class _Reader:
             out.append(row)
         return out
 
+    def calls(self, cutoff: str | None) -> list[dict[str, Any]]:
+        """Decisions on requests a workload made with its SVID, by caller and called app (the
+        service map marks its edges allowed or denied with these)."""
+        app_of = self.app_of()
+        pairs: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in self.records(cutoff):
+            who = r.get("user")
+            if not isinstance(who, str) or not who.startswith("spiffe://"):
+                continue
+            target = app_of(r.get("host"))
+            if target is None:
+                continue
+            path = who.split("/", 3)[3] if who.count("/") >= 3 else ""
+            parts = path.split("/")
+            caller = parts[1] if len(parts) >= 2 and parts[0] == "app" else who
+            row = pairs.setdefault((who, target), {"caller": caller, "caller_spiffe_id": who,
+                                                   "app": target, "allow": 0, "deny": 0,
+                                                   "other": 0})
+            outcome = r.get("outcome")
+            row["allow" if outcome in ("allow", "read_only") else
+                "deny" if outcome == "deny" else "other"] += 1
+        return [pairs[k] for k in sorted(pairs)]
+
     def summary(self, cutoff: str | None) -> dict[str, dict[str, Any]]:
         now = datetime.now(UTC)
         apps: dict[str, dict[str, Any]] = {}
@@ -421,6 +447,9 @@ def access_routes(files: GateFiles, *, ca: CertificateAuthority | None = None,
     async def summary(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(reader.summary, _cutoff(request, "1h")))
 
+    async def calls(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(reader.calls, _cutoff(request, "1h")))
+
     def read(fn: Callable[[], Any]) -> Callable[[Request], Any]:
         async def handler(_: Request) -> Response:
             return JSONResponse(await run_in_threadpool(fn))
@@ -431,6 +460,7 @@ def access_routes(files: GateFiles, *, ca: CertificateAuthority | None = None,
         Route("/api/access/audit/verify", json_errors(audit_verify), methods=["GET"]),
         Route("/api/access/scores", json_errors(scores), methods=["GET"]),
         Route("/api/access/summary", json_errors(summary), methods=["GET"]),
+        Route("/api/access/calls", json_errors(calls), methods=["GET"]),
         Route("/api/access/users", json_errors(read(reader.users)), methods=["GET"]),
         Route("/api/access/devices", json_errors(read(reader.devices)), methods=["GET"]),
         Route("/api/access/certificates", json_errors(read(reader.certificates)), methods=["GET"]),

@@ -170,7 +170,13 @@ def test_service_map(console: Console, page: Any) -> None:
     row = f"tr[data-edge='{APP}>inventory']"
     assert text(page, f"{row} [data-field=calls]") == str(edge["calls"])
     assert text(page, f"{row} [data-field=errors]") == str(edge["errors"]) != "0"
-    assert page.locator("svg.graph .node").count() == 2
+    # the gateway's decisions on workload calls: all-denied callers are edges of their own
+    calls = console.api.get("/api/access/calls", **H)
+    denied = {(c["caller"], c["app"]) for c in calls if c["deny"] and not c["allow"]}
+    names = {APP, "inventory"} | {n for pair in denied for n in pair}
+    assert page.locator("svg.graph .node").count() == len(names)
+    for caller, app in denied:
+        assert "denied" in text(page, f"tr[data-edge='{caller}>{app}'] [data-field=policy]")
     page.locator("svg.graph .node").filter(has_text="inventory").click()
     page.wait_for_url(re.compile(r"/traces\?service=inventory"))
     page.goto(f"{console.url}/map?since=1h")
