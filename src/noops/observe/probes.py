@@ -7,11 +7,16 @@ Contract
 
 * Definitions are validated on :meth:`Probes.add` (a bad URL, an interval under 5 s or a bad JSON
   path is a :class:`~noops.observe._rules_common.RuleUsageError` and stores nothing).
-* Every check's result goes to the telemetry store as ``otel_metrics_gauge`` rows
-  (``noops.probe.up``, ``noops.probe.duration_ms``, ``noops.probe.tls_days_left``; ServiceName =
+* Results go to the telemetry store downsampled to one point per probe and minute
+  (:data:`METRIC_STEP_S`), as ``otel_metrics_gauge`` rows: ``noops.probe.up`` (the share of the
+  minute's checks that passed, 0…1), ``noops.probe.duration_ms`` (their mean),
+  ``noops.probe.duration_max_ms``, ``noops.probe.tls_days_left`` (the least seen). ServiceName =
   the probe's app, else ``noops-probe``; Attributes ``probe.id``, ``probe.name``,
-  ``probe.target``), so the store's retention bounds them. SQLite keeps only the last
-  ``keep_results`` results per probe, for the API and for probe-failure alerts.
+  ``probe.target``, ``probe.kind`` and ``probe.checks`` (how many checks the point sums up); the
+  point's time is the minute's start. A minute is written once it is over (:meth:`Probes.flush`,
+  called by :meth:`Probes.run_forever` every tick and by :meth:`Probes.close`), so a probe
+  every 5 s writes 4 rows a minute, not 24, and the store's retention bounds them. SQLite keeps
+  every check of the last ``keep_results`` per probe, for the API and probe-failure alerts.
 * HTTP checks send a sampled W3C ``traceparent`` (a new trace per check) and write their own
   client span (ServiceName ``noops-probe``), so the request shows up in APM as a trace with a
   root and as an edge on the service map.
@@ -34,7 +39,9 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -66,6 +73,7 @@ log = logging.getLogger(__name__)
 
 ProbeKind = Literal["http", "tcp", "tls"]
 MIN_EVERY_S: Final = 5.0
+METRIC_STEP_S: Final = 60
 DEFAULT_TIMEOUT_S: Final = 10.0
 _UNSET: Final = object()
 
@@ -84,6 +92,50 @@ CREATE TABLE IF NOT EXISTS probe_results (
 );
 CREATE INDEX IF NOT EXISTS probe_results_probe_at ON probe_results (probe_id, at);
 """
+
+
+@dataclass
+class _Minute:
+    """The checks of one probe in one minute, until the minute is written."""
+
+    probe: Probe
+    start: int
+    checks: int = 0
+    ups: int = 0
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+    tls_days: float | None = None
+
+    def add(self, result: ProbeResult) -> None:
+        self.checks += 1
+        self.ups += int(result.ok)
+        self.total_ms += result.duration_ms
+        self.max_ms = max(self.max_ms, result.duration_ms)
+        if result.tls_days_left is not None:
+            self.tls_days = result.tls_days_left if self.tls_days is None else min(
+                self.tls_days, result.tls_days_left)
+
+    def rows(self) -> builtins.list[dict[str, Any]]:
+        probe, service = self.probe, self.probe.app or PROBE_SERVICE
+        ns = self.start * 1_000_000_000
+        attrs = {"probe.id": str(probe.id), "probe.name": probe.name, "probe.target": probe.target,
+                 "probe.kind": probe.kind, "probe.checks": str(self.checks)}
+        base = {"ServiceName": service, "ResourceAttributes": {"service.name": service},
+                "ScopeName": "noops.observe.probes", "Attributes": attrs,
+                "StartTimeUnix": ns, "TimeUnix": ns}
+        out = [{**base, "MetricName": "noops.probe.up", "MetricUnit": "1",
+                "MetricDescription": "share of the minute's checks that passed",
+                "Value": self.ups / self.checks},
+               {**base, "MetricName": "noops.probe.duration_ms", "MetricUnit": "ms",
+                "MetricDescription": "mean time the minute's checks took",
+                "Value": self.total_ms / self.checks},
+               {**base, "MetricName": "noops.probe.duration_max_ms", "MetricUnit": "ms",
+                "MetricDescription": "longest check of the minute", "Value": self.max_ms}]
+        if self.tls_days is not None:
+            out.append({**base, "MetricName": "noops.probe.tls_days_left", "MetricUnit": "d",
+                        "MetricDescription": "days until the server certificate expires",
+                        "Value": self.tls_days})
+        return out
 
 
 def _probe(row: Any) -> Probe:
@@ -140,6 +192,8 @@ class Probes:
         self._next: dict[int, float] = {}
         self._inflight: set[int] = set()
         self._random = random.Random()  # noqa: S311 - scheduling jitter, not security
+        self._minutes: dict[int, _Minute] = {}
+        self._minutes_lock = threading.Lock()
 
     def set_tls(self, *, client_cert: tuple[Path | str, Path | str] | None = None,
                 ca_file: Path | str | None = None) -> None:
@@ -265,6 +319,8 @@ class Probes:
                         task = asyncio.create_task(self._guarded(probe))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
+                    if self._flush_due():
+                        await asyncio.to_thread(self.flush, time.time())
                 except Exception:
                     log.exception("probe scheduling failed; retrying on the next tick")
                 with contextlib.suppress(TimeoutError):
@@ -322,25 +378,40 @@ class Probes:
 
     def _export(self, probe: Probe, result: ProbeResult, span: dict[str, Any] | None) -> None:
         assert self.store is not None
-        service = probe.app or PROBE_SERVICE
-        ns = int(result.at * 1e9)
-        attrs = {"probe.id": str(probe.id), "probe.name": probe.name, "probe.target": probe.target,
-                 "probe.kind": probe.kind}
-        base = {"ServiceName": service, "ResourceAttributes": {"service.name": service},
-                "ScopeName": "noops.observe.probes", "Attributes": attrs,
-                "StartTimeUnix": ns, "TimeUnix": ns}
-        rows = [{**base, "MetricName": "noops.probe.up", "MetricUnit": "1",
-                 "MetricDescription": "1 if the last check passed, else 0",
-                 "Value": 1.0 if result.ok else 0.0},
-                {**base, "MetricName": "noops.probe.duration_ms", "MetricUnit": "ms",
-                 "MetricDescription": "time the check took", "Value": result.duration_ms}]
-        if result.tls_days_left is not None:
-            rows.append({**base, "MetricName": "noops.probe.tls_days_left", "MetricUnit": "d",
-                         "MetricDescription": "days until the server certificate expires",
-                         "Value": result.tls_days_left})
-        self.store.insert_metrics("gauge", rows)
+        start = int(result.at) // METRIC_STEP_S * METRIC_STEP_S
+        with self._minutes_lock:
+            minute = self._minutes.get(probe.id)
+            done = None
+            if minute is not None and minute.start != start:
+                done = self._minutes.pop(probe.id)
+            self._minutes.setdefault(probe.id, _Minute(probe, start)).add(result)
+        if done is not None:
+            self.store.insert_metrics("gauge", done.rows())
         if span is not None:
             self.store.insert_spans([span])
 
+    def flush(self, now: float | None = None) -> int:
+        """Write the minutes that are over at ``now`` (every minute with ``None``); returns how
+        many points were written. Blocking (the store): call it from a thread."""
+        with self._minutes_lock:
+            due = [m for m in self._minutes.values()
+                   if now is None or m.start + METRIC_STEP_S <= now]
+            for m in due:
+                del self._minutes[m.probe.id]
+        rows = [row for m in due for row in m.rows()]
+        if rows and self.store is not None:
+            self.store.insert_metrics("gauge", rows)
+        return len(due)
+
+    def _flush_due(self) -> bool:
+        now = time.time()
+        with self._minutes_lock:
+            return any(m.start + METRIC_STEP_S <= now for m in self._minutes.values())
+
     def close(self) -> None:
+        """Write the minutes still open, then close the database."""
+        try:
+            self.flush()
+        except Exception as exc:  # the store may already be gone; the SQLite ring keeps results
+            log.warning("probes: cannot write the last minute of results: %s", exc)
         self.db.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,14 +57,25 @@ def test_http_probe_passes_and_sends_traceparent(probes: Probes, app_server: Ser
     spans = tstore.trace(first.trace_id)
     assert [(s["ServiceName"], s["SpanKind"], s["SpanId"]) for s in spans] == [
         ("noops-probe", "Client", ids[0].group(2) if ids[0] else "")]
+    # metrics: one point per minute (the two checks may straddle a minute boundary)
+    now = time.time()
+    open_minutes = probes.flush(now)
+    assert open_minutes == (1 if int(second.at) // 60 != int(now) // 60 else 0)
+    assert probes.flush() >= 1  # the rest, e.g. on shutdown
     rows = gauges(tstore)
-    assert [(s, m) for s, m, _, _ in rows] == [("shop", "noops.probe.duration_ms"),
-                                               ("shop", "noops.probe.up")] * 2
-    assert [v for _, m, v, _ in rows if m == "noops.probe.up"] == [1.0, 1.0]
-    assert [v for _, m, v, _ in rows if m == "noops.probe.duration_ms"] == [
-        pytest.approx(first.duration_ms), pytest.approx(second.duration_ms)]
-    assert rows[0][3] == {"probe.id": str(probe.id), "probe.name": probe.name,
-                          "probe.target": probe.target, "probe.kind": "http"}
+    assert {(s, m) for s, m, _, _ in rows} == {
+        ("shop", m) for m in ("noops.probe.up", "noops.probe.duration_ms",
+                              "noops.probe.duration_max_ms")}
+    ups = [(v, a) for _, m, v, a in rows if m == "noops.probe.up"]
+    assert sum(int(a["probe.checks"]) for _, a in ups) == 2 and {v for v, _ in ups} == {1.0}
+    means = [(v, int(a["probe.checks"])) for _, m, v, a in rows if m == "noops.probe.duration_ms"]
+    assert sum(v * n for v, n in means) / 2 == pytest.approx(
+        (first.duration_ms + second.duration_ms) / 2)
+    assert max(v for _, m, v, _ in rows if m == "noops.probe.duration_max_ms") == pytest.approx(
+        max(first.duration_ms, second.duration_ms))
+    assert ups[0][1] == {"probe.id": str(probe.id), "probe.name": probe.name,
+                         "probe.target": probe.target, "probe.kind": "http",
+                         "probe.checks": ups[0][1]["probe.checks"]}
     assert [r.trace_id for r in probes.results(probe.id)] == [second.trace_id, first.trace_id]
 
 
@@ -105,8 +117,9 @@ def test_unreachable_and_down_probes_record_failures(probes: Probes, tstore: Duc
     for probe_id in (http.id, tcp.id):
         result = check(probes, probe_id)
         assert not result.ok and result.error
+    probes.flush()
     ups = [(s, v) for s, m, v, _ in gauges(tstore) if m == "noops.probe.up"]
-    assert ups == [("noops-probe", 0.0), ("noops-probe", 0.0)]
+    assert ups == [("noops-probe", 0.0), ("noops-probe", 0.0)]  # one point per probe
 
 
 def test_tcp_probe_connects(probes: Probes) -> None:
@@ -158,6 +171,7 @@ def test_https_probe_presents_a_client_certificate(ca: CertificateAuthority, mtl
         # The server refuses after the TLS 1.3 handshake: a closed connection or its alert.
         assert not refused.ok
         assert "client certificate" in refused.error or "CERTIFICATE_REQUIRED" in refused.error
+        with_cert.flush()
         assert any(m == "noops.probe.tls_days_left" and v == ok.tls_days_left
                    for _, m, v, _ in gauges(tstore))
         # the probe's own client spans say whether the workload certificate was presented
