@@ -52,7 +52,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from noops.console.client import ApiClient, ApiError, ApiUnavailableError
+from noops.console.client import ApiClient, ApiError, ApiUnavailableError, problems
 from noops.console.views import (
     app_row,
     base_age_days,
@@ -121,11 +121,14 @@ def make_console(api: ApiClient) -> Starlette:
     env.filters["expiry"] = expiry_text
 
     def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(request=request, path=request.url.path, **ctx)
+        html = env.get_template(name).render(
+            request=request, path=request.url.path,
+            problems=getattr(request.state, "problems", None) or [], **ctx)
         return HTMLResponse(html, status_code=status_code, headers=_SECURITY_HEADERS)
 
     def page(handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
+            request.state.problems = problems()
             try:
                 return await handler(request)
             except NoopsError as exc:

@@ -10,6 +10,7 @@ several reads concurrently: a page's server time is that of its slowest read, no
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,19 @@ import httpx
 
 from noops.errors import NoopsError
 
-__all__ = ["ApiClient", "ApiError", "ApiUnavailableError"]
+__all__ = ["ApiClient", "ApiError", "ApiUnavailableError", "problems"]
 
 _TIMEOUT_S = 30.0
+_PROBLEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("problems",
+                                                                              default=None)
+
+
+def problems() -> list[str]:
+    """A fresh list that collects, for the current request (its context and the tasks it
+    starts), what :meth:`ApiClient.optional` left out because a served route failed."""
+    found: list[str] = []
+    _PROBLEMS.set(found)
+    return found
 
 
 class ApiError(NoopsError):
@@ -82,13 +93,17 @@ class ApiClient:
 
     async def optional(self, path: str, **params: Any) -> Any:
         """Like :meth:`get`, but ``None`` when the route is not served (404/405) or answers an
-        error: an empty state on the page, never a failed page. An unreachable daemon still
-        raises :class:`ApiUnavailableError`."""
+        error: an empty state on the page, never a failed page. An error other than "not
+        served" is also added to the request's :func:`problems`, so the page can say that part
+        of it is missing and why. An unreachable daemon still raises :class:`ApiUnavailableError`."""
         try:
             return await self.get(path, **params)
         except ApiUnavailableError:
             raise
-        except ApiError:
+        except ApiError as exc:
+            found = _PROBLEMS.get()
+            if exc.http_status not in (404, 405) and found is not None and str(exc) not in found:
+                found.append(str(exc))
             return None
 
     async def gather(self, *calls: Any) -> list[Any]:

@@ -126,3 +126,41 @@ def test_https_on_a_unix_socket_admits_only_the_gateway(tmp_path: Path) -> None:
         assert get(ca.client_ssl_context(gateway)).status_code == 200
     finally:
         assert "Traceback" not in _stop(proc)
+
+
+def test_a_failing_subsystem_is_named_on_the_page_not_hidden(tmp_path: Path) -> None:
+    """An optional read that the API serves but fails (503) leaves an empty state *and* says
+    so; a route the platform does not serve (404) is a plain empty state."""
+    import threading
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def apps(_: object) -> JSONResponse:
+        return JSONResponse([{"name": "shop", "release": None, "instances": 0, "ready": 0}])
+
+    async def broken(_: object) -> JSONResponse:
+        return JSONResponse({"error": "telemetry store: disk I/O error", "kind": "StoreError"},
+                            status_code=503)
+
+    sock = tmp_path / "api.sock"
+    server = uvicorn.Server(uvicorn.Config(
+        Starlette(routes=[Route("/api/apps", apps), Route("/api/apm/services", broken)]),
+        uds=str(sock), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    port = free_port()
+    proc = _start("--api-socket", str(sock), "--listen", f"127.0.0.1:{port}")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30)
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert page.status_code == 200 and "shop" in page.text
+        assert "Part of this page is missing" in page.text
+        assert "telemetry store: disk I/O error" in page.text
+        assert page.text.count("<li>") == 1  # alerts and probes (404: not served) are not problems
+    finally:
+        assert "Traceback" not in _stop(proc)
+        server.should_exit = True
+        thread.join(15)
