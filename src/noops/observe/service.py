@@ -234,15 +234,23 @@ class Telemetry:
                 raise UsageError(f"retention_{signal}_days must be more than 0")
         self.socket = otlp_socket(settings)
         self.logs, self.usage = logs, usage
-        self.store = store or open_store(settings)
-        rules_db = settings.home / "observe" / "rules.db"
-        rules_db.parent.mkdir(parents=True, exist_ok=True)
-        self.markers = DeployMarkers(rules_db, self.store)
-        self.probes = Probes(rules_db, self.store)
-        self.alerts = Alerts(rules_db, self.store, self.probes)
-        self.status_pages = StatusPages(rules_db, self.probes, self.store)
-        self.receiver = Receiver(_VersionHook(self.store, self.markers),
-                                 settings.home / "telemetry" / "wal")
+        with contextlib.ExitStack() as opened:  # a failure half way closes what was opened
+            self.store = store or open_store(settings)
+            if store is None:
+                opened.callback(self.store.close)
+            rules_db = settings.home / "observe" / "rules.db"
+            rules_db.parent.mkdir(parents=True, exist_ok=True)
+            self.markers = DeployMarkers(rules_db, self.store)
+            opened.callback(self.markers.close)
+            self.probes = Probes(rules_db, self.store)
+            opened.callback(self.probes.close)
+            self.alerts = Alerts(rules_db, self.store, self.probes)
+            opened.callback(self.alerts.close)
+            self.status_pages = StatusPages(rules_db, self.probes, self.store)
+            opened.callback(self.status_pages.close)
+            self.receiver = Receiver(_VersionHook(self.store, self.markers),
+                                     settings.home / "telemetry" / "wal")
+            opened.pop_all()
         self._platform_samples = platform_samples or (lambda: ())
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_PlatformCollector(self.samples))

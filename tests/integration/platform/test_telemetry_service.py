@@ -158,3 +158,28 @@ def test_bad_telemetry_settings_say_what_to_use(tmp_path: Path) -> None:
         Telemetry(_settings(tmp_path, 70000))
     with pytest.raises(UsageError, match="retention_logs_days must be more than 0"):
         Telemetry(_settings(tmp_path, 0, retention_logs_days="0"))
+
+
+def test_a_failure_half_way_through_opening_closes_what_was_opened(tmp_path: Path) -> None:
+    import pytest
+
+    from noops.errors import NoopsError
+
+    (tmp_path / "telemetry").mkdir()
+    (tmp_path / "telemetry" / "wal").write_text("not a directory")  # the WAL cannot be opened
+    with pytest.raises((NoopsError, OSError)) as refused:
+        Telemetry(_settings(tmp_path, 0))
+    (tmp_path / "telemetry" / "wal").unlink()
+    # the store was closed (not left to the garbage collector: the traceback in ``refused``
+    # still holds the half-built object), so another process can open it right away
+    script = ("import sys; from noops.observe.service import Telemetry; "
+              "from noops.settings import Settings; "
+              "t = Telemetry(Settings(environ={}, overrides={'home': sys.argv[1], 'otlp_port': 0}));"
+              " t.close()")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert refused.value is not None
