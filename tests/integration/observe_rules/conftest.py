@@ -30,6 +30,13 @@ def tstore(tmp_path: Path) -> Iterator[DuckDBStore]:
 
 
 @pytest.fixture
+def probes(rules_db: Path, tstore: DuckDBStore) -> Iterator[Probes]:
+    p = Probes(rules_db, tstore, jitter=0)
+    yield p
+    p.close()
+
+
+@pytest.fixture
 def rules_db(tmp_path: Path) -> Path:
     return tmp_path / "home" / "observe" / "rules.db"
 

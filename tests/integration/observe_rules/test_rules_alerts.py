@@ -22,13 +22,6 @@ pytestmark = pytest.mark.observe
 
 
 @pytest.fixture
-def probes(rules_db: Path, tstore: DuckDBStore) -> Iterator[Probes]:
-    p = Probes(rules_db, tstore, jitter=0)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def alerts(rules_db: Path, tstore: DuckDBStore, probes: Probes) -> Iterator[Alerts]:
     a = Alerts(rules_db, tstore, probes)
     yield a

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.observe
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
 
 
-@pytest.fixture
-def probes(rules_db: Path, tstore: DuckDBStore) -> Iterator[Probes]:
-    p = Probes(rules_db, tstore, jitter=0)
-    yield p
-    p.close()
-
-
 def check(probes: Probes, probe_id: int):  # type: ignore[no-untyped-def]
     return asyncio.run(probes.check(probe_id))
 

@@ -26,13 +26,6 @@ DAY = 86_400
 
 
 @pytest.fixture
-def probes(rules_db: Path, tstore: DuckDBStore) -> Iterator[Probes]:
-    p = Probes(rules_db, tstore, jitter=0)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def pages(rules_db: Path, probes: Probes, tstore: DuckDBStore) -> Iterator[StatusPages]:
     p = StatusPages(rules_db, probes, tstore)
     yield p
