@@ -5,30 +5,18 @@ duration such as ``90s``, ``15m``, ``2h`` or ``7d`` ending now."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from typing import Any, Final
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from noops.durations import parse_since
 from noops.errors import NoopsError, UsageError
 
 __all__ = ["Handler", "json_errors", "json_object", "parse_since"]
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SINCE: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-
-
-def parse_since(text: str) -> timedelta:
-    """``90s``/``15m``/``2h``/``7d`` as a timedelta; anything else is a :class:`UsageError`."""
-    m = _SINCE.match(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"since={text!r} is not a duration: use e.g. 30s, 15m, 2h or 7d")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def json_errors(handler: Handler) -> Handler:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from noops import durations
 from noops.errors import NoopsError, UsageError
 
 __all__ = [
@@ -43,25 +44,10 @@ class RuleNotFound(NoopsError):
     http_status = 404
 
 
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
 def parse_duration(value: str | float | int, what: str = "duration") -> float:
-    """Seconds from ``30s``, ``500ms``, ``2m``, ``1h``, ``7d`` or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise RuleUsageError(f"{what} must be a duration such as 30s, 2m or 1h, not {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise RuleUsageError(f"{what} {value!r} is not a duration; write e.g. 500ms, 30s, 2m "
-                                 "or 1h")
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds < 0:
-        raise RuleUsageError(f"{what} must not be negative (got {value!r})")
-    return seconds
+    """Seconds from ``30s``, ``500ms``, ``2m``, ``1h``, ``7d`` or a bare number of seconds
+    (:func:`noops.durations.parse_duration`); a bad one is a :class:`RuleUsageError`."""
+    return durations.parse_duration(value, what, error=RuleUsageError)
 
 
 def epoch(moment: datetime | float | int | None) -> float:
