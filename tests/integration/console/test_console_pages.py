@@ -199,12 +199,13 @@ def test_uptime_and_alerts(console: Console, page: Any) -> None:
     shot(page, "uptime")
 
 
-def test_phone_width_and_keyboard(console: Console, browser: Any) -> None:
+def test_phone_width_and_keyboard(console: Console, platform: Platform, browser: Any) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    platform.api("PUT", f"/api/status-pages/{APP}", json={"title": "Shop"}).raise_for_status()
     try:
         page = context.new_page()
         for path in ("/?since=1h", f"/apps/{APP}?since=1h", f"/traces?service={APP}&since=1h",
-                     "/map?since=1h", "/uptime"):
+                     "/map?since=1h", "/uptime", "/access", f"/status/{APP}"):
             page.goto(console.url + path)
             overflow = page.evaluate("document.documentElement.scrollWidth")
             wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
@@ -224,6 +225,7 @@ def test_phone_width_and_keyboard(console: Console, browser: Any) -> None:
         assert focused in ("SELECT", "A")
     finally:
         context.close()
+        platform.api("DELETE", f"/api/status-pages/{APP}")
 
 
 def test_rollback_from_the_ui(console: Console, platform: Platform, page: Any) -> None:
