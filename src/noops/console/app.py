@@ -29,6 +29,7 @@ Routes (HTML unless noted)::
     GET  /access                    gateway decisions (``user``, ``app``, ``outcome``,
                                     ``route``, ``since``), trust scores per route, users, devices,
                                     certificates, policy history
+    GET  /access/chain              fragment: the audit chain's verification (loaded after)
     GET  /healthz                   ``ok`` (text)
 
 A POST must come from the console's own pages: it needs the ``HX-Request`` header (a cross-site
@@ -328,20 +329,24 @@ def make_console(api: ApiClient) -> Starlette:
         outcome = q.get("outcome") or ""
         if outcome and outcome not in _OUTCOMES:
             raise UsageError(f"outcome={outcome!r}: pick one of {', '.join(_OUTCOMES)}")
-        decisions, chain, scores, users, devices, certs, policy, history = await api.gather(
+        decisions, scores, users, devices, certs, policy, history = await api.gather(
             _served(api.get("/api/access/audit", user=user, outcome=outcome, route=route,
                             app=app, since=since, limit=_DECISIONS)),
-            api.optional("/api/access/audit/verify"),
             api.optional("/api/access/scores", since=since), api.optional("/api/access/users"),
             api.optional("/api/access/devices"), api.optional("/api/access/certificates"),
             api.optional("/api/access/policy"), api.optional("/api/access/policy/history"))
         return render(request, "access.html", served=decisions is not None,
-                      decisions=decisions or [], chain=chain, scores=score_bars(scores or []),
+                      decisions=decisions or [], scores=score_bars(scores or []),
                       users=users or [], devices=devices or [],
                       certs=(certs or {}).get("certificates") or [],
                       trust_domain=(certs or {}).get("trust_domain"), policy=policy,
                       history=history or [], since=since, sinces=_SINCE, outcomes=_OUTCOMES,
                       user=user, app=app, outcome=outcome, route=route, limit=_DECISIONS)
+
+    async def access_chain(request: Request) -> Response:
+        """Fragment: the audit chain verified end to end (it reads the whole log, so the page
+        loads it after itself)."""
+        return render(request, "_chain.html", chain=await api.optional("/api/access/audit/verify"))
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -371,6 +376,7 @@ def make_console(api: ApiClient) -> Starlette:
         Route("/uptime", page(uptime)),
         Route("/status/{app}", status_page),
         Route("/access", page(access)),
+        Route("/access/chain", page(access_chain)),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]

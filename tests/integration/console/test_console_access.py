@@ -88,6 +88,7 @@ def test_access_page_matches_the_api(console: Console, platform: Platform, gate_
     # read from the API before and after the page, and the page's must lie in between
     before = (api("/api/access/audit/verify"), api("/api/access/scores", since="1h"))
     page.goto(f"{console.url}/access?since=1h")
+    page.locator("[data-field=chain]").wait_for()  # verified after the page loads
     after = (api("/api/access/audit/verify"), api("/api/access/scores", since="1h"))
     chain = text(page, "[data-field=chain]")
     assert "audit chain intact" in chain
