@@ -133,11 +133,12 @@ def main() -> int:
                   f"Sign in as [bold]{user['user']}[/] / [bold]{user['password']}[/]; when asked, "
                   f"enter the code from an authenticator app with the secret "
                   f"[bold]{user['totp_secret']}[/]\n  (right now the code is "
-                  f"{totp_at(user['totp_secret'], time.time())}; `oathtool --totp -b SECRET` prints "
-                  "it too).\n"
+                  f"{totp_at(user['totp_secret'], time.time())}; `oathtool --totp -b SECRET`, from "
+                  "Debian's oathtool package, prints it too).\n"
                   f"Try: curl --cacert {cert} https://flask.localhost:{port}/  (a 401: sign in first)\n"
-                  "Then: noops apm · noops apm map · noops traces shop-frontend · noops deploys · "
-                  "noops audit -n 10 · noops logs flask -f · noops down --apps")
+                  "The CLI is in .venv: run `. .venv/bin/activate` in this folder, then: noops apm · "
+                  "noops apm map · noops traces shop-frontend · noops deploys · noops audit -n 10 · "
+                  "noops logs flask -f · noops down --apps")
     return 0
 
 

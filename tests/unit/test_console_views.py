@@ -113,6 +113,7 @@ def test_base_age_days() -> None:
     assert base_age_days({"base_released": "2026-11-20T00:00:00Z"}, now) == 7
     assert base_age_days({"base_released": "2026-11-28T00:00:00Z"}, now) == 0  # clock skew
     assert base_age_days({"base_released": "yesterday"}, now) is None
+    assert base_age_days({"base_released": "1970-01-01T00:00:00Z"}, now) is None
     assert base_age_days({}, now) is None and base_age_days(None, now) is None
 
 

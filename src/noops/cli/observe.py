@@ -144,7 +144,7 @@ def traces(ctx: Ctx, args: tuple[str, ...], slow: bool, limit: int, since: str) 
             return
         table = Table("TRACE", "SERVICE", "ENDPOINT", "DURATION", "STATUS", "STARTED", box=None)
         for t in rows:
-            status = "[red]Error[/]" if t["status_code"] == "Error" else t["status_code"]
+            status = "[red]Error[/]" if t["status_code"] == "Error" else "ok"
             table.add_row(t["trace_id"], escape(t["service"]), escape(t["endpoint"]),
                           _ms(t["duration_ms"]), status, _when(t["timestamp_ns"]))
         con.print(table)

@@ -130,7 +130,8 @@ def chart_series(points: Sequence[Mapping[str, Any]]) -> dict[str, list[float | 
 
 
 def base_age_days(image: Mapping[str, Any] | None, now: datetime | None = None) -> int | None:
-    """Whole days since the image's OS base (run image) was released; None when unknown."""
+    """Whole days since the image's OS base (run image) was released; None when unknown (a
+    stack built with ``SOURCE_DATE_EPOCH=0`` carries 1970 as its date)."""
     raw = (image or {}).get("base_released")
     if not raw:
         return None
@@ -140,6 +141,8 @@ def base_age_days(image: Mapping[str, Any] | None, now: datetime | None = None) 
         return None
     if released.tzinfo is None:
         released = released.replace(tzinfo=UTC)
+    if released.year < 1990:  # a reproducible build stamped SOURCE_DATE_EPOCH=0: no real date
+        return None
     return max(0, ((now or datetime.now(UTC)) - released).days)
 
 
