@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["app_row", "base_age_days", "chart_series", "expiry_text", "iso_ns", "map_layout",
            "policy_edges", "resource_series", "restarts", "safety", "score_bars", "spark",
@@ -227,6 +227,9 @@ def policy_edges(edges: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str
     return out
 
 
+_MIN_COL_W: Final = 380.0  # a 140-wide box and a two-line edge label (~200) side by side
+
+
 def map_layout(edges: Sequence[Mapping[str, Any]], *, width: int = 900, row_h: int = 110
                ) -> dict[str, Any]:
     """Services as nodes in columns by call depth (callers left of callees), edges between them.
@@ -253,7 +256,8 @@ def map_layout(edges: Sequence[Mapping[str, Any]], *, width: int = 900, row_h: i
     for n in names:
         columns.setdefault(depth[n], []).append(n)
     ncols = max(columns, default=0) + 1
-    col_w = width / ncols
+    col_w = max(width / ncols, _MIN_COL_W)  # room between the boxes for an edge's label
+    width = int(col_w * ncols)
     height = max((len(v) for v in columns.values()), default=1) * row_h + 40
     pos: dict[str, tuple[float, float]] = {}
     for col, members in columns.items():
@@ -268,11 +272,12 @@ def map_layout(edges: Sequence[Mapping[str, Any]], *, width: int = 900, row_h: i
         dx, dy = x2 - x1, y2 - y1
         length = math.hypot(dx, dy) or 1.0
         trim = min(70.0, length / 3)
+        # the label sits in the gap just before the callee's column, clear of every box: edges
+        # fanning out of one caller (the prober calls every app) would stack labels at the caller
+        t = 0.62 if abs(dx) < 1 else min(0.8, max(0.2, 1 - (col_w / 2) / abs(dx)))
         out_edges.append({**e, "x1": round(x1 + dx * trim / length, 1),
                           "y1": round(y1 + dy * trim / length, 1),
                           "x2": round(x2 - dx * trim / length, 1),
                           "y2": round(y2 - dy * trim / length, 1),
-                          # labels nearer the callee: edges fanning out of one caller (the
-                          # prober calls every app) would stack their labels at the caller
-                          "lx": round(x1 + dx * 0.62, 1), "ly": round(y1 + dy * 0.62 - 10, 1)})
+                          "lx": round(x1 + dx * t, 1), "ly": round(y1 + dy * t - 10, 1)})
     return {"nodes": nodes, "edges": out_edges, "width": width, "height": int(height)}
