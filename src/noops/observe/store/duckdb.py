@@ -185,6 +185,9 @@ class DuckDBStore:
             self._con = duckdb.connect(str(path), config={"wal_autocheckpoint": _CHECKPOINT_AT})
             if threads:
                 self._con.execute(f"SET threads = {int(threads)}")
+            # Parts never change once written: keep their footers (schema, row-group
+            # statistics) in memory instead of re-reading every file's for each query.
+            self._con.execute("SET parquet_metadata_cache = true")
             self._con.execute(_CATALOGUE)
             for table, columns in schema.TABLES.items():
                 if table in _PART_TABLES:
@@ -406,7 +409,7 @@ class DuckDBStore:
 
     def _compact(self, sources: list[parts.Part]) -> int:
         sources = sorted(sources, key=lambda p: (p.min_ns, p.name))
-        merged = self._parts.merge(sources, level=1)
+        merged = self._parts.merge(sources, level=1, cluster="TraceId")
         with self._lock:
             listed = {p.name for p in self._catalogue}
             if self._closed or any(p.name not in listed for p in sources):
@@ -446,7 +449,8 @@ class DuckDBStore:
             return
         keep = pc.field("Timestamp") >= pa.scalar(cutoff_ns, pa.timestamp("ns"))
         new = [m for p in old if p.max_ns >= cutoff_ns
-               for m in [self._parts.merge([p], p.level, keep)] if m is not None]
+               for m in [self._parts.merge([p], p.level, keep, "TraceId" if p.level else None)]
+               if m is not None]
         self._swap(old, new)
         self._parts.remove(p.name for p in old)
 

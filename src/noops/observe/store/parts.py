@@ -38,7 +38,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-__all__ = ["COMPACT_MIN_PARTS", "COMPACT_ROWS", "ROW_GROUP_ROWS", "Part", "PartDir"]
+__all__ = ["CHUNK_ROWS", "COMPACT_MIN_PARTS", "COMPACT_ROWS", "ROW_GROUP_ROWS", "Part", "PartDir"]
 
 # Random hex ids (32 or 16 characters, one value per span) do not repeat within a part:
 # dictionary encoding them costs time and saves nothing.
@@ -46,11 +46,12 @@ _PLAIN: Final = frozenset({"TraceId", "SpanId", "ParentSpanId", "Links.TraceId",
                            "Timestamp", "Duration"})
 _ZSTD_LEVEL: Final = 3
 # Compaction merges the small parts of single inserts once they hold this many rows together
-# (or there are COMPACT_MIN_PARTS of them): the result is one part of row groups of about
-# ROW_GROUP_ROWS rows, so queries open few files and each row group's statistics still prune.
-COMPACT_ROWS: Final = 1_000_000
-COMPACT_MIN_PARTS: Final = 256
-ROW_GROUP_ROWS: Final = 65_536
+# (or there are COMPACT_MIN_PARTS of them), so queries open few files (see PartDir.merge for the
+# layout of a merged part).
+COMPACT_ROWS: Final = 200_000
+COMPACT_MIN_PARTS: Final = 64
+CHUNK_ROWS: Final = 65_536
+ROW_GROUP_ROWS: Final = 8_192
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,15 @@ class PartDir:
         lo, hi = self._bounds(table)
         return Part(name, int(table.num_rows), lo, hi, level, self._commit_file(tmp, name))
 
-    def merge(self, parts: Iterable[Part], level: int, keep: pa.Expression | None = None
-              ) -> Part | None:
-        """Write the rows of ``parts`` (in that order; only rows matching ``keep`` if given) as
-        one new part of ``level`` with row groups of about :data:`ROW_GROUP_ROWS` rows, reading
-        a row group's worth at a time. ``None`` when no row is left."""
+    def merge(self, parts: Iterable[Part], level: int, keep: pa.Expression | None = None,
+              cluster: str | None = None) -> Part | None:
+        """Write the rows of ``parts`` (only rows matching ``keep`` if given) as one new part of
+        ``level``, reading about :data:`CHUNK_ROWS` rows at a time: each chunk, in the order of
+        ``parts``, is sorted by ``cluster`` (if given) and written as row groups of
+        :data:`ROW_GROUP_ROWS` rows. Parts merged in time order thus give row groups whose
+        time statistics prune by chunk and whose ``cluster`` statistics prune within a chunk
+        (a trace-id lookup reads about one row group per chunk in its time window). ``None``
+        when no row is left."""
         name = self._new_name(level)
         tmp = self.path / f".{name}.tmp"
         writer: pq.ParquetWriter | None = None
@@ -132,9 +137,11 @@ class PartDir:
                 return
             tbl = pa.concat_tables(pending)
             pending.clear()
+            if cluster is not None:
+                tbl = tbl.sort_by(cluster)
             if writer is None:
                 writer = pq.ParquetWriter(f, tbl.schema, **self._props(tbl.schema))
-            writer.write_table(tbl, row_group_size=tbl.num_rows)
+            writer.write_table(tbl, row_group_size=ROW_GROUP_ROWS)
             a, b = self._bounds(tbl)
             lo, hi = min(a, lo if lo is not None else a), max(b, hi if hi is not None else b)
             rows += tbl.num_rows
@@ -144,7 +151,7 @@ class PartDir:
                 held = 0
                 for part in parts:
                     with pq.ParquetFile(self.file(part.name)) as src:
-                        for rb in src.iter_batches(batch_size=ROW_GROUP_ROWS):
+                        for rb in src.iter_batches(batch_size=CHUNK_ROWS):
                             tbl = pa.Table.from_batches([rb])
                             if keep is not None:
                                 tbl = tbl.filter(keep)
@@ -152,7 +159,7 @@ class PartDir:
                                 continue
                             pending.append(tbl)
                             held += tbl.num_rows
-                            if held >= ROW_GROUP_ROWS:
+                            if held >= CHUNK_ROWS:
                                 flush()
                                 held = 0
                 flush()
