@@ -180,6 +180,10 @@ class DuckDBStore:
         self._stale = True
         self._compactor: threading.Thread | None = None
         self._closed = False
+        # Trace ids with rows in the pairing index (a superset: rolled-back inserts and paired
+        # rows may leave some behind until the next trim rebuilds it): a batch sharing none of
+        # them pairs in Arrow alone (see ``_deriver``).
+        self._edge_traces: set[str] = set()
         try:
             self._parts = parts.PartDir(root / "otel_traces", "Timestamp")
             self._con = duckdb.connect(str(path), config={"wal_autocheckpoint": _CHECKPOINT_AT})
@@ -195,6 +199,7 @@ class DuckDBStore:
                 cols = ", ".join(f'"{n}" {duck_type(t)}' for n, t in columns)
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
             self._migrate_traces_table()
+            self._edge_traces = self._index_traces(self._con)
             self._catalogue = [parts.Part(*r) for r in self._con.execute(
                 "SELECT Name, Rows, MinTime, MaxTime, Level, Bytes FROM noops_parts "
                 "WHERE \"Table\" = 'otel_traces' ORDER BY MinTime, Name").fetchall()]
@@ -355,23 +360,49 @@ class DuckDBStore:
         params = {"b": batch_id, "lo": _ts(lo - edges.PAIR_HORIZON_NS),
                   "hi": _ts(hi + edges.PAIR_HORIZON_NS)}
 
+        traces = set(batch.column("TraceId").to_pylist())
+
         def derive(con: duckdb.DuckDBPyConnection) -> None:
-            con.register("_edge_batch", batch)
-            try:
-                con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
-                con.execute(_PAIR_SQL, params)
-                con.execute(_EDGE_SQL)
-                con.execute(_UNINDEX_SQL)
-                con.execute("DROP TABLE _edge_pairs")
-                high = max(self._edge_high_ns, hi)
-                if high - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
-                    con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
-                                [_ts(high - edges.INDEX_KEEP_NS)])
-                    self._edge_trimmed_ns = high
-                self._edge_high_ns = high
-            finally:
-                con.unregister("_edge_batch")
+            if traces.isdisjoint(self._edge_traces):
+                # No earlier index row shares a trace with the batch: the pairs are the ones
+                # it completes by itself, found in Arrow without scanning the index.
+                pairs, rest = edges.pair_in_batch(batch)
+                if pairs.num_rows:
+                    self._append(con, "otel_traces_edges_1m", edges.edge_minutes(pairs))
+                if rest.num_rows:
+                    self._append(con, "otel_traces_edge_spans", rest)
+            else:
+                con.register("_edge_batch", batch)
+                try:
+                    con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
+                    con.execute(_PAIR_SQL, params)
+                    con.execute(_EDGE_SQL)
+                    con.execute(_UNINDEX_SQL)
+                    con.execute("DROP TABLE _edge_pairs")
+                finally:
+                    con.unregister("_edge_batch")
+            self._edge_traces |= traces
+            high = max(self._edge_high_ns, hi)
+            if high - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
+                con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
+                            [_ts(high - edges.INDEX_KEEP_NS)])
+                self._edge_trimmed_ns = high
+                self._edge_traces = self._index_traces(con)
+            self._edge_high_ns = high
         return derive
+
+    @staticmethod
+    def _index_traces(con: duckdb.DuckDBPyConnection) -> set[str]:
+        return {r[0] for r in con.execute(
+            "SELECT DISTINCT TraceId FROM otel_traces_edge_spans").fetchall()}
+
+    @staticmethod
+    def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+        con.register("_append", rows)
+        try:
+            con.execute(f"INSERT INTO {table} SELECT * FROM _append")
+        finally:
+            con.unregister("_append")
 
     # -- parts: compaction and retention ----------------------------------------------------------
     def _maybe_compact(self) -> None:

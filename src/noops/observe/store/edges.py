@@ -54,8 +54,8 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from noops.observe.store._rows import ch_arrow_type, to_ns
 from noops.observe.store.base import Edge, Row
-from noops.observe.store.rollup import estimate_quantiles
-from noops.observe.store.schema import EDGE_SPANS
+from noops.observe.store.rollup import BUCKETS_PER_OCTAVE, MAX_BUCKET, estimate_quantiles
+from noops.observe.store.schema import EDGE_SPANS, EDGES
 
 __all__ = [
     "DEFAULT_EGRESS",
@@ -64,8 +64,10 @@ __all__ = [
     "PAIR_HORIZON_NS",
     "edge_batch",
     "edge_batch_arrow",
+    "edge_minutes",
     "edges_from_rows",
     "is_mtls_client",
+    "pair_in_batch",
     "peer_of",
 ]
 
@@ -228,6 +230,55 @@ def edge_batch_arrow(spans: pa.Table, batch: int, egress: Collection[str]) -> pa
     }
     return pa.Table.from_arrays([cols[name] for name, _ in EDGE_SPANS],
                                 names=[name for name, _ in EDGE_SPANS]).filter(mask)
+
+
+_KEY: Final = ["TraceId", "LinkId"]
+
+
+def pair_in_batch(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The pairs an :func:`edge_batch` table completes by itself (every client row with every
+    server row of the same ``TraceId`` and ``LinkId`` in another service), as columns
+    ``TraceId, LinkId, ServiceName, Timestamp, Duration, IsError, Mtls`` (the client's) and
+    ``ServerService, ServerIsError, ServerMtls``; and the rows whose key is in no such pair
+    (what stays in the pairing index). Equal to the SQL pairing when no earlier index row
+    shares a trace id with the batch."""
+    side = batch.column("Side")
+    clients = batch.filter(pc.equal(side, 0)).select(
+        [*_KEY, "ServiceName", "Timestamp", "Duration", "IsError", "Mtls"])
+    servers = batch.filter(pc.equal(side, 1)).select(
+        [*_KEY, "ServiceName", "IsError", "Mtls"]).rename_columns(
+        [*_KEY, "ServerService", "ServerIsError", "ServerMtls"])
+    pairs = clients.join(servers, keys=_KEY, join_type="inner")
+    pairs = pairs.filter(pc.not_equal(pairs.column("ServiceName"), pairs.column("ServerService")))
+    if pairs.num_rows == 0:
+        return pairs, batch
+    keys = pairs.select(_KEY).group_by(_KEY).aggregate([])
+    rest = batch.join(keys, keys=_KEY, join_type="left anti")
+    return pairs, rest.select([name for name, _ in EDGE_SPANS])
+
+
+def edge_minutes(pairs: pa.Table) -> pa.Table:
+    """:data:`~.schema.EDGES` rows (one per client, server, minute and latency bucket) for
+    :func:`pair_in_batch` pairs; the same figures as the SQL pairing writes."""
+    stamp = pc.cast(pairs.column("Timestamp"), pa.int64())
+    minute = pc.cast(pc.multiply(pc.divide(stamp, 60_000_000_000), 60), pa.timestamp("s"))
+    dur = pairs.column("Duration")
+    bucket = pc.min_element_wise(pc.floor(pc.multiply(pc.log2(pc.max_element_wise(
+        pc.cast(dur, pa.float64()), 1.0)), float(BUCKETS_PER_OCTAVE))), float(MAX_BUCKET))
+
+    def either(a: str, b: str) -> pa.Array:
+        one = pc.or_(pc.not_equal(pairs.column(a), 0), pc.not_equal(pairs.column(b), 0))
+        return pc.cast(one, pa.uint64())
+
+    tbl = pa.table({"c": pairs.column("ServiceName"), "s": pairs.column("ServerService"),
+                    "m": minute, "b": pc.cast(bucket, pa.uint16()), "d": dur,
+                    "e": either("IsError", "ServerIsError"), "t": either("Mtls", "ServerMtls")})
+    out = tbl.group_by(["c", "s", "m", "b"], use_threads=False).aggregate(
+        [("d", "count"), ("e", "sum"), ("t", "sum"), ("d", "min"), ("d", "max")])
+    cols = [out.column("c"), out.column("s"), out.column("m"), out.column("b"),
+            pc.cast(out.column("d_count"), pa.uint64()), out.column("e_sum"), out.column("t_sum"),
+            out.column("d_min"), out.column("d_max")]
+    return pa.Table.from_arrays(cols, names=[name for name, _ in EDGES])
 
 
 def edges_from_rows(rows: Sequence[Sequence[Any]], window_s: float) -> list[Edge]:
