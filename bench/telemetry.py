@@ -22,8 +22,7 @@ Printed per backend, each with its target and PASS/MISS:
 * ingest spans/s per core = spans / CPU seconds (user+system, all threads, from /proc) the
   receiver process spent between the first request and the checkpoint that covers the last one;
   wall-clock spans/s is printed beside it;
-* bytes per span on disk = size of the store / spans: the DuckDB file (and its log) and its
-  Parquet parts directory, or the
+* bytes per span on disk = size of the store / spans: the DuckDB file (and its log), or the
   active parts of the ClickHouse database (``system.parts``; the whole chdb data directory,
   with ClickHouse's system logs and merged-away parts, is printed beside it);
 * percentile query: median and max over the services (3 rounds after a warm-up);
@@ -254,10 +253,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def _du(path: Path) -> int:
-    if path.is_file():  # DuckDB: the file plus its own log, if one is left, and its parts
-        parts = path.with_name(path.name + ".parts")
-        return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".wal"))
-                   if p.exists()) + (_du(parts) if parts.is_dir() else 0)
+    if path.is_file():  # DuckDB: the file plus its own log, if one is left
+        return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".wal")) if p.exists())
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 

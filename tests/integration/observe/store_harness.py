@@ -45,13 +45,10 @@ def describe(backend: str, store: Any, table: str) -> dict[str, str]:
 
 
 def disk_bytes(backend: str, store: Any, tmp: Path) -> int:
-    """What the store occupies on disk: the DuckDB file and its Parquet parts, or every file
-    under the data paths of the ClickHouse database's tables (active parts and replaced ones not
-    yet removed)."""
+    """What the store occupies on disk: the DuckDB file, or every file under the data paths of
+    the ClickHouse database's tables (active parts and replaced ones not yet removed)."""
     if backend == "duckdb":
-        parts = tmp / "telemetry.duckdb.parts"
-        return (tmp / "telemetry.duckdb").stat().st_size + sum(
-            p.stat().st_size for p in parts.rglob("*") if p.is_file())
+        return (tmp / "telemetry.duckdb").stat().st_size
     paths = [r[0] for r in store._tuples(
         "SELECT arrayJoin(data_paths) AS p FROM system.tables WHERE database = currentDatabase()")]
     total = 0

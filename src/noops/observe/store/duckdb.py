@@ -15,19 +15,12 @@ Array(T)                        T[]
 Nested(a T, …)                  one ``"Name.a" T[]`` column per field (ClickHouse's own layout)
 ==============================  =======================  ====================================
 
-``otel_traces`` is not a DuckDB table: each span insert is written by pyarrow as an immutable
-zstd Parquet part (:mod:`.parts`) under ``<file>.parts/otel_traces/``, listed in the catalogue
-table ``noops_parts``, and ``otel_traces`` is a view over ``read_parquet`` of the listed parts
-with the exporter's column names and the types above, so every query reads it like a table.
-(DuckDB's own insert of the two ``MAP`` columns cost ~20 µs per span; pyarrow writes a span in
-~4 µs and the part takes ~40 bytes per span where the table took ~65.) An insert's part is
-fsync'd first; its catalogue row, trace-id rows, rollup rows and service-map pairing then
-commit in one DuckDB transaction, so a span insert that returned is durable and one that
-raised left nothing listed. Small parts are merged in a background thread once they add up
-(:data:`~.parts.COMPACT_ROWS`); retention drops whole parts and rewrites the one part that
-straddles the cutoff. The other tables are DuckDB tables written from Arrow in the same way.
-Reads have no index: DuckDB prunes with zone maps and the parts' row-group statistics, so every
-query is bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
+Writes go in as Arrow tables (measured faster than ``executemany``, which binds row by row),
+each ``insert_*`` in one transaction together with its trace-id and rollup rows and, for
+spans, the service-map pairing. Building the
+Arrow table from Python mappings (~100k rows/s) dominates the insert cost, not DuckDB.
+Reads have no index: DuckDB scans with zone maps, so every query is
+bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
 """
 
 # SQL text is assembled only from schema constants and fixed clauses; every value is a bound
@@ -36,9 +29,7 @@ query is bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
 
 from __future__ import annotations
 
-import logging
 import secrets
-import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -50,10 +41,9 @@ import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
-from noops.observe.store import analysis, edges, parts, schema
+from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
-    ch_arrow_type,
     from_arrow,
     points,
     severity_floor,
@@ -80,8 +70,6 @@ from noops.observe.store.rollup import BUCKETS_PER_OCTAVE, MAX_BUCKET
 
 __all__ = ["DuckDBStore", "duck_type"]
 
-log = logging.getLogger(__name__)
-
 _SCALARS: Final = {
     "String": "VARCHAR", "LowCardinality(String)": "VARCHAR", "DateTime64(9)": "TIMESTAMP_NS",
     "DateTime": "TIMESTAMP_S", "UInt8": "UTINYINT", "UInt16": "USMALLINT", "UInt32": "UINTEGER",
@@ -90,15 +78,9 @@ _SCALARS: Final = {
 # Rows go in sorted like the exporter's ClickHouse ORDER BY: runs of equal service, span name and
 # attribute values compress (dictionary/RLE per segment) and zone maps on Timestamp stay tight.
 _INSERT_ORDER: Final = {
+    "otel_traces": "ServiceName, SpanName, Timestamp",
     "otel_logs": "ServiceName, Timestamp",
 }
-# The tables kept as Parquet parts (:mod:`.parts`) and the Arrow schema their parts are written in.
-_PART_TABLES: Final = ("otel_traces",)
-_TRACES_SCHEMA: Final = pa.schema([(n, ch_arrow_type(t)) for n, t in schema.TRACES])
-_TRACE_COLUMNS: Final = ", ".join(f'"{n}"' for n, _ in schema.TRACES)
-_CATALOGUE: Final = ('CREATE TABLE IF NOT EXISTS noops_parts ("Table" VARCHAR, Name VARCHAR, '
-                     "Rows UBIGINT, MinTime BIGINT, MaxTime BIGINT, Level UTINYINT, "
-                     "Bytes UBIGINT)")
 _ENTRY: Final = "SpanKind IN ('Server', 'Consumer')"
 # DuckDB checkpoints its WAL into the file when the WAL reaches this size. Each checkpoint
 # writes the tables' last, partly filled row groups; rows appended to them later make the next
@@ -153,6 +135,20 @@ def duck_type(ch: str) -> str:
     return _SCALARS[ch]
 
 
+def _index_traces(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The trace ids that have rows in the service-map pairing index."""
+    return {r[0] for r in con.execute(
+        "SELECT DISTINCT TraceId FROM otel_traces_edge_spans").fetchall()}
+
+
+def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    con.register("_append", rows)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _append")
+    finally:
+        con.unregister("_append")
+
+
 def _ts(ns: int) -> datetime:
     # DuckDB binds datetimes at microsecond precision; window bounds need no more.
     return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC).replace(tzinfo=None)
@@ -170,98 +166,25 @@ class DuckDBStore:
         self.egress_endpoints = frozenset(egress_endpoints)
         self._lock = threading.Lock()
         self._edge_high_ns = self._edge_trimmed_ns = 0
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if str(path) == ":memory:":
-            self._tmp = tempfile.TemporaryDirectory(prefix="noops-parts-")
-            root = Path(self._tmp.name)
-        else:
-            root = Path(f"{path}.parts")
-        self._catalogue: list[parts.Part] = []
-        self._stale = True
-        self._compactor: threading.Thread | None = None
-        self._closed = False
-        # Trace ids with rows in the pairing index (a superset: rolled-back inserts and paired
-        # rows may leave some behind until the next trim rebuilds it): a batch sharing none of
-        # them pairs in Arrow alone (see ``_deriver``).
+        # Trace ids with rows in the pairing index, a superset (a rolled-back insert or paired
+        # rows may leave some until the next trim rebuilds it): a span batch sharing none of
+        # them is paired in Arrow alone (see ``_deriver``).
         self._edge_traces: set[str] = set()
         try:
-            self._parts = parts.PartDir(root / "otel_traces", "Timestamp")
             self._con = duckdb.connect(str(path), config={"wal_autocheckpoint": _CHECKPOINT_AT})
             if threads:
                 self._con.execute(f"SET threads = {int(threads)}")
-            # Parts never change once written: keep their footers (schema, row-group
-            # statistics) in memory instead of re-reading every file's for each query.
-            self._con.execute("SET parquet_metadata_cache = true")
-            self._con.execute(_CATALOGUE)
             for table, columns in schema.TABLES.items():
-                if table in _PART_TABLES:
-                    continue
                 cols = ", ".join(f'"{n}" {duck_type(t)}' for n, t in columns)
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
-            self._migrate_traces_table()
-            self._edge_traces = self._index_traces(self._con)
-            self._catalogue = [parts.Part(*r) for r in self._con.execute(
-                "SELECT Name, Rows, MinTime, MaxTime, Level, Bytes FROM noops_parts "
-                "WHERE \"Table\" = 'otel_traces' ORDER BY MinTime, Name").fetchall()]
-            self._parts.sweep({p.name for p in self._catalogue})
-            self._refresh_view()
-        except (duckdb.Error, OSError) as exc:
-            self._cleanup()
+            self._edge_traces = _index_traces(self._con)
+        except duckdb.Error as exc:
             raise StoreError(f"cannot open the telemetry store {path}: {exc}") from exc
 
-    def _cleanup(self) -> None:
-        con = getattr(self, "_con", None)
-        if con is not None:
-            con.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def _migrate_traces_table(self) -> None:
-        """A store written before ``otel_traces`` became Parquet parts has it as a table: its rows
-        become one part and the table is dropped (once, on open)."""
-        con = self._con
-        kind = con.execute("SELECT table_type FROM information_schema.tables WHERE "
-                           "table_schema = 'main' AND table_name = 'otel_traces'").fetchall()
-        if not kind or kind[0][0] != "BASE TABLE":
-            return
-        tbl = con.sql(f"SELECT {_TRACE_COLUMNS} FROM otel_traces ORDER BY Timestamp"
-                      ).to_arrow_table()
-        con.execute("BEGIN")
-        try:
-            if tbl.num_rows:
-                self._register(con, self._parts.write(tbl.cast(_TRACES_SCHEMA)))
-            con.execute("DROP TABLE otel_traces")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("CHECKPOINT")
-
-    @staticmethod
-    def _register(con: duckdb.DuckDBPyConnection, part: parts.Part) -> None:
-        con.execute("INSERT INTO noops_parts VALUES ('otel_traces', ?, ?, ?, ?, ?, ?)",
-                    [part.name, part.rows, part.min_ns, part.max_ns, part.level, part.size])
-
-    def _refresh_view(self) -> None:
-        """Point the ``otel_traces`` view at the parts in the catalogue (under the lock)."""
-        if self._catalogue:
-            files = ", ".join("'" + self._parts.file(p.name).replace("'", "''") + "'"
-                              for p in self._catalogue)
-            body = f"SELECT * FROM read_parquet([{files}])"
-        else:  # read_parquet needs a file: an empty relation of the same columns and types
-            body = "SELECT " + ", ".join(f'NULL::{duck_type(t)} AS "{n}"'
-                                         for n, t in schema.TRACES) + " WHERE false"
-        self._con.execute(f"CREATE OR REPLACE TEMP VIEW otel_traces AS {body}")
-        self._stale = False
-
     @contextmanager
-    def _cursor(self, view: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The connection, under the lock; ``view``: with ``otel_traces`` listing every part."""
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
             try:
-                if view and self._stale:
-                    self._refresh_view()
                 yield self._con
             except duckdb.Error as exc:
                 raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
@@ -284,21 +207,15 @@ class DuckDBStore:
 
     def _insert_arrow(self, table: str, batch: pa.Table, after: Sequence[str] = (),
                       then: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> int:
-        order = _INSERT_ORDER.get(table)
-        insert = f"INSERT INTO {table} SELECT * FROM _batch" + (f" ORDER BY {order}" if order else "")
-        self._transaction(batch, (insert, *after), then)
-        return int(batch.num_rows)
-
-    def _transaction(self, batch: pa.Table, steps: Sequence[str],
-                     then: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
-        """Run ``steps`` (which may read ``batch`` as ``_batch``), then ``then(con)``, in one
-        transaction."""
-        with self._cursor(view=False) as con:
+        with self._cursor() as con:
             con.register("_batch", batch)
             try:
                 con.execute("BEGIN")
                 try:
-                    for sql in steps:
+                    order = _INSERT_ORDER.get(table)
+                    con.execute(f"INSERT INTO {table} SELECT * FROM _batch"
+                                + (f" ORDER BY {order}" if order else ""))
+                    for sql in after:
                         con.execute(sql)
                     if then is not None:
                         then(con)
@@ -308,6 +225,7 @@ class DuckDBStore:
                     raise
             finally:
                 con.unregister("_batch")
+        return int(batch.num_rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
         if not rows:
@@ -319,33 +237,8 @@ class DuckDBStore:
         and types :func:`~._rows.to_arrow` builds (what :mod:`noops.observe.otlp.native` makes)."""
         if spans.num_rows == 0:
             return 0
-        try:
-            spans = spans.cast(_TRACES_SCHEMA)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
-            raise StoreUsageError(f"otel_traces: the Arrow table does not have the exporter's "
-                                  f"columns and types: {exc}") from exc
-        derive = self._deriver(spans)
-        try:
-            part = self._parts.write(spans)
-        except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"telemetry store ({self.path}): cannot write a part: {exc}") from exc
-
-        def register(con: duckdb.DuckDBPyConnection) -> None:
-            self._register(con, part)
-            if derive is not None:
-                derive(con)
-        try:
-            self._transaction(spans.select(["Timestamp", "TraceId", "ServiceName", "SpanName",
-                                            "SpanKind", "Duration", "StatusCode"]),
-                              _SPANS_AFTER, register)
-        except BaseException:
-            self._parts.remove([part.name])
-            raise
-        with self._lock:
-            self._catalogue.append(part)
-            self._stale = True
-            self._maybe_compact()
-        return int(spans.num_rows)
+        return self._insert_arrow("otel_traces", spans, after=_SPANS_AFTER,
+                                  then=self._deriver(spans))
 
     def _deriver(self, spans: pa.Table) -> Callable[[duckdb.DuckDBPyConnection], None] | None:
         """The service-map step for a span insert, run inside the insert's transaction (one
@@ -359,18 +252,17 @@ class DuckDBStore:
         lo, hi = int(mm["min"].as_py()), int(mm["max"].as_py())
         params = {"b": batch_id, "lo": _ts(lo - edges.PAIR_HORIZON_NS),
                   "hi": _ts(hi + edges.PAIR_HORIZON_NS)}
-
         traces = set(batch.column("TraceId").to_pylist())
 
         def derive(con: duckdb.DuckDBPyConnection) -> None:
             if traces.isdisjoint(self._edge_traces):
-                # No earlier index row shares a trace with the batch: the pairs are the ones
-                # it completes by itself, found in Arrow without scanning the index.
+                # No index row shares a trace with the batch: its pairs are the ones it
+                # completes by itself, found in Arrow without scanning the index.
                 pairs, rest = edges.pair_in_batch(batch)
                 if pairs.num_rows:
-                    self._append(con, "otel_traces_edges_1m", edges.edge_minutes(pairs))
+                    _append(con, "otel_traces_edges_1m", edges.edge_minutes(pairs))
                 if rest.num_rows:
-                    self._append(con, "otel_traces_edge_spans", rest)
+                    _append(con, "otel_traces_edge_spans", rest)
             else:
                 con.register("_edge_batch", batch)
                 try:
@@ -387,103 +279,9 @@ class DuckDBStore:
                 con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
                             [_ts(high - edges.INDEX_KEEP_NS)])
                 self._edge_trimmed_ns = high
-                self._edge_traces = self._index_traces(con)
+                self._edge_traces = _index_traces(con)
             self._edge_high_ns = high
         return derive
-
-    @staticmethod
-    def _index_traces(con: duckdb.DuckDBPyConnection) -> set[str]:
-        return {r[0] for r in con.execute(
-            "SELECT DISTINCT TraceId FROM otel_traces_edge_spans").fetchall()}
-
-    @staticmethod
-    def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-        con.register("_append", rows)
-        try:
-            con.execute(f"INSERT INTO {table} SELECT * FROM _append")
-        finally:
-            con.unregister("_append")
-
-    # -- parts: compaction and retention ----------------------------------------------------------
-    def _maybe_compact(self) -> None:
-        """Start the background merge of the insert parts when they add up (under the lock)."""
-        small = [p for p in self._catalogue if p.level == 0]
-        if self._closed or (self._compactor is not None and self._compactor.is_alive()):
-            return
-        if sum(p.rows for p in small) < parts.COMPACT_ROWS and len(small) < parts.COMPACT_MIN_PARTS:
-            return
-        self._compactor = threading.Thread(target=self._compact_logged, args=(small,),
-                                           name="noops-parts-compact", daemon=True)
-        self._compactor.start()
-
-    def _compact_logged(self, sources: list[parts.Part]) -> None:
-        try:
-            self._compact(sources)
-        except Exception:  # the parts stay as they are; the next insert tries again
-            log.exception("merging %d otel_traces parts failed", len(sources))
-
-    def compact(self) -> int:
-        """Merge every insert part into one part now (what the background merge does once they
-        add up); waits for a running merge first. Returns the number of parts merged."""
-        with self._lock:
-            running = self._compactor
-        if running is not None:
-            running.join()
-        with self._lock:
-            small = [p for p in self._catalogue if p.level == 0]
-        if len(small) < 2:
-            return 0
-        try:
-            return self._compact(small)
-        except (OSError, pa.ArrowException, duckdb.Error) as exc:
-            raise StoreError(f"telemetry store ({self.path}): merging parts failed: {exc}") from exc
-
-    def _compact(self, sources: list[parts.Part]) -> int:
-        sources = sorted(sources, key=lambda p: (p.min_ns, p.name))
-        merged = self._parts.merge(sources, level=1, cluster="TraceId")
-        with self._lock:
-            listed = {p.name for p in self._catalogue}
-            if self._closed or any(p.name not in listed for p in sources):
-                # retention replaced some of them meanwhile: keep what the catalogue says
-                if merged is not None:
-                    self._parts.remove([merged.name])
-                return 0
-            self._swap(sources, [merged] if merged is not None else [])
-        self._parts.remove(p.name for p in sources)
-        return len(sources)
-
-    def _swap(self, old: Sequence[parts.Part], new: Sequence[parts.Part]) -> None:
-        """Replace catalogue rows in one transaction (under the lock); the caller unlinks the
-        old files afterwards."""
-        con = self._con
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM noops_parts WHERE \"Table\" = 'otel_traces' "
-                        "AND list_contains(?, Name)", [[p.name for p in old]])
-            for p in new:
-                self._register(con, p)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            self._parts.remove(p.name for p in new)
-            raise
-        gone = {p.name for p in old}
-        self._catalogue = sorted([p for p in self._catalogue if p.name not in gone] + list(new),
-                                 key=lambda p: (p.min_ns, p.name))
-        self._stale = True
-
-    def _expire_parts(self, cutoff_ns: int) -> None:
-        """Drop the parts wholly older than ``cutoff_ns`` and rewrite the ones that straddle it
-        (under the lock)."""
-        old = [p for p in self._catalogue if p.min_ns < cutoff_ns]
-        if not old:
-            return
-        keep = pc.field("Timestamp") >= pa.scalar(cutoff_ns, pa.timestamp("ns"))
-        new = [m for p in old if p.max_ns >= cutoff_ns
-               for m in [self._parts.merge([p], p.level, keep, "TraceId" if p.level else None)]
-               if m is not None]
-        self._swap(old, new)
-        self._parts.remove(p.name for p in old)
 
     def insert_logs(self, rows: Sequence[Row]) -> int:
         return self._insert("otel_logs", schema.LOGS, rows)
@@ -670,30 +468,15 @@ class DuckDBStore:
                   ) -> None:
         if signal not in schema.SIGNAL_TABLES:
             raise StoreUsageError(f"unknown signal {signal!r}; use {', '.join(schema.SIGNAL_TABLES)}")
-        cutoff_ns = (to_ns(now or datetime.now(UTC)) - max_age // timedelta(microseconds=1) * 1000
-                     ) // 1000 * 1000
-        cutoff = _ts(cutoff_ns)
-        with self._cursor(view=False) as con:
+        cutoff = _ts(to_ns(now or datetime.now(UTC)) - max_age // timedelta(microseconds=1) * 1000)
+        with self._cursor() as con:
             for table in schema.SIGNAL_TABLES[signal]:
-                if table in _PART_TABLES:
-                    try:
-                        self._expire_parts(cutoff_ns)
-                    except (OSError, pa.ArrowException) as exc:
-                        raise StoreError(f"telemetry store ({self.path}): cannot rewrite a part "
-                                         f"for retention: {exc}") from exc
-                    continue
                 con.execute(f'DELETE FROM {table} WHERE "{schema.TIME_COLUMN[table]}" < ?',
                             [cutoff])
             # Deleted rows only give their blocks back at a checkpoint; without it the file grows.
             con.execute("CHECKPOINT")
 
     def close(self) -> None:
-        """Wait for a running merge, then close the DuckDB file."""
         with self._lock:
-            self._closed = True
-            running = self._compactor
-        if running is not None:
-            running.join()
-        with self._lock:
-            self._cleanup()
+            self._con.close()
 

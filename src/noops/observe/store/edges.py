@@ -21,7 +21,12 @@ that it holds only spans still waiting for a partner (a client span then pairs w
 server child only, and a re-sent server span is not counted twice); ClickHouse keeps them and
 finds the batch's traces through the index's ``ORDER BY (TraceId, LinkId)``.
 
-On DuckDB the pairing runs inside the span insert's transaction (one COMMIT: the spans and
+DuckDB builds the index rows column-wise from the insert's Arrow table
+(:func:`edge_batch_arrow`, the same rows as :func:`edge_batch`) and, when no index row shares a
+trace id with the batch (the usual case: a trace's spans exported together), finds the pairs in
+Arrow (:func:`pair_in_batch`, :func:`edge_minutes`) and indexes only the unpaired rows, with the
+result the SQL join would give; otherwise it runs the join. On DuckDB the pairing runs inside
+the span insert's transaction (one COMMIT: the spans and
 their pairs land together or not at all). ClickHouse has no transactions: the pairing runs right
 after the span insert, so a crash between the two leaves those spans off the map, never counted
 twice. There the index is partitioned by hour and trimmed by dropping whole partitions (no
