@@ -141,6 +141,12 @@ def _index_traces(con: duckdb.DuckDBPyConnection) -> set[str]:
         "SELECT DISTINCT TraceId FROM otel_traces_edge_spans").fetchall()}
 
 
+def _self_contained(batch_traces: set[str], index_traces: set[str]) -> bool:
+    """True when no index row can pair with the batch (no trace id in common): the batch's
+    pairs are then the ones it completes by itself."""
+    return batch_traces.isdisjoint(index_traces)
+
+
 def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
     con.register("_append", rows)
     try:
@@ -255,7 +261,7 @@ class DuckDBStore:
         traces = set(batch.column("TraceId").to_pylist())
 
         def derive(con: duckdb.DuckDBPyConnection) -> None:
-            if traces.isdisjoint(self._edge_traces):
+            if _self_contained(traces, self._edge_traces):
                 # No index row shares a trace with the batch: its pairs are the ones it
                 # completes by itself, found in Arrow without scanning the index.
                 pairs, rest = edges.pair_in_batch(batch)

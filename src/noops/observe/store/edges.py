@@ -52,6 +52,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
+from functools import partial
 from typing import Any, Final
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -186,7 +187,7 @@ def _host_port(attrs: _Attrs, host_key: str, port_key: str) -> pa.Array:
     return pc.if_else(pc.is_null(port), host, joined)
 
 
-def _url_peer(attrs: _Attrs, key: str, _unused: str = "") -> pa.Array:
+def _url_peer(attrs: _Attrs, key: str) -> pa.Array:
     url = _nonempty(attrs.get(key))
     parts = pc.extract_regex(url, _URL_AUTHORITY_RE2)
     authority, scheme = pc.struct_field(parts, "a"), pc.utf8_lower(pc.struct_field(parts, "s"))
@@ -214,12 +215,13 @@ def edge_batch_arrow(spans: pa.Table, batch: int, egress: Collection[str]) -> pa
         # peer_of's fallbacks in order, each looked up only if a client span still lacks a peer
         unknown = pc.and_not(client, flagged)
         peer = pa.nulls(len(kind), pa.string())
-        for how, a, b in ((_host_port, "server.address", "server.port"),
-                          (_host_port, "net.peer.name", "net.peer.port"),
-                          (_url_peer, "url.full", ""), (_url_peer, "http.url", "")):
+        for fallback in (partial(_host_port, attrs, "server.address", "server.port"),
+                         partial(_host_port, attrs, "net.peer.name", "net.peer.port"),
+                         partial(_url_peer, attrs, "url.full"),
+                         partial(_url_peer, attrs, "http.url")):
             if not pc.any(pc.and_(unknown, pc.is_null(peer))).as_py():
                 break
-            peer = pc.coalesce(peer, how(attrs, a, b))
+            peer = pc.coalesce(peer, fallback())
         via_egress = pc.is_in(peer, value_set=pa.array(sorted(egress), pa.string()))
         mtls = pc.or_(flagged, pc.and_(client, pc.fill_null(via_egress, False)))
     cols = {
