@@ -3,13 +3,22 @@ correlation scoring, the cardinality guard and the waterfall layout."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from noops.observe.store import StoreUsageError
+from noops.observe.store import StoreUsageError, schema
+from noops.observe.store._rows import to_arrow
 from noops.observe.store.analysis import correlations, normalise, top_names
-from noops.observe.store.edges import DEFAULT_EGRESS, edge_batch, is_mtls_client, peer_of
+from noops.observe.store.edges import (
+    DEFAULT_EGRESS,
+    edge_batch,
+    edge_batch_arrow,
+    is_mtls_client,
+    peer_of,
+)
 from noops.observe.waterfall import TraceNotFoundError, waterfall
 
 
@@ -127,3 +136,39 @@ def test_waterfall_tree_orphans_and_cycles() -> None:
     assert got["duration_ms"] == 9.5
     with pytest.raises(TraceNotFoundError):
         waterfall([])
+
+
+_ATTR_VALUES = {
+    "server.address": st.sampled_from(["", "db", "127.0.0.1"]),
+    "server.port": st.sampled_from(["", "5432", "15001"]),
+    "net.peer.name": st.sampled_from(["", "127.0.0.1", "cache"]),
+    "net.peer.port": st.sampled_from(["", "15001", "6379"]),
+    "url.full": st.sampled_from(["", "not a url", "http://127.0.0.1:15001/x", "HTTP://127.0.0.1/",
+                                 "https://u:p@shop.example/pay", "http://[::1]:8080/",
+                                 "ftp://h/"]),
+    "http.url": st.sampled_from(["", "http://127.0.0.1:15001/", "https://shop:8443/"]),
+    "noops.mtls": st.sampled_from(["", "true", "TRUE", "false"]),
+    "http.route": st.just("/"),
+}
+_EDGE_ROW = st.fixed_dictionaries({
+    "SpanKind": st.sampled_from(["Client", "Server", "Internal", "Consumer"]),
+    "TraceId": st.sampled_from(["t1", "t2"]),
+    "SpanId": st.sampled_from(["a", "b", "c"]),
+    "ParentSpanId": st.sampled_from(["", "a", "b"]),
+    "ServiceName": st.sampled_from(["web", "api"]),
+    "StatusCode": st.sampled_from(["Unset", "Error"]),
+    "Timestamp": st.integers(0, 2**62),
+    "Duration": st.integers(0, 2**63),
+    "SpanAttributes": st.fixed_dictionaries({}, optional=_ATTR_VALUES),
+})
+
+
+@given(st.lists(_EDGE_ROW, min_size=1, max_size=12),
+       st.sampled_from([DEFAULT_EGRESS, ("127.0.0.1:80", "shop.example:443"), ()]))
+def test_edge_batch_arrow_matches_rows(rows: list[dict[str, Any]], egress: tuple[str, ...]) -> None:
+    """The column-wise service-map feed (DuckDB's) gives exactly the row-wise one's rows."""
+    want = edge_batch(rows, 9, egress)
+    got = edge_batch_arrow(to_arrow("otel_traces", schema.TRACES, rows), 9, egress)
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert got is not None and got.to_pydict() == want.to_pydict()

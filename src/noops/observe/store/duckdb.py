@@ -17,8 +17,9 @@ Nested(a T, …)                  one ``"Name.a" T[]`` column per field (ClickHo
 
 Writes go in as Arrow tables (measured faster than ``executemany``, which binds row by row),
 each ``insert_*`` in one transaction together with its trace-id and rollup rows and, for
-spans, the service-map pairing. Building the
-Arrow table from Python mappings (~100k rows/s) dominates the insert cost, not DuckDB.
+spans, the service-map pairing (its rows built column-wise from the same Arrow table, see
+:mod:`.edges`). DuckDB's own insert of the ``otel_traces`` columns and its commit (mostly the two
+``MAP`` columns, ~40 µs of CPU per span) dominate the cost of a span insert.
 Reads have no index: DuckDB scans with zone maps, so every query is
 bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
 """
@@ -39,12 +40,12 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from noops.observe.store import analysis, edges, schema
 from noops.observe.store._rows import (
     bins,
     check_step,
-    edge_rows,
     from_arrow,
     gauge_points,
     points,
@@ -138,6 +139,26 @@ def duck_type(ch: str) -> str:
     return _SCALARS[ch]
 
 
+def _index_traces(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The trace ids that have rows in the service-map pairing index."""
+    return {r[0] for r in con.execute(
+        "SELECT DISTINCT TraceId FROM otel_traces_edge_spans").fetchall()}
+
+
+def _self_contained(batch_traces: set[str], index_traces: set[str]) -> bool:
+    """True when no index row can pair with the batch (no trace id in common): the batch's
+    pairs are then the ones it completes by itself."""
+    return batch_traces.isdisjoint(index_traces)
+
+
+def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    con.register("_append", rows)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _append")
+    finally:
+        con.unregister("_append")
+
+
 def _ts(ns: int) -> datetime:
     # DuckDB binds datetimes at microsecond precision; window bounds need no more.
     return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC).replace(tzinfo=None)
@@ -155,6 +176,10 @@ class DuckDBStore:
         self.egress_endpoints = frozenset(egress_endpoints)
         self._lock = threading.Lock()
         self._edge_high_ns = self._edge_trimmed_ns = 0
+        # Trace ids with rows in the pairing index, a superset (a rolled-back insert or paired
+        # rows may leave some until the next trim rebuilds it): a span batch sharing none of
+        # them is paired in Arrow alone (see ``_deriver``).
+        self._edge_traces: set[str] = set()
         try:
             self._con = duckdb.connect(str(path), config={"wal_autocheckpoint": _CHECKPOINT_AT})
             if threads:
@@ -162,6 +187,7 @@ class DuckDBStore:
             for table, columns in schema.TABLES.items():
                 cols = ", ".join(f'"{n}" {duck_type(t)}' for n, t in columns)
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+            self._edge_traces = _index_traces(self._con)
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the telemetry store {path}: {exc}") from exc
 
@@ -212,8 +238,9 @@ class DuckDBStore:
         return int(batch.num_rows)
 
     def insert_spans(self, rows: Sequence[Row]) -> int:
-        return self._insert("otel_traces", schema.TRACES, rows, after=_SPANS_AFTER,
-                            then=self._deriver(rows))
+        if not rows:
+            return 0
+        return self.insert_spans_arrow(to_arrow("otel_traces", schema.TRACES, rows))
 
     def insert_spans_arrow(self, spans: pa.Table) -> int:
         """Like :meth:`insert_spans` for an Arrow table with exactly the ``otel_traces`` columns
@@ -221,37 +248,50 @@ class DuckDBStore:
         if spans.num_rows == 0:
             return 0
         return self._insert_arrow("otel_traces", spans, after=_SPANS_AFTER,
-                                  then=self._deriver(edge_rows(spans)))
+                                  then=self._deriver(spans))
 
-    def _deriver(self, rows: Sequence[Row]) -> Callable[[duckdb.DuckDBPyConnection], None] | None:
+    def _deriver(self, spans: pa.Table) -> Callable[[duckdb.DuckDBPyConnection], None] | None:
         """The service-map step for a span insert, run inside the insert's transaction (one
         COMMIT; a failed pairing rolls the spans back with it): index the batch's client/server
         spans and count the pairs they complete into the edge table (see :mod:`.edges`)."""
         batch_id = secrets.randbits(63)
-        batch = edges.edge_batch(rows, batch_id, self.egress_endpoints)
+        batch = edges.edge_batch_arrow(spans, batch_id, self.egress_endpoints)
         if batch is None:
             return None
-        stamps = batch.column("Timestamp").cast("int64").to_pylist()
-        lo, hi = min(stamps), max(stamps)
+        mm = pc.min_max(batch.column("Timestamp").cast(pa.int64()))
+        lo, hi = int(mm["min"].as_py()), int(mm["max"].as_py())
         params = {"b": batch_id, "lo": _ts(lo - edges.PAIR_HORIZON_NS),
                   "hi": _ts(hi + edges.PAIR_HORIZON_NS)}
+        traces = set(batch.column("TraceId").to_pylist())
 
         def derive(con: duckdb.DuckDBPyConnection) -> None:
-            con.register("_edge_batch", batch)
-            try:
-                con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
-                con.execute(_PAIR_SQL, params)
-                con.execute(_EDGE_SQL)
-                con.execute(_UNINDEX_SQL)
-                con.execute("DROP TABLE _edge_pairs")
-                high = max(self._edge_high_ns, hi)
-                if high - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
-                    con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
-                                [_ts(high - edges.INDEX_KEEP_NS)])
-                    self._edge_trimmed_ns = high
-                self._edge_high_ns = high
-            finally:
-                con.unregister("_edge_batch")
+            if _self_contained(traces, self._edge_traces):
+                # No index row shares a trace with the batch: its pairs are the ones it
+                # completes by itself, found in Arrow without scanning the index.
+                pairs, rest = edges.pair_in_batch(batch)
+                if pairs.num_rows:
+                    _append(con, "otel_traces_edges_1m", edges.edge_minutes(pairs))
+                if rest.num_rows:
+                    _append(con, "otel_traces_edge_spans", rest)
+                    self._edge_traces |= set(rest.column("TraceId").to_pylist())
+            else:
+                con.register("_edge_batch", batch)
+                try:
+                    con.execute("INSERT INTO otel_traces_edge_spans SELECT * FROM _edge_batch")
+                    con.execute(_PAIR_SQL, params)
+                    con.execute(_EDGE_SQL)
+                    con.execute(_UNINDEX_SQL)
+                    con.execute("DROP TABLE _edge_pairs")
+                finally:
+                    con.unregister("_edge_batch")
+                self._edge_traces |= traces
+            high = max(self._edge_high_ns, hi)
+            if high - self._edge_trimmed_ns > edges.PAIR_HORIZON_NS:
+                con.execute("DELETE FROM otel_traces_edge_spans WHERE Timestamp < ?",
+                            [_ts(high - edges.INDEX_KEEP_NS)])
+                self._edge_trimmed_ns = high
+                self._edge_traces = _index_traces(con)
+            self._edge_high_ns = high
         return derive
 
     def insert_logs(self, rows: Sequence[Row]) -> int:
