@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from noops.observe.store import StoreUsageError
-from noops.observe.store.analysis import correlations, normalise, top_names
+from noops.observe.store.analysis import correlations, normalise, sample_slices, top_names
 from noops.observe.store.edges import DEFAULT_EGRESS, edge_batch, is_mtls_client, peer_of
 from noops.observe.waterfall import TraceNotFoundError, waterfall
 
@@ -127,3 +127,16 @@ def test_waterfall_tree_orphans_and_cycles() -> None:
     assert got["duration_ms"] == 9.5
     with pytest.raises(TraceNotFoundError):
         waterfall([])
+
+
+def test_sample_slices_reads_everything_up_to_the_sample_size() -> None:
+    assert sample_slices([(0, 10), (5, 10)], 20, 8) is None
+
+
+def test_sample_slices_picks_whole_slices_spread_over_the_window() -> None:
+    counts = [(i, 100) for i in range(64)]
+    assert sample_slices(counts, 400, 64) == [0, 16, 32, 48]
+    # Empty slices are skipped; the pick still reaches the sample size.
+    sparse = [(i, 100) for i in range(64) if i % 2]
+    got = sample_slices(sparse, 400, 64)
+    assert got is not None and all(i % 2 for i in got) and len(got) == 4

@@ -11,7 +11,16 @@ from typing import Any, Final
 
 from noops.observe.store.base import Correlation, ErrorGroup, StoreUsageError
 
-__all__ = ["OTHER", "correlations", "error_groups", "normalise", "top_names"]
+__all__ = [
+    "CORRELATION_SAMPLE",
+    "CORRELATION_SLICES",
+    "OTHER",
+    "correlations",
+    "error_groups",
+    "normalise",
+    "sample_slices",
+    "top_names",
+]
 
 OTHER: Final = "other"
 
@@ -63,6 +72,40 @@ def cohort_of(slow_ms: float | None, failed: bool) -> tuple[str, float]:
             raise StoreUsageError(f"slow_ms must be >= 0, not {slow_ms}")
         return "slow", slow_ms * 1e6
     return "failed", 0.0
+
+
+CORRELATION_SAMPLE: Final = 20_000
+"""Entry spans above which :func:`sample_slices` makes correlations read a sample."""
+CORRELATION_SLICES: Final = 64
+"""Equal time slices a correlation window is cut into to pick its sample from."""
+
+
+def _spread(n: int) -> list[int]:
+    """``0..n-1`` (``n`` a power of two) in bit-reversed order: every prefix is spread evenly
+    over the range (0, n/2, n/4, 3n/4, …)."""
+    bits = n.bit_length() - 1
+    return [int(format(i, f"0{bits}b")[::-1], 2) for i in range(n)] if bits else [0]
+
+
+def sample_slices(counts: Sequence[tuple[int, int]], sample: int, slices: int
+                  ) -> list[int] | None:
+    """Which of ``slices`` equal time slices of a window a correlation reads, from ``(slice,
+    spans)`` counts: ``None`` (all of them, exact) when the window holds at most ``sample``
+    spans, else whole slices, spread evenly over the window (bit-reversed order), until they hold
+    ``sample`` spans. Reading the attribute maps of every span is what a correlation costs; whole
+    time slices let the store skip the rest of the window by its time index (zone maps,
+    partitions), where a per-span sample would still read every block."""
+    by_slice = dict(counts)
+    if sum(by_slice.values()) <= sample:
+        return None
+    chosen, seen = [], 0
+    for i in _spread(slices):
+        if seen >= sample:
+            break
+        if by_slice.get(i):
+            chosen.append(i)
+            seen += by_slice[i]
+    return sorted(chosen)
 
 
 UNIQUE_KEY_MIN_VALUES: Final = 5
