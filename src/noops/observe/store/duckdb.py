@@ -320,11 +320,18 @@ class DuckDBStore:
     def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
                        ) -> list[SlowTrace]:
         s, e, _ = window_ns(start, end)
+        where = f"Timestamp >= ? AND Timestamp < ? AND {_ENTRY} AND ServiceName = ?"
+        params = [_ts(s), _ts(e), service]
+        # The limit-th longest duration first, from the narrow columns only: the ids and names
+        # are then read for the spans at least that long, not for every span in the window.
+        floor = self._rows(f"SELECT Duration FROM otel_traces WHERE {where} "
+                           "ORDER BY Duration DESC LIMIT 1 OFFSET ?",
+                           [*params, max(int(limit), 1) - 1])
         rows = self._rows(
             "SELECT TraceId, SpanId, SpanName, epoch_ns(Timestamp), Duration, StatusCode "
-            f"FROM otel_traces WHERE Timestamp >= ? AND Timestamp < ? AND {_ENTRY} "
-            "AND ServiceName = ? ORDER BY Duration DESC, TraceId LIMIT ?",
-            [_ts(s), _ts(e), service, int(limit)])
+            f"FROM otel_traces WHERE {where} AND Duration >= ? "
+            "ORDER BY Duration DESC, TraceId LIMIT ?",
+            [*params, floor[0][0] if floor else 0, int(limit)])
         return [slow(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
