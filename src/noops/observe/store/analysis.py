@@ -12,6 +12,7 @@ from typing import Any, Final
 from noops.observe.store.base import Correlation, ErrorGroup, StoreUsageError
 
 __all__ = [
+    "CORRELATION_RUNS",
     "CORRELATION_SAMPLE",
     "CORRELATION_SLICES",
     "OTHER",
@@ -80,32 +81,32 @@ CORRELATION_SLICES: Final = 64
 """Equal time slices a correlation window is cut into to pick its sample from."""
 
 
-def _spread(n: int) -> list[int]:
-    """``0..n-1`` (``n`` a power of two) in bit-reversed order: every prefix is spread evenly
-    over the range (0, n/2, n/4, 3n/4, …)."""
-    bits = n.bit_length() - 1
-    return [int(format(i, f"0{bits}b")[::-1], 2) for i in range(n)] if bits else [0]
+CORRELATION_RUNS: Final = 4
+"""Runs of adjacent slices a sample is read from (wide runs skip more of the table)."""
 
 
 def sample_slices(counts: Sequence[tuple[int, int]], sample: int, slices: int
                   ) -> list[int] | None:
     """Which of ``slices`` equal time slices of a window a correlation reads, from ``(slice,
     spans)`` counts: ``None`` (all of them, exact) when the window holds at most ``sample``
-    spans, else whole slices, spread evenly over the window (bit-reversed order), until they hold
-    ``sample`` spans. Reading the attribute maps of every span is what a correlation costs; whole
-    time slices let the store skip the rest of the window by its time index (zone maps,
-    partitions), where a per-span sample would still read every block."""
-    by_slice = dict(counts)
-    if sum(by_slice.values()) <= sample:
+    spans, else :data:`CORRELATION_RUNS` runs of adjacent slices starting at evenly spaced
+    slices, each as wide as it takes for the runs to hold ``sample`` spans (empty slices left
+    out). Reading the attribute maps of every span is what a correlation costs; whole runs of
+    time let the store skip the rest of the window by its time index (zone maps, partitions),
+    where a per-span sample would still read every block."""
+    by_slice = {i: n for i, n in counts if n}
+    total = sum(by_slice.values())
+    if total <= sample:
         return None
-    chosen, seen = [], 0
-    for i in _spread(slices):
-        if seen >= sample:
-            break
-        if by_slice.get(i):
-            chosen.append(i)
-            seen += by_slice[i]
-    return sorted(chosen)
+    runs = min(CORRELATION_RUNS, slices)
+    starts = [j * slices // runs for j in range(runs)]
+    width = max(1, -(-sample * slices // (total * runs)))
+    while True:
+        chosen = sorted(i for st in starts for i in range(st, min(st + width, slices))
+                        if i in by_slice)
+        if sum(by_slice[i] for i in chosen) >= sample or width >= slices // runs:
+            return chosen
+        width += 1
 
 
 UNIQUE_KEY_MIN_VALUES: Final = 5
