@@ -11,6 +11,8 @@ A benchmark, not a test: it asserts nothing about time. In one run:
    the trace-id table, minute rollup and service-map tables the way the receiver's inserts do
    (checked: the counts must add up). ``--load receiver`` sends every span through the receiver
    (10 M spans take 15-20 minutes at the ~8-14 k spans/s it reaches on a busy 2-core machine);
+   ``--store`` copies a store an earlier ``--dir`` run filled instead. Every span and derived row
+   is then moved forward by whole minutes so that the data ends when the timing starts;
 2. serve the platform API on a Unix socket in its own process: the observe routes
    (``apm_routes`` over that store, ``rules_routes`` with two deploy markers, a probe and an
    alert rule) plus the platform's app routes answered from fixed JSON — one app per service —
