@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from noops.observe.store import StoreUsageError, schema
 from noops.observe.store._rows import to_arrow
-from noops.observe.store.analysis import correlations, normalise, top_names
+from noops.observe.store.analysis import correlations, normalise, sample_slices, top_names
 from noops.observe.store.edges import (
     DEFAULT_EGRESS,
     edge_batch,
@@ -172,3 +172,19 @@ def test_edge_batch_arrow_matches_rows(rows: list[dict[str, Any]], egress: tuple
     assert (got is None) == (want is None)
     if want is not None:
         assert got is not None and got.to_pydict() == want.to_pydict()
+
+
+def test_sample_slices_reads_everything_up_to_the_sample_size() -> None:
+    assert sample_slices([(0, 10), (5, 10)], 20, 8) is None
+
+
+def test_sample_slices_picks_runs_of_slices_spread_over_the_window() -> None:
+    counts = [(i, 100) for i in range(64)]
+    assert sample_slices(counts, 400, 64) == [0, 16, 32, 48]
+    assert sample_slices(counts, 1200, 64) == [0, 1, 2, 16, 17, 18, 32, 33, 34, 48, 49, 50]
+    # Empty slices are left out, and the runs widen until they hold the sample.
+    sparse = [(i, 100) for i in range(64) if i % 2]
+    assert sample_slices(sparse, 400, 64) == [1, 17, 33, 49]
+    # Spans only at the end of the window: the runs widen up to covering every slice.
+    late = [(63, 1000)]
+    assert sample_slices(late, 10, 64) == [63]

@@ -22,9 +22,10 @@ from store_harness import (
     expected_type,
     load,
     make_dataset,
+    ns,
 )
 
-from noops.observe.store import StoreError, StoreUsageError, TelemetryStore, schema
+from noops.observe.store import StoreError, StoreUsageError, TelemetryStore, analysis, schema
 from noops.observe.store.analysis import normalise
 from noops.observe.store.rollup import bucket_of
 
@@ -311,6 +312,40 @@ def test_correlations(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> N
         store.correlations("api", None, START, END)
     with pytest.raises(StoreUsageError):
         store.correlations("api", None, START, END, slow_ms=5, failed=True)
+
+
+def test_correlations_read_whole_time_slices_above_the_sample_size(
+        loaded: tuple[str, TelemetryStore], dataset: Dataset, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With more entry spans in the window than CORRELATION_SAMPLE, both cohorts come from the
+    time slices sample_slices picks, and every share is exact within them."""
+    store = loaded[1]
+    spans = entry(dataset, "api")
+    cap = len(spans) // 4
+    monkeypatch.setattr(analysis, "CORRELATION_SAMPLE", cap)
+    n, s, e = analysis.CORRELATION_SLICES, ns(START), ns(END)
+
+    def slice_of(span: dict[str, Any]) -> int:
+        return int((span["Timestamp"] - s) * n // (e - s))
+
+    keep = analysis.sample_slices(sorted(Counter(map(slice_of, spans)).items()), cap, n)
+    assert keep is not None
+    part = [sp for sp in spans if slice_of(sp) in keep]
+    assert cap <= len(part) < len(spans) / 2
+    slow_ms = q([sp["Duration"] / 1e6 for sp in spans], 0.9)
+    got = store.correlations("api", None, START, END, slow_ms=slow_ms, limit=1000)
+    assert got
+    cohort = [sp for sp in part if sp["Duration"] >= slow_ms * 1e6]
+    rest = [sp for sp in part if sp["Duration"] < slow_ms * 1e6]
+    column = {"span": "SpanAttributes", "resource": "ResourceAttributes"}
+
+    def share(group: list[dict[str, Any]], c: dict[str, Any]) -> float:
+        return 100 * sum(sp[column[c["source"]]].get(c["key"]) == c["value"]
+                         for sp in group) / len(group)
+
+    for c in got:
+        assert c["cohort_pct"] == pytest.approx(share(cohort, c))
+        assert c["baseline_pct"] == pytest.approx(share(rest, c))
 
 
 def test_rollup_timeseries(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:

@@ -11,7 +11,17 @@ from typing import Any, Final
 
 from noops.observe.store.base import Correlation, ErrorGroup, StoreUsageError
 
-__all__ = ["OTHER", "correlations", "error_groups", "normalise", "top_names"]
+__all__ = [
+    "CORRELATION_RUNS",
+    "CORRELATION_SAMPLE",
+    "CORRELATION_SLICES",
+    "OTHER",
+    "correlations",
+    "error_groups",
+    "normalise",
+    "sample_slices",
+    "top_names",
+]
 
 OTHER: Final = "other"
 
@@ -63,6 +73,40 @@ def cohort_of(slow_ms: float | None, failed: bool) -> tuple[str, float]:
             raise StoreUsageError(f"slow_ms must be >= 0, not {slow_ms}")
         return "slow", slow_ms * 1e6
     return "failed", 0.0
+
+
+CORRELATION_SAMPLE: Final = 20_000
+"""Entry spans above which :func:`sample_slices` makes correlations read a sample."""
+CORRELATION_SLICES: Final = 64
+"""Equal time slices a correlation window is cut into to pick its sample from."""
+
+
+CORRELATION_RUNS: Final = 4
+"""Runs of adjacent slices a sample is read from (wide runs skip more of the table)."""
+
+
+def sample_slices(counts: Sequence[tuple[int, int]], sample: int, slices: int
+                  ) -> list[int] | None:
+    """Which of ``slices`` equal time slices of a window a correlation reads, from ``(slice,
+    spans)`` counts: ``None`` (all of them, exact) when the window holds at most ``sample``
+    spans, else :data:`CORRELATION_RUNS` runs of adjacent slices starting at evenly spaced
+    slices, each as wide as it takes for the runs to hold ``sample`` spans (empty slices left
+    out). Reading the attribute maps of every span is what a correlation costs; whole runs of
+    time let the store skip the rest of the window by its time index (zone maps, partitions),
+    where a per-span sample would still read every block."""
+    by_slice = {i: n for i, n in counts if n}
+    total = sum(by_slice.values())
+    if total <= sample:
+        return None
+    runs = min(CORRELATION_RUNS, slices)
+    starts = [j * slices // runs for j in range(runs)]
+    width = max(1, -(-sample * slices // (total * runs)))
+    while True:
+        chosen = sorted(i for st in starts for i in range(st, min(st + width, slices))
+                        if i in by_slice)
+        if sum(by_slice[i] for i in chosen) >= sample or width >= slices // runs:
+            return chosen
+        width += 1
 
 
 UNIQUE_KEY_MIN_VALUES: Final = 5

@@ -232,7 +232,10 @@ class TelemetryStore(Protocol):
         """What is different about the slow (``Duration >= slow_ms``) or failed (status Error)
         entry spans of a service (one endpoint, or all with ``None``): the span and resource
         attribute ``key=value`` pairs over-represented in that cohort against the rest, by score
-        desc. Exactly one of ``slow_ms`` and ``failed`` is given (else :class:`StoreUsageError`)."""
+        desc. Exactly one of ``slow_ms`` and ``failed`` is given (else :class:`StoreUsageError`).
+        A window with more than :data:`~.analysis.CORRELATION_SAMPLE` such spans is read in whole
+        time slices picked by :func:`~.analysis.sample_slices`, and both shares are those within
+        the slices read (estimates for the window)."""
         ...
 
     def timeseries(self, service: str, start: datetime, end: datetime,

@@ -543,17 +543,31 @@ class ClickHouseStore:
         extra = "AND SpanName = {ep:String}" if endpoint is not None else ""
         params: dict[str, Any] = {"s": s, "e": e, "svc": service, "slow": slow_ns,
                                   "ep": endpoint or ""}
-        base = (f"FROM otel_traces WHERE {_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} "
-                f"{extra}")
-        ((cohort, rest),) = self._tuples(
-            f"SELECT countIf({hit}) AS h, countIf(NOT ({hit})) AS r {base}", **params)
+        where = f"{_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} {extra}"
+        n = analysis.CORRELATION_SLICES
+        totals = self._tuples(
+            f"SELECT intDiv((toUnixTimestamp64Nano(Timestamp) - {{s:Int64}}) * {n}, {{w:Int64}}) "
+            f"AS i, countIf({hit}) AS h, countIf(NOT ({hit})) AS r FROM otel_traces "
+            f"WHERE {where} GROUP BY i", **params, w=e - s)
+        cohort, rest = (sum(int(r[c]) for r in totals) for c in (1, 2))
+        keep = analysis.sample_slices([(int(i), int(h) + int(r)) for i, h, r in totals],
+                                      analysis.CORRELATION_SAMPLE, n)
+        if keep is not None:  # read whole time slices only (see sample_slices)
+            where += " AND (" + " OR ".join(
+                f"(Timestamp >= fromUnixTimestamp64Nano({{lo{i}:Int64}}) "
+                f"AND Timestamp < fromUnixTimestamp64Nano({{hi{i}:Int64}}))" for i in keep) + ")"
+            for i in keep:
+                params[f"lo{i}"], params[f"hi{i}"] = (s + (e - s) * j // n for j in (i, i + 1))
+            ((cohort, rest),) = self._tuples(
+                f"SELECT countIf({hit}) AS h, countIf(NOT ({hit})) AS r FROM otel_traces "
+                f"WHERE {where}", **params)
         rows = self._tuples(
             "SELECT kv.1 AS src, kv.2 AS k, kv.3 AS v, countIf(hit) AS h, countIf(NOT hit) AS r "
             f"FROM (SELECT {hit} AS hit, arrayConcat("
             "arrayMap((k, v) -> ('span', k, v), mapKeys(SpanAttributes), mapValues(SpanAttributes)), "
             "arrayMap((k, v) -> ('resource', k, v), mapKeys(ResourceAttributes), "
-            f"mapValues(ResourceAttributes))) AS kvs {base}) ARRAY JOIN kvs AS kv "
-            "GROUP BY src, k, v HAVING h > 0", **params)
+            f"mapValues(ResourceAttributes))) AS kvs FROM otel_traces WHERE {where}) "
+            "ARRAY JOIN kvs AS kv GROUP BY src, k, v HAVING h > 0", **params)
         return analysis.correlations(rows, int(cohort or 0), int(rest or 0), limit)
 
     def timeseries(self, service: str, start: datetime, end: datetime,

@@ -130,6 +130,18 @@ _SPANS_AFTER: Final = (
 )
 
 
+# ``Minute`` (TIMESTAMP_S) against bounds of its own type: a TIMESTAMP bound would cast the
+# column on every row and lose the zone maps that skip minutes outside the window.
+_MINUTES: Final = "Minute >= ?::TIMESTAMP_S AND Minute < ?::TIMESTAMP_S"
+
+
+def _whole_s(ns: int) -> datetime:
+    """``ns`` rounded up to a whole second: for whole-second values ``m``, ``m >= ns`` and
+    ``m < ns`` hold exactly when they hold against this bound (so it casts to TIMESTAMP_S
+    without changing what a window holds)."""
+    return _ts(-(-ns // 1_000_000_000) * 1_000_000_000)
+
+
 def duck_type(ch: str) -> str:
     """The DuckDB type noops stores a ClickHouse exporter column type as."""
     if ch.startswith("Array("):
@@ -351,11 +363,18 @@ class DuckDBStore:
     def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
                        ) -> list[SlowTrace]:
         s, e, _ = window_ns(start, end)
+        where = f"Timestamp >= ? AND Timestamp < ? AND {_ENTRY} AND ServiceName = ?"
+        params = [_ts(s), _ts(e), service]
+        # The limit-th longest duration first, from the narrow columns only: the ids and names
+        # are then read for the spans at least that long, not for every span in the window.
+        floor = self._rows(f"SELECT Duration FROM otel_traces WHERE {where} "
+                           "ORDER BY Duration DESC LIMIT 1 OFFSET ?",
+                           [*params, max(int(limit), 1) - 1])
         rows = self._rows(
             "SELECT TraceId, SpanId, SpanName, epoch_ns(Timestamp), Duration, StatusCode "
-            f"FROM otel_traces WHERE Timestamp >= ? AND Timestamp < ? AND {_ENTRY} "
-            "AND ServiceName = ? ORDER BY Duration DESC, TraceId LIMIT ?",
-            [_ts(s), _ts(e), service, int(limit)])
+            f"FROM otel_traces WHERE {where} AND Duration >= ? "
+            "ORDER BY Duration DESC, TraceId LIMIT ?",
+            [*params, floor[0][0] if floor else 0, int(limit)])
         return [slow(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
@@ -412,7 +431,7 @@ class DuckDBStore:
         rows = self._rows(
             "SELECT ClientService, ServerService, Bucket, sum(Calls), sum(ErrorCount), "
             "sum(MtlsCount), min(DurationMin), max(DurationMax) FROM otel_traces_edges_1m "
-            "WHERE Minute >= ? AND Minute < ? GROUP BY ALL", [_ts(lo), _ts(e)])
+            f"WHERE {_MINUTES} GROUP BY ALL", [_whole_s(lo), _whole_s(e)])
         return edges.edges_from_rows(rows, (e - lo) / 1e9)
 
     def error_groups(self, start: datetime, end: datetime, service: str | None = None,
@@ -444,14 +463,28 @@ class DuckDBStore:
         params: dict[str, Any] = {"s": _ts(s), "e": _ts(e), "svc": service}
         if kind == "slow":
             params["slow"] = slow_ns
-        extra = ""
+        where = f"Timestamp >= $s AND Timestamp < $e AND {_ENTRY} AND ServiceName = $svc"
         if endpoint is not None:
-            extra, params["ep"] = "AND SpanName = $ep", endpoint
-        base = (f"WITH base AS (SELECT {hit} AS hit, SpanAttributes, ResourceAttributes "
-                f"FROM otel_traces WHERE Timestamp >= $s AND Timestamp < $e AND {_ENTRY} "
-                f"AND ServiceName = $svc {extra}) ")
-        ((cohort, rest),) = self._rows(base + "SELECT count(*) FILTER (WHERE hit), "
-                                       "count(*) FILTER (WHERE NOT hit) FROM base", params)
+            where, params["ep"] = f"{where} AND SpanName = $ep", endpoint
+        n = analysis.CORRELATION_SLICES
+        totals = self._rows(
+            f"SELECT (epoch_ns(Timestamp) - $s_ns) * {n} // $w_ns AS i, "
+            f"count(*) FILTER (WHERE {hit}), count(*) FILTER (WHERE NOT ({hit})) "
+            f"FROM otel_traces WHERE {where} GROUP BY i", {**params, "s_ns": s, "w_ns": e - s})
+        cohort, rest = (sum(int(r[c]) for r in totals) for c in (1, 2))
+        keep = analysis.sample_slices([(int(i), int(h) + int(r)) for i, h, r in totals],
+                                      analysis.CORRELATION_SAMPLE, n)
+        if keep is not None:  # read whole time slices only (see sample_slices)
+            where += " AND (" + " OR ".join(
+                f"(Timestamp >= make_timestamp_ns($lo{i}) AND Timestamp < make_timestamp_ns($hi{i}))"
+                for i in keep) + ")"
+            for i in keep:
+                params[f"lo{i}"], params[f"hi{i}"] = (s + (e - s) * j // n for j in (i, i + 1))
+        base = f"WITH base AS (SELECT {hit} AS hit, SpanAttributes, ResourceAttributes " \
+               f"FROM otel_traces WHERE {where}) "
+        if keep is not None:
+            ((cohort, rest),) = self._rows(base + "SELECT count(*) FILTER (WHERE hit), "
+                                           "count(*) FILTER (WHERE NOT hit) FROM base", params)
         rows = self._rows(
             base + "SELECT src, k, v, count(*) FILTER (WHERE hit), count(*) FILTER (WHERE NOT hit) "
             "FROM (SELECT hit, 'span' AS src, unnest(map_keys(SpanAttributes)) AS k, "
@@ -464,13 +497,13 @@ class DuckDBStore:
     def timeseries(self, service: str, start: datetime, end: datetime,
                    endpoint: str | None = None) -> list[TimeseriesPoint]:
         s, e, _ = window_ns(start, end)
-        params: list[Any] = [_ts(s), _ts(e), service]
+        params: list[Any] = [_whole_s(s), _whole_s(e), service]
         extra = ""
         if endpoint is not None:
             extra, params = "AND SpanName = ?", [*params, endpoint]
         rows = self._rows(
             "SELECT epoch_ns(Minute), Bucket, sum(Count), sum(ErrorCount), min(DurationMin), "
-            "max(DurationMax) FROM otel_traces_rollup_1m WHERE Minute >= ? AND Minute < ? "
+            f"max(DurationMax) FROM otel_traces_rollup_1m WHERE {_MINUTES} "
             f"AND {_ENTRY} AND ServiceName = ? {extra} GROUP BY ALL", params)
         return points(rows)
 
