@@ -95,12 +95,7 @@ class PostgresServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(data), "-k", str(sockets),
-                 "-c", "listen_addresses=127.0.0.1", "-p", str(self.port),
-                 # a throw-away server: no fsync (CREATE DATABASE per test flushed the whole
-                 # template to disk). A process crash still loses nothing that was committed
-                 # (the OS keeps what postgres wrote); the product's synchronous_commit is
-                 # session-level and unchanged.
-                 "-c", "fsync=off", "-c", "full_page_writes=off"],
+                 "-c", "listen_addresses=127.0.0.1", "-p", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, **self._as_postgres())
         import psycopg
 
