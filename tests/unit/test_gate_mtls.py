@@ -215,7 +215,8 @@ def test_an_expired_svid_is_never_presented(tmp_path: Path) -> None:
     with pytest.raises(SvidUnavailable):
         files.client_context()
     # a context handed out before expiry is not handed out again once the certificate expired
-    fresh = ca.issue_svid("shop", "web", ttl_s=1)
+    # (2 s: X.509 times are whole seconds, so a 1 s certificate may have only ms left when read)
+    fresh = ca.issue_svid("shop", "web", ttl_s=2)
     fresh.write(tmp_path / "svid", "svid")
     assert files.server_context() is not None
     time.sleep(max(0.0, fresh.not_after.timestamp() - time.time()) + 0.1)

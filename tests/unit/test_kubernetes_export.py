@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -115,6 +117,16 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the published schemas --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _schemas_parsed_once() -> Iterator[None]:
+    """kubernetes_validate parses its JSON schema files (the definitions are megabytes) on every
+    ``validate``; here each file is parsed once per module. Validation only reads them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kubernetes_validate.utils, "schema_contents",
+                   functools.cache(kubernetes_validate.utils.schema_contents))
+        yield
 
 
 def schema_error(obj: dict[str, Any], version: str) -> str | None:

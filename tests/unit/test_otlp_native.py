@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -37,6 +38,7 @@ I64 = st.integers(-(2**63), 2**63 - 1)
 U64 = st.integers(0, 2**64 - 1)
 
 
+@functools.cache
 def _scalar(strict: bool) -> st.SearchStrategy[AnyValue]:
     return st.one_of(
         st.just(None).map(lambda _: AnyValue()),
@@ -52,6 +54,7 @@ def _scalar(strict: bool) -> st.SearchStrategy[AnyValue]:
     )
 
 
+@functools.cache
 def _value(strict: bool) -> st.SearchStrategy[AnyValue]:
     if strict:
         return _scalar(True)
@@ -66,6 +69,7 @@ def _value(strict: bool) -> st.SearchStrategy[AnyValue]:
     return st.recursive(_scalar(False), nest, max_leaves=6)
 
 
+@functools.cache
 def _attrs(strict: bool, max_size: int = 4) -> st.SearchStrategy[list[KeyValue]]:
     keys = st.text(alphabet="abcdefgh", min_size=1, max_size=4) if strict else KEYS
     kvs = st.lists(st.tuples(keys, _value(strict)), max_size=max_size,
@@ -73,6 +77,7 @@ def _attrs(strict: bool, max_size: int = 4) -> st.SearchStrategy[list[KeyValue]]
     return kvs.map(lambda items: [KeyValue(key=k, value=v) for k, v in items])
 
 
+@functools.cache
 def _ids(n: int, strict: bool) -> st.SearchStrategy[bytes]:
     good = st.binary(min_size=n, max_size=n).filter(any)
     return good if strict else good | st.sampled_from([b"", b"\x00" * n, b"\x01" * (n + 1)])

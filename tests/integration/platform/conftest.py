@@ -70,6 +70,22 @@ class Daemon:
     def start(self) -> None:
         self.noops("up", "-d")
 
+    def down_with_apps(self) -> None:
+        """``noops down --apps``, then check that it left no instance of this home behind:
+        no runtime directory, no runc container."""
+        import hashlib
+        import json as _json
+
+        key = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:10]
+        run_root = Path("/run/noops/instances", key)
+        before = {p.parent.name for p in run_root.glob("*/instance.json")}
+        self.noops("down", "--apps", check=False)
+        left = sorted(p.parent.name for p in run_root.glob("*/instance.json"))
+        listed = subprocess.run(["runc", "--root", "/run/noops/runc", "list", "-f", "json"],
+                                capture_output=True, text=True, check=True).stdout
+        running = sorted({c["id"] for c in _json.loads(listed) or []} & before)
+        assert not left and not running, f"noops down --apps left {left} / {running} behind"
+
     def kill9(self) -> None:
         """``kill -9`` the daemon and wait until it is gone (its sockets closed)."""
         from noops.daemon import process_running
@@ -110,7 +126,7 @@ def daemon(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     machine's test image store (stacks, layers, caches) so nothing is built twice."""
     d = _platform(noops_home, tmp_path_factory.mktemp("platform-home"))
     yield d
-    d.noops("down", "--apps", check=False)
+    d.down_with_apps()
 
 
 @pytest.fixture
@@ -127,4 +143,4 @@ def platform_with(noops_home: Path, tmp_path_factory: pytest.TempPathFactory,
 
     yield start
     for d in started:
-        d.noops("down", "--apps", check=False)
+        d.down_with_apps()

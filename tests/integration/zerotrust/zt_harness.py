@@ -213,8 +213,21 @@ class Gateway:
         return (self.home / "frontdoor.log").read_text(errors="replace")
 
     def apply_policy(self, text: str) -> str:
+        """Apply ``text`` and wait until the gateway logs that it applied this version (it looks
+        every 0.25 s). A version already in force logs nothing again: then wait at most the
+        0.4 s the gateway needs to look."""
         version = self.policies.apply(text, actor="test")
-        time.sleep(0.4)  # the gateway looks every 0.25 s
+        marker = f"noops.gate.pep policy {version} applied"
+        before = self.log_text().count(marker)
+        applied = [line for line in self.log_text().splitlines()
+                   if "noops.gate.pep policy " in line and line.endswith(" applied")]
+        in_force = not applied or applied[-1].endswith(marker)
+        deadline = time.monotonic() + (0.4 if in_force else 10)
+        while self.log_text().count(marker) == before:
+            if time.monotonic() > deadline:
+                assert in_force, f"the gateway never applied policy {version}:\n{self.log_text()}"
+                break
+            time.sleep(0.02)
         return version
 
     # -- identities -------------------------------------------------------------------------------
