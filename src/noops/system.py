@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,7 @@ class SystemWorkloads:
                     "--api-socket", str(api_socket), "--listen", f"unix:{self.console_socket}",
                     "--tls-cert", record.cert, "--tls-key", record.key,
                     "--client-ca", record.bundle, "--peer-id", gateway_id(self.ca.trust_domain),
+                    "--parent-pid", str(os.getpid()),
                     stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
             waiter = asyncio.create_task(self._proc.wait())
             stopper = asyncio.create_task(stop.wait())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,18 @@ from pathlib import Path
 from noops.console.serve import ConsoleServer
 from noops.errors import NoopsError
 from noops.settings import Settings
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """Get SIGTERM when ``parent`` goes away, even by ``kill -9`` (Linux ``PR_SET_PDEATHSIG``),
+    so a daemon that is killed does not leave its console serving; exit now if it is gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the call above took effect
+        sys.exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="require a client certificate from this CA (mutual TLS)")
     parser.add_argument("--peer-id", action="append", default=[],
                         help="accept only client certificates naming this SPIFFE ID (repeatable)")
+    parser.add_argument("--parent-pid", type=int,
+                        help="stop when this process (the daemon that started it) ends")
     args = parser.parse_args(argv)
+    if args.parent_pid:
+        _die_with(args.parent_pid)
     try:
         home = args.home or Settings(environ=os.environ).home
         server = ConsoleServer(api_socket=args.api_socket or home / "noops.sock",

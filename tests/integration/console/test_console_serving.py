@@ -4,6 +4,8 @@ only the console's own pages can make. No platform needed: every check happens b
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import ssl
@@ -164,3 +166,38 @@ def test_a_failing_subsystem_is_named_on_the_page_not_hidden(tmp_path: Path) -> 
         assert "Traceback" not in _stop(proc)
         server.should_exit = True
         thread.join(15)
+
+
+def test_the_console_ends_with_the_daemon_that_started_it(tmp_path: Path) -> None:
+    """A daemon killed with SIGKILL cannot stop its console: the console stops by itself."""
+    port = free_port()
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'noops.console', '--api-socket', sys.argv[1],"
+        " '--listen', '127.0.0.1:' + sys.argv[2], '--parent-pid', str(os.getpid())])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n"), str(tmp_path / "api.sock"), str(port)],
+        stdout=subprocess.PIPE, text=True)
+    assert starter.stdout is not None
+    console_pid = int(starter.stdout.readline())
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", 30)
+        starter.kill()
+        starter.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(console_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the console outlived the process that started it")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        starter.kill()
+        starter.wait(10)
+        starter.stdout.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(console_pid, signal.SIGKILL)
