@@ -53,7 +53,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grow import grow, shift_to_now
+from grow import compact, grow, shift_to_now
 from telemetry import (
     HOUR_NS,
     SERVICES,
@@ -92,6 +92,10 @@ def load(spans: int, sample: int, workdir: Path, reuse: Path | None = None) -> P
     through the receiver, then copies in bulk SQL (:mod:`grow`) up to ``spans``; or copy the
     store ``reuse`` filled by an earlier run. Then move the data so that it ends now."""
     store = _fill(spans, sample, workdir, reuse)
+    done = compact(store)
+    rows = ", ".join(f"{t} {done['before'][t]:,} -> {n:,}" for t, n in done["after"].items())
+    print(f"compacted the minute rollups as the telemetry service does in {done['seconds']:.0f} s: "
+          f"{rows}", flush=True)
     minutes, stored = shift_to_now(store)
     print(f"{stored:,} spans stored; every span and derived row moved forward by {minutes} min "
           "so that the data ends now", flush=True)
