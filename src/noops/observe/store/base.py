@@ -185,7 +185,8 @@ class TelemetryStore(Protocol):
         holds at most ``exact_max`` entry spans the percentiles are exact (linear
         interpolation) and ``estimated`` is false; above that they are estimated from the
         same log buckets (within ±4.4 %, clamped to the observed min/max, see :mod:`.rollup`)
-        and every row has ``estimated`` true. Endpoint rows (:meth:`endpoints`) are exact."""
+        and every row has ``estimated`` true. Endpoint rows (:meth:`endpoints`) are exact.
+        (The rollup follows the ``rollups`` retention: a window older than it reads exact.)"""
         ...
 
     def endpoints(self, service: str, start: datetime, end: datetime,

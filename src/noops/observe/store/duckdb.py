@@ -568,7 +568,7 @@ class DuckDBStore:
                     ((rows,),) = con.execute(f"SELECT count(*) FROM {table} WHERE {where}",
                                              params).fetchall()
                     ((groups,),) = con.execute("SELECT count(*) FROM _merged").fetchall()
-                    if rows > groups:  # already one row per group: nothing to rewrite
+                    if rows > groups:  # else the minutes are merged already: leave them
                         con.execute(f"DELETE FROM {table} WHERE {where}", params)
                         con.execute(f"INSERT INTO {table} SELECT * FROM _merged")
                         removed += int(rows) - int(groups)
