@@ -186,7 +186,9 @@ class TelemetryStore(Protocol):
         interpolation) and ``estimated`` is false; above that they are estimated from the
         same log buckets (within ±4.4 %, clamped to the observed min/max, see :mod:`.rollup`)
         and every row has ``estimated`` true. Endpoint rows (:meth:`endpoints`) are exact.
-        (The rollup follows the ``rollups`` retention: a window older than it reads exact.)"""
+        The rollup is kept for the ``rollups`` retention (the metrics', 30 days by default, the
+        spans' 7): for minutes whose spans have expired, an estimated read still counts them
+        from the rollup, an exact one only what spans remain."""
         ...
 
     def endpoints(self, service: str, start: datetime, end: datetime,
