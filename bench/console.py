@@ -11,8 +11,9 @@ A benchmark, not a test: it asserts nothing about time. In one run:
    the trace-id table, minute rollup and service-map tables the way the receiver's inserts do
    (checked: the counts must add up). ``--load receiver`` sends every span through the receiver
    (10 M spans take 15-20 minutes at the ~8-14 k spans/s it reaches on a busy 2-core machine);
-   ``--store`` copies a store an earlier ``--dir`` run filled instead. Every span and derived row
-   is then moved forward by whole minutes so that the data ends when the timing starts;
+   ``--store`` copies a store an earlier ``--dir`` run filled instead. The rollup and edge rows
+   are then compacted as the telemetry service does (:func:`grow.compact`), and every span and
+   derived row is moved forward by whole minutes so that the data ends when the timing starts;
 2. serve the platform API on a Unix socket in its own process: the observe routes
    (``apm_routes`` over that store, ``rules_routes`` with two deploy markers, a probe and an
    alert rule) plus the platform's app routes answered from fixed JSON — one app per service —
@@ -53,7 +54,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grow import grow, shift_to_now
+from grow import compact, grow, shift_to_now
 from telemetry import (
     HOUR_NS,
     SERVICES,
@@ -92,6 +93,10 @@ def load(spans: int, sample: int, workdir: Path, reuse: Path | None = None) -> P
     through the receiver, then copies in bulk SQL (:mod:`grow`) up to ``spans``; or copy the
     store ``reuse`` filled by an earlier run. Then move the data so that it ends now."""
     store = _fill(spans, sample, workdir, reuse)
+    done = compact(store)
+    rows = ", ".join(f"{t} {done['before'][t]:,} -> {n:,}" for t, n in done["after"].items())
+    print(f"compacted the minute rollups as the telemetry service does in "
+          f"{done['seconds']:.0f} s: {rows}", flush=True)
     minutes, stored = shift_to_now(store)
     print(f"{stored:,} spans stored; every span and derived row moved forward by {minutes} min "
           "so that the data ends now", flush=True)

@@ -22,21 +22,27 @@ indistinguishable in shape from what the receiver writes for a trace of that dat
 
 :func:`grow` checks what it wrote: span, rollup and edge counts must be ``copies`` times the
 sample's, and each trace id is unique.
+
+:func:`compact` then merges the rollup and edge rows as a running platform's telemetry service
+does (:meth:`.DuckDBStore.compact_rollups` over the minutes that closed more than
+``COMPACT_LAG`` before the newest span; the newest minutes stay one row per insert).
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from noops.observe.service import COMPACT_LAG
 from noops.observe.store import edges, schema
 from noops.observe.store._rows import edge_rows
-from noops.observe.store.duckdb import _BUCKET_SQL, _INSERT_ORDER
+from noops.observe.store.duckdb import _BUCKET_SQL, _INSERT_ORDER, DuckDBStore
 
-__all__ = ["grow", "shift_to_now"]
+__all__ = ["compact", "grow", "shift_to_now"]
 
 # A copy of a sampled span: ids hashed with the copy number ``k``, times moved with its trace
 # (``m``: the trace's row in ``_map``), durations scaled by the trace's factor ``f``.
@@ -180,6 +186,23 @@ def grow(store: Path, copies: int, t0_ns: int, hour_ns: int, sample_traces: int,
         con.close()
     return {"copies": copies, "before": before, "after": after,
             "batch_spans": batch_spans, "seconds": time.perf_counter() - started}
+
+
+def compact(store: Path) -> dict[str, Any]:
+    """Compact ``store`` (closed) as the telemetry service would with its newest span now.
+    Returns the rollup and edge row counts before/after and seconds."""
+    started = time.perf_counter()
+    tables = tuple(schema.ROLLUP_TABLES)
+    db = DuckDBStore(store)
+    try:
+        before = {t: db._rows(f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+        ((newest,),) = db._rows("SELECT epoch_ns(max(Timestamp)) FROM otel_traces")
+        if newest is not None:
+            db.compact_rollups(datetime.fromtimestamp(newest / 1e9, UTC) - COMPACT_LAG)
+        after = {t: db._rows(f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+    finally:
+        db.close()
+    return {"before": before, "after": after, "seconds": time.perf_counter() - started}
 
 
 # Every time column of the span tables (shifting them all by whole minutes keeps each rollup and

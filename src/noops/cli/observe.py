@@ -59,8 +59,9 @@ def apm(ctx: Ctx, service: str | None, since: str) -> None:
                 return
             table = Table("SERVICE", "REQ/S", "ERRORS", "P50", "P95", "P99", "REQUESTS", box=None)
             for r in rows:
+                approx = "≈" if r.get("estimated") else ""  # from the minute rollup, ±4.4 %
                 table.add_row(r["service"], _rate(r['rate_per_s']), f"{r['error_pct']:.1f}%",
-                              _ms(r["p50_ms"]), _ms(r["p95_ms"]), _ms(r["p99_ms"]),
+                              *(approx + _ms(r[k]) for k in ("p50_ms", "p95_ms", "p99_ms")),
                               str(r["count"]))
             con.print(table)
 

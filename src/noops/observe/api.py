@@ -6,6 +6,7 @@ status (bad input 400, unknown trace 404, store failure 503). ``since`` is a dur
 
 =====================================================  ======================================
 /api/apm/services?since=                               per service: rate, error %, p50/p95/p99
+                                                       (``estimated``: see below)
 /api/apm/services/{service}/endpoints?since=&max=      ``{"endpoints": […], "warning": …}``
 /api/apm/services/{service}/histogram?endpoint=&le=    latency bins (``le`` = ``5,10,50`` ms)
 /api/apm/services/{service}/slowest?since=&limit=      slowest entry spans (traces)
@@ -25,6 +26,10 @@ Gauges the platform writes for every instance: ``container.cpu.utilization`` (0�
 limit) and ``container.memory.usage`` (bytes), ``by=noops.instance.id``; probes write
 ``noops.probe.up`` and ``noops.probe.duration_ms`` (``by=probe.name``). ``step`` defaults to
 the window divided into about 120 points (at least 10 s).
+
+``/api/apm/services`` counts exactly; its percentiles are exact while the window holds at most
+:data:`~noops.observe.store.base.EXACT_PERCENTILES_MAX` entry spans, above that estimated from
+the minute rollup (within ±4.4 %) and every row says ``"estimated": true``.
 
 Store calls block (DuckDB, chdb), so each runs in a worker thread.
 """

@@ -15,6 +15,11 @@
   ``metrics_interval_s``), each driven by its own loop;
 * retention: every hour, rows older than ``retention_{traces,logs,metrics}_days`` are deleted
   (the per-minute span rollups follow the metrics retention);
+* rollup compaction: every minute, the minute rollup and service-map rows of minutes that closed
+  more than :data:`COMPACT_LAG` ago are merged to one row per group
+  (:meth:`~noops.observe.store.base.TelemetryStore.compact_rollups`); a watermark keeps each pass
+  to the minutes since the last one plus :data:`COMPACT_LATE` before them, so rows that arrive
+  that late are merged too (later ones stay separate rows, still counted);
 * the rules (``$NOOPS_HOME/observe/rules.db``): :attr:`Telemetry.markers` (deploy markers; every
   new ``service.version`` in ingested spans is offered to ``observe_spans``),
   :attr:`Telemetry.probes` (run on a one-second tick) and :attr:`Telemetry.alerts` (evaluated
@@ -36,9 +41,9 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -62,10 +67,15 @@ from noops.observe.status import StatusPages
 from noops.observe.store import DuckDBStore, TelemetryStore
 from noops.settings import Settings
 
-__all__ = ["PROMETHEUS_CONTENT_TYPE", "LogSource", "PatternCounter", "Sample", "Telemetry",
-           "UsageSource", "open_store", "otlp_socket"]
+__all__ = ["COMPACT_LAG", "COMPACT_LATE", "PROMETHEUS_CONTENT_TYPE", "LogSource",
+           "PatternCounter", "Sample", "Telemetry", "UsageSource", "open_store", "otlp_socket"]
 
 log = logging.getLogger("noops.observe")
+
+COMPACT_LAG: Final = timedelta(minutes=2)
+"""Minutes that closed less than this ago are left as written (spans of them still arrive)."""
+COMPACT_LATE: Final = timedelta(minutes=15)
+"""Each compaction pass also re-merges this much before its watermark (late spans)."""
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Row = dict[str, Any]
@@ -234,6 +244,7 @@ class Telemetry:
                 raise UsageError(f"retention_{signal}_days must be more than 0")
         self.socket = otlp_socket(settings)
         self.logs, self.usage = logs, usage
+        self._compacted: datetime | None = None  # the last compaction pass's ``before``
         with contextlib.ExitStack() as opened:  # a failure half way closes what was opened
             self.store = store or open_store(settings)
             if store is None:
@@ -330,6 +341,7 @@ class Telemetry:
             else:
                 await self._serve(outer, tcp)
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._tasks.append(asyncio.create_task(self._compact_loop(), name="rollup-compaction"))
         self._stop_rules.clear()
         self._rule_tasks = [
             asyncio.create_task(self.probes.run_forever(self._stop_rules), name="probes"),
@@ -443,6 +455,22 @@ class Telemetry:
         """Apply every signal's retention once."""
         for signal, age in self.retention.items():
             await asyncio.to_thread(self.store.retention, signal, age)  # type: ignore[arg-type]
+
+    async def compact(self, now: datetime | None = None) -> int:
+        """One rollup compaction pass (see the module doc); returns the rows it merged away."""
+        before = (now or datetime.now(UTC)) - COMPACT_LAG
+        after = None if self._compacted is None else self._compacted - COMPACT_LATE
+        removed = await asyncio.to_thread(self.store.compact_rollups, before, after)
+        self._compacted = before
+        return removed
+
+    async def _compact_loop(self, every_s: float = 60.0) -> None:
+        while True:
+            try:
+                await self.compact()
+            except Exception:  # reads stay right without it, only slower
+                log.exception("telemetry rollup compaction failed; retrying in %ss", every_s)
+            await asyncio.sleep(every_s)
 
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         while True:

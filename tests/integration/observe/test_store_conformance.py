@@ -27,7 +27,7 @@ from store_harness import (
 
 from noops.observe.store import StoreError, StoreUsageError, TelemetryStore, analysis, schema
 from noops.observe.store.analysis import normalise
-from noops.observe.store.rollup import bucket_of
+from noops.observe.store.rollup import bucket_of, estimate_quantiles
 
 START, END = T0, T0 + timedelta(minutes=10)
 WINDOW_S = 600.0
@@ -77,7 +77,53 @@ def test_services(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
     got = loaded[1].services(START, END)
     assert [r["service"] for r in got] == ["api", "db", "frontend"]
     for row in got:
+        assert row["estimated"] is False
         check_stats(dict(row), entry(dataset, row["service"]))
+
+
+# A window that starts and ends inside a minute: its partial minutes come from the spans.
+W_START, W_END = START + timedelta(seconds=37), END - timedelta(seconds=49)
+
+
+def in_window(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in spans if ns(W_START) <= s["Timestamp"] < ns(W_END)]
+
+
+def test_services_exact_up_to_exact_max(loaded: tuple[str, TelemetryStore],
+                                        dataset: Dataset) -> None:
+    spans = in_window(entry(dataset))
+    got = loaded[1].services(W_START, W_END, exact_max=len(spans))
+    assert got and all(r["estimated"] is False for r in got)
+    for row in got:
+        durs = [s["Duration"] / 1e6 for s in spans if s["ServiceName"] == row["service"]]
+        assert row["p95_ms"] == pytest.approx(q(durs, 0.95), rel=1e-6)
+
+
+def test_services_estimated_above_exact_max(loaded: tuple[str, TelemetryStore],
+                                            dataset: Dataset) -> None:
+    """Above ``exact_max`` entry spans: exact count, rate and error %, percentiles from the
+    log buckets of exactly the window's spans (whole minutes from the rollup, the partial ones
+    from the spans), clamped to their min/max."""
+    spans = in_window(entry(dataset))
+    got = loaded[1].services(W_START, W_END, exact_max=len(spans) - 1)
+    assert [r["service"] for r in got] == ["api", "db", "frontend"]
+    window_s = (W_END - W_START).total_seconds()
+    for row in got:
+        mine = [s for s in spans if s["ServiceName"] == row["service"]]
+        durs = [s["Duration"] for s in mine]
+        assert row["estimated"] is True
+        assert row["count"] == len(mine)
+        assert row["rate_per_s"] == pytest.approx(len(mine) / window_s)
+        errors = sum(s["StatusCode"] == "Error" for s in mine)
+        assert row["error_pct"] == pytest.approx(100 * errors / len(mine))
+        want = estimate_quantiles(Counter(bucket_of(d) for d in durs).items(), (0.5, 0.95, 0.99),
+                                  min(durs), max(durs))
+        assert [row["p50_ms"], row["p95_ms"], row["p99_ms"]] == pytest.approx(
+            [w / 1e6 for w in want], rel=1e-9)
+        for key, p in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+            exact = q([d / 1e6 for d in durs], p)
+            # the estimate's bound (±4.4 %) plus the rank vs interpolation difference
+            assert row[key] == pytest.approx(exact, rel=0.25), key
 
 
 def test_endpoints(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
@@ -393,6 +439,57 @@ def test_bucket_formula_matches_sql(loaded: tuple[str, TelemetryStore], dataset:
     sql = f"SELECT Bucket, sum(Count) AS n FROM {table} GROUP BY Bucket"
     rows = store._rows(sql) if backend == "duckdb" else store._tuples(sql)  # type: ignore[attr-defined]
     assert dict(rows) == Counter(bucket_of(s["Duration"]) for s in dataset.spans)
+
+
+def _rollup_rows(backend: str, store: Any) -> dict[str, int]:
+    sql = "SELECT count(*) FROM {}" if backend == "duckdb" else "SELECT count() FROM {}"
+    read = store._rows if backend == "duckdb" else store._tuples
+    return {t: int(read(sql.format(t))[0][0]) for t in schema.ROLLUP_TABLES}
+
+
+def _answers(store: TelemetryStore) -> list[Any]:
+    """Every read the rollup and edge tables feed."""
+    return [
+        store.services(START, END), store.services(W_START, W_END, exact_max=0),
+        store.service_map(START, END), store.service_map(W_START, W_END),
+        *(store.timeseries(svc, START, END) for svc in ("api", "db", "frontend")),
+        store.timeseries("api", W_START, W_END, endpoint="GET /items"),
+    ]
+
+
+def test_compact_rollups_keeps_answers(fresh: tuple[str, TelemetryStore, Any],
+                                       dataset: Dataset) -> None:
+    """Merging closed minutes changes no answer and (DuckDB) leaves fewer rows; spans that
+    arrive for a merged minute later still count, and a later pass merges them too."""
+    backend, store, _ = fresh
+    for i in range(4):  # one rollup row per group and insert
+        store.insert_spans(dataset.spans[i::4])
+    before, rows = _answers(store), _rollup_rows(backend, store)
+    removed = store.compact_rollups(START + timedelta(minutes=6))
+    assert _answers(store) == before
+    assert store.compact_rollups(END + timedelta(hours=1), after=START) >= 0
+    assert _answers(store) == before
+    merged = _rollup_rows(backend, store)
+    if backend == "duckdb":  # ClickHouse merges in the background and says 0
+        assert removed > 0
+        assert all(merged[t] < rows[t] for t in rows), (rows, merged)
+        assert store.compact_rollups(END + timedelta(hours=1)) == 0  # nothing left to merge
+    else:
+        assert removed == 0
+    late = make_dataset(traces=40, seed=7)
+    store.insert_spans(late.spans)
+    totals = {r["service"]: r["count"] for r in store.services(START, END, exact_max=0)}
+    assert totals == Counter(s["ServiceName"] for s in entry(dataset) + entry(late))
+    after_late = _answers(store)
+    store.compact_rollups(END + timedelta(hours=1), after=START)
+    assert _answers(store) == after_late
+    if backend == "duckdb":  # the late rows joined their groups: one row per group key
+        for table, agg in schema.ROLLUP_TABLES.items():
+            keys = ", ".join(n for n, _ in schema.TABLES[table] if n not in agg)
+            ((n, groups),) = store._rows(  # type: ignore[attr-defined]
+                f"SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM {table})) "
+                f"FROM {table}")
+            assert n == groups, table
 
 
 def test_retention_deletes(fresh: tuple[str, TelemetryStore, Any]) -> None:

@@ -7,6 +7,7 @@ under NOOPS_HOME), :class:`ClickHouseStore` the scale-out backend (embedded chdb
 from __future__ import annotations
 
 from noops.observe.store.base import (
+    EXACT_PERCENTILES_MAX,
     Correlation,
     Edge,
     EndpointStats,
@@ -24,6 +25,7 @@ from noops.observe.store.base import (
 from noops.observe.store.duckdb import DuckDBStore
 
 __all__ = [
+    "EXACT_PERCENTILES_MAX",
     "ClickHouseStore",
     "Correlation",
     "DuckDBStore",

@@ -23,6 +23,7 @@ from noops.observe.store.rollup import estimate_quantiles
 from noops.observe.store.schema import Column
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MINUTE_NS = 60 * 1_000_000_000
 
 
 def to_ns(value: int | datetime) -> int:
@@ -176,15 +177,43 @@ def window_ns(start: datetime, end: datetime) -> tuple[int, int, float]:
     return s, e, (e - s) / 1e9
 
 
-def stats(name: str, count: int, errors: int, qs: Sequence[float | None], window_s: float
-          ) -> dict[str, Any]:
+def stats(name: str, count: int, errors: int, qs: Sequence[float | None], window_s: float,
+          estimated: bool = False) -> dict[str, Any]:
     """The service/endpoint figures from a count, an error count and p50/p95/p99 in ns."""
     p50, p95, p99 = ((q or 0.0) / 1e6 for q in qs)
     return {
         "service": name, "count": int(count), "rate_per_s": count / window_s,
         "error_pct": 100.0 * errors / count if count else 0.0,
-        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+        "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "estimated": estimated,
     }
+
+
+def whole_minutes(s: int, e: int) -> tuple[int, int]:
+    """The whole minutes ``[lo, hi)`` (ns) inside the window ``[s, e)``; the rest of the window
+    is ``[s, lo)`` and ``[hi, e)``. ``lo == hi == e`` when it holds no whole minute."""
+    lo, hi = -(-s // _MINUTE_NS) * _MINUTE_NS, e // _MINUTE_NS * _MINUTE_NS
+    return (lo, hi) if lo < hi else (e, e)
+
+
+def service_buckets(rows: Sequence[Sequence[Any]], window_s: float, exact_max: int
+                    ) -> tuple[list[dict[str, Any]], bool]:
+    """Per-service rows ``(service, bucket, count, errors, min_ns, max_ns)`` (the window's
+    rollup buckets) to ``(figures, exact_needed)``: when the window holds at most
+    ``exact_max`` spans the caller reads exact percentiles instead (figures then ``[]``);
+    otherwise the figures carry percentiles estimated from the buckets."""
+    if sum(int(r[2]) for r in rows) <= exact_max:
+        return [], True
+    by_service: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    for r in rows:
+        by_service[str(r[0])].append(r)
+    out = []
+    for name in sorted(by_service):
+        group = by_service[name]
+        qs = estimate_quantiles([(int(r[1]), int(r[2])) for r in group], (0.5, 0.95, 0.99),
+                                min(float(r[4]) for r in group), max(float(r[5]) for r in group))
+        out.append(stats(name, sum(int(r[2]) for r in group), sum(int(r[3]) for r in group),
+                         qs, window_s, estimated=True))
+    return out, False
 
 
 def severity_floor(severity: str) -> int:

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import Any, Final, Protocol, TypedDict, runtime_checkable
 
 from noops.errors import NoopsError
 from noops.observe.store.schema import MetricKind, Signal
 
 __all__ = [
+    "EXACT_PERCENTILES_MAX",
     "Correlation",
     "Edge",
     "EndpointStats",
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 Row = Mapping[str, Any]
+
+EXACT_PERCENTILES_MAX: Final = 200_000
+"""Entry spans in a window above which :meth:`TelemetryStore.services` estimates percentiles."""
 
 
 class StoreError(NoopsError):
@@ -81,6 +85,7 @@ class ServiceStats(TypedDict):
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    estimated: bool  # percentiles from the minute rollup (±4.4 %), not exact; see ``services``
 
 
 class EndpointStats(ServiceStats):
@@ -170,9 +175,20 @@ class TelemetryStore(Protocol):
         ...
 
     # -- APM reads (entry spans: SpanKind Server or Consumer) --------------------------------
-    def services(self, start: datetime, end: datetime) -> list[ServiceStats]:
+    def services(self, start: datetime, end: datetime, *,
+                 exact_max: int = EXACT_PERCENTILES_MAX) -> list[ServiceStats]:
         """Per service: entry-span count, rate (count / window seconds), error % (StatusCode
-        'Error') and exact p50/p95/p99 (linear interpolation). Sorted by service name."""
+        'Error') and p50/p95/p99. Sorted by service name.
+
+        Count and errors are always exact: whole minutes of the window are read from the
+        minute rollup, its partial first and last minutes from the spans. While the window
+        holds at most ``exact_max`` entry spans the percentiles are exact (linear
+        interpolation) and ``estimated`` is false; above that they are estimated from the
+        same log buckets (within ±4.4 %, clamped to the observed min/max, see :mod:`.rollup`)
+        and every row has ``estimated`` true. Endpoint rows (:meth:`endpoints`) are exact.
+        The rollup is kept for the ``rollups`` retention (the metrics', 30 days by default, the
+        spans' 7): for minutes whose spans have expired, an estimated read still counts them
+        from the rollup, an exact one only what spans remain."""
         ...
 
     def endpoints(self, service: str, start: datetime, end: datetime,
@@ -254,6 +270,16 @@ class TelemetryStore(Protocol):
         ...
 
     # -- housekeeping -------------------------------------------------------------------------
+    def compact_rollups(self, before: datetime, after: datetime | None = None) -> int:
+        """Merge the rows of the minute rollup and the service-map edge table whose minute is
+        in ``[after, before)`` (whole minutes: both bounds rounded down; ``after=None``: from
+        the oldest) into one row per group key, so later reads scan fewer rows; every read
+        returns the same answer before and after. Rows that arrive later for a merged minute
+        are simply added (and merged by a later call over that minute). Returns how many rows
+        fewer the tables hold. ClickHouse's AggregatingMergeTree merges on its own: there it
+        does nothing and returns 0."""
+        ...
+
     def retention(self, signal: Signal, max_age: timedelta, now: datetime | None = None) -> None:
         """Delete ``signal`` rows older than ``now - max_age`` for good and reclaim space so the
         store stops growing under a steady insert/expire cycle."""

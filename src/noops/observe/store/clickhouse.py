@@ -42,14 +42,17 @@ from noops.observe.store._rows import (
     from_arrow,
     gauge_points,
     points,
+    service_buckets,
     severity_floor,
     slow,
     stats,
     to_arrow,
     to_ns,
+    whole_minutes,
     window_ns,
 )
 from noops.observe.store.base import (
+    EXACT_PERCENTILES_MAX,
     Correlation,
     Edge,
     EndpointStats,
@@ -70,6 +73,21 @@ __all__ = ["ClickHouseStore", "Executor", "create_statements"]
 _ENTRY: Final = "SpanKind IN ('Server', 'Consumer')"
 _WIN: Final = ("Timestamp >= fromUnixTimestamp64Nano({s:Int64}) "
                "AND Timestamp < fromUnixTimestamp64Nano({e:Int64})")
+_BUCKET: Final = (f"toUInt16(least(floor({BUCKETS_PER_OCTAVE} * log2(greatest(Duration, 1))), "
+                  f"{MAX_BUCKET}))")
+# Per service and latency bucket over a window: its whole minutes ``[lo, hi)`` from the rollup,
+# its partial first and last minutes from the spans (the same as DuckDB's; see ``services``).
+_SERVICE_BUCKETS: Final = (
+    "SELECT toString(ServiceName) AS k, b, sum(n), sum(x), min(mn), max(mx) FROM ("
+    "SELECT ServiceName, Bucket AS b, toUInt64(Count) AS n, toUInt64(ErrorCount) AS x, "
+    "toUInt64(DurationMin) AS mn, toUInt64(DurationMax) AS mx FROM otel_traces_rollup_1m "
+    "WHERE Minute >= toDateTime({lo_s:Int64}) AND Minute < toDateTime({hi_s:Int64}) "
+    f"AND {_ENTRY} UNION ALL SELECT ServiceName, {_BUCKET}, toUInt64(1), "
+    "toUInt64(StatusCode = 'Error'), Duration, Duration FROM otel_traces "
+    f"WHERE {_ENTRY} AND ((Timestamp >= fromUnixTimestamp64Nano({{s:Int64}}) "
+    "AND Timestamp < fromUnixTimestamp64Nano({lo:Int64})) "
+    "OR (Timestamp >= fromUnixTimestamp64Nano({hi:Int64}) "
+    "AND Timestamp < fromUnixTimestamp64Nano({e:Int64})))) GROUP BY k, b")
 # Codecs are not part of the exporter's contract (its INSERTs name columns, not codecs): every
 # column gets ZSTD(3) (measured ~10 % smaller than the exporter's ZSTD(1) on span maps, at a CPU
 # cost that is noise next to decoding), times Delta, durations and counters T64 first.
@@ -229,8 +247,7 @@ ORDER BY (toStartOfFiveMinutes(Timestamp), ServiceName, Timestamp)
 ) ENGINE = MergeTree PARTITION BY toDate(TimeUnix)
 ORDER BY (ServiceName, MetricName, toStartOfHour(TimeUnix), cityHash64(Attributes), TimeUnix)
 {ttl("TimeUnix")}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1""")
-    agg = {"Count": "sum", "ErrorCount": "sum", "DurationSum": "sum",
-           "DurationMin": "min", "DurationMax": "max"}
+    agg = schema.ROLLUP_AGG
     rollup_cols = ",\n  ".join(
         f"`{n}` SimpleAggregateFunction({agg[n]}, {t}) {_codec(n, t)}" if n in agg
         else f"`{n}` {t} {_codec(n, t)}"
@@ -248,8 +265,7 @@ TO otel_traces_rollup_1m AS SELECT ServiceName, SpanName, SpanKind,
   min(Duration) AS DurationMin, max(Duration) AS DurationMax
 FROM otel_traces GROUP BY ServiceName, SpanName, SpanKind, Minute, Bucket""",
     ]
-    edge_agg = {"Calls": "sum", "ErrorCount": "sum", "MtlsCount": "sum",
-                "DurationMin": "min", "DurationMax": "max"}
+    edge_agg = schema.EDGES_AGG
     edge_cols = ",\n  ".join(
         f"`{n}` SimpleAggregateFunction({edge_agg[n]}, {t}) {_codec(n, t)}" if n in edge_agg
         else f"`{n}` {t} {_codec(n, t)}"
@@ -413,8 +429,15 @@ class ClickHouseStore:
             "quantilesExactInclusive(0.5, 0.95, 0.99)(toFloat64(Duration)) AS q "
             f"FROM otel_traces WHERE {_WIN} AND {_ENTRY} {where} GROUP BY k ORDER BY k", **params)
 
-    def services(self, start: datetime, end: datetime) -> list[ServiceStats]:
+    def services(self, start: datetime, end: datetime, *,
+                 exact_max: int = EXACT_PERCENTILES_MAX) -> list[ServiceStats]:
         s, e, win = window_ns(start, end)
+        lo, hi = whole_minutes(s, e)
+        estimated, exact = service_buckets(self._tuples(
+            _SERVICE_BUCKETS, s=s, e=e, lo=lo, hi=hi, lo_s=lo // 10**9, hi_s=hi // 10**9),
+            win, exact_max)
+        if not exact:
+            return estimated  # type: ignore[return-value]
         return [ServiceStats(**stats(n, c, x, q, win))  # type: ignore[typeddict-item]
                 for n, c, x, q in self._stats("ServiceName", "", s=s, e=e)]
 
@@ -600,6 +623,12 @@ class ClickHouseStore:
         return gauge_points(step, rows)
 
     # -- housekeeping -------------------------------------------------------------------------
+    def compact_rollups(self, before: datetime, after: datetime | None = None) -> int:
+        """Nothing to do: the rollup and edge tables are AggregatingMergeTrees, whose background
+        merges fold rows of one key into one (reads ``GROUP BY`` either way)."""
+        to_ns(before)  # the same argument check as DuckDB's
+        return 0
+
     def retention(self, signal: schema.Signal, max_age: timedelta, now: datetime | None = None
                   ) -> None:
         if signal not in schema.SIGNAL_TABLES:

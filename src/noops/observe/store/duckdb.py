@@ -49,14 +49,17 @@ from noops.observe.store._rows import (
     from_arrow,
     gauge_points,
     points,
+    service_buckets,
     severity_floor,
     slow,
     stats,
     to_arrow,
     to_ns,
+    whole_minutes,
     window_ns,
 )
 from noops.observe.store.base import (
+    EXACT_PERCENTILES_MAX,
     Correlation,
     Edge,
     EndpointStats,
@@ -133,6 +136,15 @@ _SPANS_AFTER: Final = (
 # ``Minute`` (TIMESTAMP_S) against bounds of its own type: a TIMESTAMP bound would cast the
 # column on every row and lose the zone maps that skip minutes outside the window.
 _MINUTES: Final = "Minute >= ?::TIMESTAMP_S AND Minute < ?::TIMESTAMP_S"
+# Per service and latency bucket over a window: its whole minutes from the rollup, its partial
+# first and last minutes from the spans (exact counts either way; see ``services``).
+_SERVICE_BUCKETS: Final = (
+    "SELECT ServiceName, Bucket, sum(n), sum(x), min(lo), max(hi) FROM ("
+    "SELECT ServiceName, Bucket, Count AS n, ErrorCount AS x, DurationMin AS lo, "
+    f"DurationMax AS hi FROM otel_traces_rollup_1m WHERE {_MINUTES} AND {_ENTRY} UNION ALL "
+    f"SELECT ServiceName, {_BUCKET_SQL}, 1, (StatusCode = 'Error')::INTEGER, Duration, Duration "
+    f"FROM otel_traces WHERE {_ENTRY} AND ((Timestamp >= ? AND Timestamp < ?) "
+    "OR (Timestamp >= ? AND Timestamp < ?))) GROUP BY ALL")
 
 
 def _whole_s(ns: int) -> datetime:
@@ -322,8 +334,14 @@ class DuckDBStore:
             f"WHERE Timestamp >= ? AND Timestamp < ? AND {_ENTRY} {where} "
             "GROUP BY 1 ORDER BY 1", params)
 
-    def services(self, start: datetime, end: datetime) -> list[ServiceStats]:
+    def services(self, start: datetime, end: datetime, *,
+                 exact_max: int = EXACT_PERCENTILES_MAX) -> list[ServiceStats]:
         s, e, win = window_ns(start, end)
+        lo, hi = whole_minutes(s, e)
+        estimated, exact = service_buckets(self._rows(_SERVICE_BUCKETS, [
+            _whole_s(lo), _whole_s(hi), _ts(s), _ts(lo), _ts(hi), _ts(e)]), win, exact_max)
+        if not exact:
+            return estimated  # type: ignore[return-value]
         rows = self._stats("ServiceName", "", [_ts(s), _ts(e)])
         return [ServiceStats(**stats(n, c, err, q, win)) for n, c, err, q in rows]  # type: ignore[typeddict-item]
 
@@ -524,6 +542,43 @@ class DuckDBStore:
         return gauge_points(step, rows)
 
     # -- housekeeping -------------------------------------------------------------------------
+    def compact_rollups(self, before: datetime, after: datetime | None = None) -> int:
+        """Merge the rollup and edge-table rows of the minutes in ``[after, before)`` into one
+        row per group key, in one transaction (see the Protocol). The receiver writes one row
+        per group and insert, ~0.7 rollup rows per span; merged, a minute holds one per group."""
+        b = to_ns(before) // edges.MINUTE_NS * edges.MINUTE_NS
+        where, params = "Minute < ?::TIMESTAMP_S", [_whole_s(b)]
+        if after is not None:
+            a = to_ns(after) // edges.MINUTE_NS * edges.MINUTE_NS
+            where, params = f"{where} AND Minute >= ?::TIMESTAMP_S", [*params, _whole_s(a)]
+        removed = 0
+        with self._cursor() as con:
+            con.execute("BEGIN")
+            try:
+                for table, agg in schema.ROLLUP_TABLES.items():
+                    cols = [n for n, _ in schema.TABLES[table]]
+                    keys = [n for n in cols if n not in agg]
+                    select = ", ".join(
+                        f"{agg[n]}({n})::{duck_type(t)} AS {n}" if n in agg else n
+                        for n, t in schema.TABLES[table])
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT {select} "
+                                f"FROM {table} WHERE {where} GROUP BY ALL "
+                                f"ORDER BY Minute, {', '.join(k for k in keys if k != 'Minute')}",
+                                params)
+                    ((rows,),) = con.execute(f"SELECT count(*) FROM {table} WHERE {where}",
+                                             params).fetchall()
+                    ((groups,),) = con.execute("SELECT count(*) FROM _merged").fetchall()
+                    if rows > groups:  # else the minutes are merged already: leave them
+                        con.execute(f"DELETE FROM {table} WHERE {where}", params)
+                        con.execute(f"INSERT INTO {table} SELECT * FROM _merged")
+                        removed += int(rows) - int(groups)
+                    con.execute("DROP TABLE _merged")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return removed
+
     def retention(self, signal: schema.Signal, max_age: timedelta, now: datetime | None = None
                   ) -> None:
         if signal not in schema.SIGNAL_TABLES:

@@ -134,6 +134,11 @@ ROLLUP: Final[tuple[Column, ...]] = (
     ("DurationMax", "UInt64"),
 )
 
+# How each rollup measure merges: rows of one (service, span name, kind, minute, bucket) add up
+# to one row with these aggregations (ClickHouse's SimpleAggregateFunction, DuckDB's compaction).
+ROLLUP_AGG: Final[dict[str, str]] = {"Count": "sum", "ErrorCount": "sum", "DurationSum": "sum",
+                                     "DurationMin": "min", "DurationMax": "max"}
+
 TABLES: Final[dict[str, tuple[Column, ...]]] = {
     "otel_traces": TRACES,
     "otel_traces_trace_id_ts": TRACE_ID_TS,
@@ -205,6 +210,11 @@ EDGES: Final[tuple[Column, ...]] = (
     ("DurationMin", "UInt64"),
     ("DurationMax", "UInt64"),
 )
+EDGES_AGG: Final[dict[str, str]] = {"Calls": "sum", "ErrorCount": "sum", "MtlsCount": "sum",
+                                    "DurationMin": "min", "DurationMax": "max"}
+# The rollup tables by their measures' aggregations: what compaction merges.
+ROLLUP_TABLES: Final[dict[str, dict[str, str]]] = {
+    "otel_traces_rollup_1m": ROLLUP_AGG, "otel_traces_edges_1m": EDGES_AGG}
 TABLES["otel_traces_edge_spans"] = EDGE_SPANS
 TABLES["otel_traces_edges_1m"] = EDGES
 TIME_COLUMN["otel_traces_edge_spans"] = "Timestamp"
