@@ -265,7 +265,7 @@ def main() -> int:
                 ("traces", f"/traces?service={APP}&{s}", [f"{svc}/slowest?{s}&limit=1000",
                                                           f"/api/apm/services?{s}"]),
                 ("  correlations", f"/services/{APP}/correlations?{s}&slow_ms=100",
-                 [f"{svc}/correlations?{s}&slow_ms=100", f"{svc}/correlations?{s}&failed=1"]),
+                 [f"{svc}/correlations?{s}&slow_ms=100&failed=1"]),
                 ("service map", f"/map?{s}", [f"/api/apm/map?{s}"]),
             ]
         pages += [("trace", f"/traces/{trace_id}", [f"/api/traces/{trace_id}"]),

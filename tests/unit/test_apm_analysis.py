@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from noops.observe.store import StoreUsageError, schema
 from noops.observe.store._rows import to_arrow
-from noops.observe.store.analysis import correlations, normalise, sample_slices, top_names
+from noops.observe.store.analysis import (
+    cohort_correlations,
+    correlations,
+    minute_slices,
+    normalise,
+    sample_slices,
+    top_names,
+)
 from noops.observe.store.edges import (
     DEFAULT_EGRESS,
     edge_batch,
@@ -19,6 +26,7 @@ from noops.observe.store.edges import (
     is_mtls_client,
     peer_of,
 )
+from noops.observe.store.rollup import bucket_floor_ns, bucket_of, top_floor_ns
 from noops.observe.waterfall import TraceNotFoundError, waterfall
 
 
@@ -89,23 +97,34 @@ def test_normalise_is_idempotent(text: str) -> None:
 def test_correlation_scores() -> None:
     rows = [("span", "provider", "slowpay", 8, 2), ("resource", "host", "a", 10, 50),
             ("span", "route", "/x", 1, 0)]
-    got = correlations(rows, cohort_total=10, rest_total=50, limit=5)
+    got = correlations(rows, cohort_total=10, rest_total=50, limit=5, cohort="slow")
     assert [(c["key"], c["cohort_pct"], c["baseline_pct"]) for c in got] == [
         ("provider", 80.0, 4.0), ("route", 10.0, 0.0)]  # host: 100 % in both, not telling
     assert got[0]["score"] == pytest.approx(0.76)
-    assert correlations(rows, cohort_total=10, rest_total=0, limit=5) == []
+    assert correlations(rows, cohort_total=10, rest_total=0, limit=5, cohort="slow") == []
 
 
 def test_correlations_leave_out_keys_unique_per_span() -> None:
     # ten slow spans, each from its own client port: over-represented, and meaningless
     ports = [("span", "network.peer.port", str(40000 + i), 1, 0) for i in range(10)]
     rows = [*ports, ("span", "provider", "slowpay", 8, 2)]
-    got = correlations(rows, cohort_total=10, rest_total=50, limit=5)
+    got = correlations(rows, cohort_total=10, rest_total=50, limit=5, cohort="slow")
     assert [c["key"] for c in got] == ["provider"]
     # a few values of a key are not "unique per span"
     few = [("span", "region", r, 3, 0) for r in ("a", "b", "c")]
-    assert {c["value"] for c in correlations(few, cohort_total=10, rest_total=50, limit=5)} == \
-        {"a", "b", "c"}
+    got = correlations(few, cohort_total=10, rest_total=50, limit=5, cohort="slow")
+    assert {c["value"] for c in got} == {"a", "b", "c"}
+
+
+def test_cohorts_read_in_one_pass_score_like_each_alone() -> None:
+    # (source, key, value, slow hits, slow misses, failed hits, failed misses)
+    rows = [("span", "provider", "slowpay", 8, 2, 0, 10), ("span", "card", "amex", 1, 9, 4, 6),
+            ("resource", "host", "a", 10, 50, 5, 55)]
+    got = cohort_correlations(rows, (10, 50, 5, 55), ["slow", "failed"], limit=5)
+    slow = correlations([r[:5] for r in rows], 10, 50, 5, cohort="slow")
+    failed = correlations([(*r[:3], *r[5:]) for r in rows if r[5]], 5, 55, 5, cohort="failed")
+    assert got == slow + failed
+    assert [(c["cohort"], c["value"]) for c in got] == [("slow", "slowpay"), ("failed", "amex")]
 
 
 def test_top_names() -> None:
@@ -188,3 +207,43 @@ def test_sample_slices_picks_runs_of_slices_spread_over_the_window() -> None:
     # Spans only at the end of the window: the runs widen up to covering every slice.
     late = [(63, 1000)]
     assert sample_slices(late, 10, 64) == [63]
+
+
+MIN = 60 * 10**9
+
+
+def test_minute_slices_share_each_minute_over_the_slices_it_overlaps() -> None:
+    # A 60 s window from second 30 in 4 slices of 15 s: minute 0 covers slices 0-1, minute 1
+    # slices 2-3; each minute's spans are shared by the time it overlaps each slice.
+    assert minute_slices([(0, 600), (MIN, 60)], 30 * 10**9, 90 * 10**9, 4) == [
+        (0, 150), (1, 150), (2, 15), (3, 15)]
+    # Minutes outside the window count nothing; a few spans still mark a slice as not empty.
+    assert minute_slices([(-MIN, 50), (0, 1), (2 * MIN, 50)], 0, MIN, 64) == [
+        (i, 1) for i in range(64)]
+
+
+@given(st.lists(st.tuples(st.integers(0, 59), st.integers(1, 5000)), max_size=60,
+                unique_by=lambda m: m[0]),
+       st.integers(0, 30 * MIN), st.integers(1, 29 * MIN), st.integers(1, 128))
+def test_minute_slices_keep_the_window_total(minutes: list[tuple[int, int]], start: int,
+                                             width: int, slices: int) -> None:
+    rows = [(m * MIN, c) for m, c in minutes]
+    got = minute_slices(rows, start, start + width, slices)
+    exact = sum(c * max(0, min(m + MIN, start + width) - max(m, start)) / MIN for m, c in rows)
+    assert all(0 <= i < slices and n >= 1 for i, n in got)
+    # Rounded up per slice: never less than the window's share, at most one more per slice.
+    assert exact - 1e-6 <= sum(n for _, n in got) <= exact + len(got)
+
+
+@given(st.lists(st.integers(1, 10**12), min_size=1, max_size=300), st.integers(1, 400))
+def test_top_floor_is_reached_by_the_n_longest(durations: list[int], n: int) -> None:
+    """``slowest_traces`` reads only spans at least ``top_floor_ns`` long: the ``n`` longest
+    (all of them when fewer) must all be among those."""
+    counts: dict[int, int] = {}
+    for d in durations:
+        counts[bucket_of(d)] = counts.get(bucket_of(d), 0) + 1
+    floor = top_floor_ns(counts.items(), n)
+    longest = sorted(durations, reverse=True)[:n]
+    assert all(d >= floor for d in longest)
+    if len(durations) >= n:  # and the floor is not lower than the buckets allow
+        assert floor >= bucket_floor_ns(bucket_of(longest[-1]))

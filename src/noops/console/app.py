@@ -275,11 +275,11 @@ def make_console(api: ApiClient) -> Starlette:
         seg = _seg(request.path_params["service"])
         since = _since(request)
         slow_ms = _float(request, "slow_ms")
-        path = f"/api/apm/services/{seg}/correlations"
-        slow, failed = await api.gather(
-            api.optional(path, since=since, slow_ms=slow_ms) if slow_ms else _none(),
-            api.optional(path, since=since, failed="1"))
-        return render(request, "_correlations.html", slow=slow, failed=failed)
+        both = await api.optional(f"/api/apm/services/{seg}/correlations", since=since,
+                                  failed="1", **({"slow_ms": slow_ms} if slow_ms else {}))
+        return render(request, "_correlations.html",
+                      slow=[c for c in both or [] if c["cohort"] == "slow"],
+                      failed=[c for c in both or [] if c["cohort"] == "failed"])
 
     async def trace(request: Request) -> Response:
         tree = await api.get(f"/api/traces/{_seg(request.path_params['trace_id'])}")
@@ -381,10 +381,6 @@ def make_console(api: ApiClient) -> Starlette:
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-async def _none() -> None:
-    return None
 
 
 _DECISIONS = 50

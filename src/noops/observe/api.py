@@ -12,7 +12,7 @@ status (bad input 400, unknown trace 404, store failure 503). ``since`` is a dur
 /api/apm/services/{service}/slowest?since=&limit=      slowest entry spans (traces)
 /api/apm/services/{service}/timeseries?endpoint=       per-minute count/errors/percentiles
 /api/apm/services/{service}/errors?since=&limit=       error groups
-/api/apm/services/{service}/correlations?endpoint=     ``&slow_ms=N`` or ``&failed=1``
+/api/apm/services/{service}/correlations?endpoint=     ``&slow_ms=N`` and/or ``&failed=1``
 /api/apm/map?since=                                    service-map edges (calls, errors, mTLS)
 /api/apm/errors?since=&limit=                          error groups of every service
 /api/traces/{trace_id}                                 waterfall + linked logs

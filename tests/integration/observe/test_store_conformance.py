@@ -27,6 +27,7 @@ from store_harness import (
 
 from noops.observe.store import StoreError, StoreUsageError, TelemetryStore, analysis, schema
 from noops.observe.store.analysis import normalise
+from noops.observe.store.edges import MINUTE_NS
 from noops.observe.store.rollup import bucket_of, estimate_quantiles
 
 START, END = T0, T0 + timedelta(minutes=10)
@@ -150,9 +151,16 @@ def test_latency_histogram(loaded: tuple[str, TelemetryStore], dataset: Dataset)
     assert sum(b["count"] for b in everything) == len(entry(dataset, "api"))
 
 
-def test_slowest_traces(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
-    got = loaded[1].slowest_traces("api", START, END, limit=5)
-    want = sorted(entry(dataset, "api"), key=lambda s: (-s["Duration"], s["TraceId"]))[:5]
+@pytest.mark.parametrize("limit", [1, 5, 200, 100_000])
+@pytest.mark.parametrize("edge_s", [0, 37])
+def test_slowest_traces(loaded: tuple[str, TelemetryStore], dataset: Dataset, limit: int,
+                        edge_s: int) -> None:
+    """Exact whatever the limit (DuckDB narrows the read by the rollup's buckets of the
+    window's whole minutes), also for a window that starts and ends inside a minute."""
+    start, end = START + timedelta(seconds=edge_s), END - timedelta(seconds=edge_s)
+    got = loaded[1].slowest_traces("api", start, end, limit=limit)
+    inside = [s for s in entry(dataset, "api") if ns(start) <= s["Timestamp"] < ns(end)]
+    want = sorted(inside, key=lambda s: (-s["Duration"], s["TraceId"]))[:limit]
     assert [(r["trace_id"], r["span_id"], r["duration_ms"]) for r in got] == [
         (s["TraceId"], s["SpanId"], s["Duration"] / 1e6) for s in want]
     assert got[0]["timestamp_ns"] == want[0]["Timestamp"]
@@ -354,10 +362,11 @@ def test_correlations(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> N
     assert [c["score"] for c in got] == sorted((c["score"] for c in got), reverse=True)
     failed = store.correlations("api", "GET /items", START, END, failed=True)
     assert all(c["score"] > 0 for c in failed)
+    assert {c["cohort"] for c in [*got, *failed]} == {"slow", "failed"}
+    both = store.correlations("api", "GET /items", START, END, slow_ms=slow_ms, failed=True)
+    assert both == store.correlations("api", "GET /items", START, END, slow_ms=slow_ms) + failed
     with pytest.raises(StoreUsageError):
         store.correlations("api", None, START, END)
-    with pytest.raises(StoreUsageError):
-        store.correlations("api", None, START, END, slow_ms=5, failed=True)
 
 
 def test_correlations_read_whole_time_slices_above_the_sample_size(
@@ -374,10 +383,12 @@ def test_correlations_read_whole_time_slices_above_the_sample_size(
     def slice_of(span: dict[str, Any]) -> int:
         return int((span["Timestamp"] - s) * n // (e - s))
 
-    keep = analysis.sample_slices(sorted(Counter(map(slice_of, spans)).items()), cap, n)
+    # The slices are chosen by the minute rollup's counts, shared out over the slices.
+    minutes = Counter(sp["Timestamp"] // MINUTE_NS * MINUTE_NS for sp in spans)
+    keep = analysis.sample_slices(analysis.minute_slices(sorted(minutes.items()), s, e, n), cap, n)
     assert keep is not None
     part = [sp for sp in spans if slice_of(sp) in keep]
-    assert cap <= len(part) < len(spans) / 2
+    assert 0.8 * cap <= len(part) < len(spans) / 2  # chosen by estimates: about ``cap``
     slow_ms = q([sp["Duration"] / 1e6 for sp in spans], 0.9)
     got = store.correlations("api", None, START, END, slow_ms=slow_ms, limit=1000)
     assert got

@@ -4,20 +4,25 @@ correlation scores, the endpoint cardinality guard)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final
 
 from noops.observe.store.base import Correlation, ErrorGroup, StoreUsageError
+from noops.observe.store.edges import MINUTE_NS
 
 __all__ = [
     "CORRELATION_RUNS",
     "CORRELATION_SAMPLE",
     "CORRELATION_SLICES",
     "OTHER",
+    "cohort_correlations",
+    "cohorts_of",
     "correlations",
     "error_groups",
+    "minute_slices",
     "normalise",
     "sample_slices",
     "top_names",
@@ -63,16 +68,34 @@ def error_groups(rows: Sequence[Sequence[Any]], limit: int) -> list[ErrorGroup]:
     return out[:limit]
 
 
-def cohort_of(slow_ms: float | None, failed: bool) -> tuple[str, float]:
-    """Which cohort a correlation asks about: ``("slow", ns)`` or ``("failed", 0)``."""
-    if (slow_ms is None) == (not failed):
-        raise StoreUsageError("correlations compare either slow spans (slow_ms=…) or failed "
-                              "spans (failed=True): give exactly one")
+def cohorts_of(slow_ms: float | None, failed: bool) -> list[tuple[str, float]]:
+    """The cohorts a correlation asks about, in answer order: ``("slow", ns)`` and/or
+    ``("failed", 0)``."""
+    if slow_ms is None and not failed:
+        raise StoreUsageError("correlations compare slow spans (slow_ms=…), failed spans "
+                              "(failed=True) or both: give at least one")
+    out: list[tuple[str, float]] = []
     if slow_ms is not None:
         if slow_ms < 0:
             raise StoreUsageError(f"slow_ms must be >= 0, not {slow_ms}")
-        return "slow", slow_ms * 1e6
-    return "failed", 0.0
+        out.append(("slow", slow_ms * 1e6))
+    if failed:
+        out.append(("failed", 0.0))
+    return out
+
+
+def cohort_correlations(rows: Sequence[Sequence[Any]], totals: Sequence[Any],
+                        cohorts: Sequence[str], limit: int) -> list[Correlation]:
+    """:func:`correlations` of several cohorts read in one pass: SQL rows ``(source, key,
+    value, hit_1, miss_1, hit_2, miss_2, …)`` and ``totals`` ``(hit_1, miss_1, …)``, one pair
+    per cohort in ``cohorts`` order; the answer is each cohort's, in that order."""
+    out: list[Correlation] = []
+    for j, cohort in enumerate(cohorts):
+        mine = [(r[0], r[1], r[2], r[3 + 2 * j], r[4 + 2 * j]) for r in rows
+                if int(r[3 + 2 * j]) > 0]
+        out += correlations(mine, int(totals[2 * j] or 0), int(totals[2 * j + 1] or 0), limit,
+                            cohort=cohort)
+    return out
 
 
 CORRELATION_SAMPLE: Final = 20_000
@@ -83,6 +106,27 @@ CORRELATION_SLICES: Final = 64
 
 CORRELATION_RUNS: Final = 4
 """Runs of adjacent slices a sample is read from (wide runs skip more of the table)."""
+
+
+def minute_slices(minutes: Sequence[tuple[int, int]], start_ns: int, end_ns: int, slices: int
+                  ) -> list[tuple[int, int]]:
+    """``(slice, spans)`` for :func:`sample_slices` from the minute rollup's ``(minute_ns,
+    spans)`` counts: each minute's spans shared out over the ``slices`` equal slices of the
+    window ``[start_ns, end_ns)`` in proportion to the time they overlap it (a minute holds
+    several slices of a short window), rounded up so that no slice with spans reads as empty.
+    Estimates: enough to choose a sample by, without reading the spans."""
+    width = (end_ns - start_ns) / slices
+    shares = [0.0] * slices
+    for minute, count in minutes:
+        lo, hi = max(int(minute), start_ns), min(int(minute) + MINUTE_NS, end_ns)
+        i = max(0, int((lo - start_ns) // width))
+        while hi > lo and i < slices:
+            a, b = max(lo, start_ns + i * width), min(hi, start_ns + (i + 1) * width)
+            shares[i] += int(count) * max(0.0, b - a) / MINUTE_NS
+            i += 1
+            if start_ns + i * width >= hi:
+                break
+    return [(i, math.ceil(n)) for i, n in enumerate(shares) if n > 0]
 
 
 def sample_slices(counts: Sequence[tuple[int, int]], sample: int, slices: int
@@ -114,8 +158,9 @@ UNIQUE_KEY_MIN_VALUES: Final = 5
 
 
 def correlations(rows: Sequence[Sequence[Any]], cohort_total: int, rest_total: int,
-                 limit: int) -> list[Correlation]:
-    """Score SQL rows ``(source, key, value, cohort_count, rest_count)``: ``score`` is the
+                 limit: int, *, cohort: str) -> list[Correlation]:
+    """Score SQL rows ``(source, key, value, cohort_count, rest_count)`` of the ``cohort``
+    (``"slow"``, ``"failed"``): ``score`` is the
     cohort share minus the baseline share; only over-represented pairs are kept. With no
     baseline (every span in the cohort) nothing stands out and the answer is empty.
 
@@ -135,11 +180,12 @@ def correlations(rows: Sequence[Sequence[Any]], cohort_total: int, rest_total: i
     for source, key, value, hit, miss in rows:
         if (source, key) in unique_per_span:
             continue
-        cohort, base = int(hit) / cohort_total, int(miss) / rest_total
-        if cohort > base:
-            out.append(Correlation(source=str(source), key=str(key), value=str(value),
-                                   cohort_pct=100 * cohort, baseline_pct=100 * base,
-                                   score=cohort - base))
+        share, base = int(hit) / cohort_total, int(miss) / rest_total
+        if share > base:
+            out.append(Correlation(cohort=cohort, source=str(source), key=str(key),
+                                   value=str(value),
+                                   cohort_pct=100 * share, baseline_pct=100 * base,
+                                   score=share - base))
     out.sort(key=lambda c: (-c["score"], -c["cohort_pct"], c["source"], c["key"], c["value"]))
     return out[:limit]
 

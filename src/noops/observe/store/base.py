@@ -131,6 +131,7 @@ class ErrorGroup(TypedDict):
 
 
 class Correlation(TypedDict):
+    cohort: str  # 'slow' or 'failed': the spans compared with the rest
     source: str  # 'span' (SpanAttributes) or 'resource' (ResourceAttributes)
     key: str
     value: str
@@ -248,10 +249,13 @@ class TelemetryStore(Protocol):
         """What is different about the slow (``Duration >= slow_ms``) or failed (status Error)
         entry spans of a service (one endpoint, or all with ``None``): the span and resource
         attribute ``key=value`` pairs over-represented in that cohort against the rest, by score
-        desc. Exactly one of ``slow_ms`` and ``failed`` is given (else :class:`StoreUsageError`).
-        A window with more than :data:`~.analysis.CORRELATION_SAMPLE` such spans is read in whole
-        time slices picked by :func:`~.analysis.sample_slices`, and both shares are those within
-        the slices read (estimates for the window)."""
+        desc. At least one of ``slow_ms`` and ``failed`` is given (else
+        :class:`StoreUsageError`); with both, the answer holds each cohort's (``limit`` each,
+        slow first), read in one pass.
+        A window with more than :data:`~.analysis.CORRELATION_SAMPLE` such spans (by the minute
+        rollup's counts, :func:`~.analysis.minute_slices`) is read in whole time slices picked
+        by :func:`~.analysis.sample_slices`, and both shares are those within the slices read
+        (estimates for the window)."""
         ...
 
     def timeseries(self, service: str, start: datetime, end: datetime,

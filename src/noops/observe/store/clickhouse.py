@@ -560,20 +560,22 @@ class ClickHouseStore:
     def correlations(self, service: str, endpoint: str | None, start: datetime, end: datetime,
                      *, slow_ms: float | None = None, failed: bool = False, limit: int = 10,
                      ) -> list[Correlation]:
-        kind, slow_ns = analysis.cohort_of(slow_ms, failed)
+        cohorts = analysis.cohorts_of(slow_ms, failed)
         s, e, _ = window_ns(start, end)
-        hit = "StatusCode = 'Error'" if kind == "failed" else "Duration >= {slow:Float64}"
+        hits = ["StatusCode = 'Error'" if kind == "failed" else "Duration >= {slow:Float64}"
+                for kind, _ in cohorts]
         extra = "AND SpanName = {ep:String}" if endpoint is not None else ""
-        params: dict[str, Any] = {"s": s, "e": e, "svc": service, "slow": slow_ns,
-                                  "ep": endpoint or ""}
+        params: dict[str, Any] = {"s": s, "e": e, "svc": service, "ep": endpoint or "",
+                                  "slow": next((ns for k, ns in cohorts if k == "slow"), 0.0)}
         where = f"{_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} {extra}"
+        # Which time slices to read, from the minute rollup's counts (not the spans).
         n = analysis.CORRELATION_SLICES
-        totals = self._tuples(
-            f"SELECT intDiv((toUnixTimestamp64Nano(Timestamp) - {{s:Int64}}) * {n}, {{w:Int64}}) "
-            f"AS i, countIf({hit}) AS h, countIf(NOT ({hit})) AS r FROM otel_traces "
-            f"WHERE {where} GROUP BY i", **params, w=e - s)
-        cohort, rest = (sum(int(r[c]) for r in totals) for c in (1, 2))
-        keep = analysis.sample_slices([(int(i), int(h) + int(r)) for i, h, r in totals],
+        minutes = self._tuples(
+            "SELECT toUnixTimestamp(Minute) * 1000000000 AS m, sum(Count) AS c "
+            "FROM otel_traces_rollup_1m WHERE Minute >= toDateTime(intDiv({s:Int64}, 1000000000)) "
+            f"AND Minute < fromUnixTimestamp64Nano({{e:Int64}}) AND {_ENTRY} "
+            f"AND ServiceName = {{svc:String}} {extra} GROUP BY m", **params)
+        keep = analysis.sample_slices(analysis.minute_slices(minutes, s, e, n),
                                       analysis.CORRELATION_SAMPLE, n)
         if keep is not None:  # read whole time slices only (see sample_slices)
             where += " AND (" + " OR ".join(
@@ -581,17 +583,20 @@ class ClickHouseStore:
                 f"AND Timestamp < fromUnixTimestamp64Nano({{hi{i}:Int64}}))" for i in keep) + ")"
             for i in keep:
                 params[f"lo{i}"], params[f"hi{i}"] = (s + (e - s) * j // n for j in (i, i + 1))
-            ((cohort, rest),) = self._tuples(
-                f"SELECT countIf({hit}) AS h, countIf(NOT ({hit})) AS r FROM otel_traces "
-                f"WHERE {where}", **params)
+        # Every cohort from one read of the attribute maps (what a correlation costs).
+        flags = ", ".join(f"{h} AS h{j}" for j, h in enumerate(hits))
+        counts = ", ".join(f"countIf(h{j}) AS c{j}, countIf(NOT h{j}) AS r{j}"
+                           for j in range(len(hits)))
+        (totals,) = self._tuples(f"SELECT {counts} FROM (SELECT {flags} FROM otel_traces "
+                                 f"WHERE {where})", **params)
         rows = self._tuples(
-            "SELECT kv.1 AS src, kv.2 AS k, kv.3 AS v, countIf(hit) AS h, countIf(NOT hit) AS r "
-            f"FROM (SELECT {hit} AS hit, arrayConcat("
+            f"SELECT kv.1 AS src, kv.2 AS k, kv.3 AS v, {counts} FROM (SELECT {flags}, arrayConcat("
             "arrayMap((k, v) -> ('span', k, v), mapKeys(SpanAttributes), mapValues(SpanAttributes)), "
             "arrayMap((k, v) -> ('resource', k, v), mapKeys(ResourceAttributes), "
             f"mapValues(ResourceAttributes))) AS kvs FROM otel_traces WHERE {where}) "
-            "ARRAY JOIN kvs AS kv GROUP BY src, k, v HAVING h > 0", **params)
-        return analysis.correlations(rows, int(cohort or 0), int(rest or 0), limit)
+            "ARRAY JOIN kvs AS kv GROUP BY src, k, v HAVING "
+            + " OR ".join(f"c{j} > 0" for j in range(len(hits))), **params)
+        return analysis.cohort_correlations(rows, totals, [k for k, _ in cohorts], limit)
 
     def timeseries(self, service: str, start: datetime, end: datetime,
                    endpoint: str | None = None) -> list[TimeseriesPoint]:

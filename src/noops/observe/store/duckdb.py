@@ -73,7 +73,7 @@ from noops.observe.store.base import (
     StoreUsageError,
     TimeseriesPoint,
 )
-from noops.observe.store.rollup import BUCKETS_PER_OCTAVE, MAX_BUCKET
+from noops.observe.store.rollup import BUCKETS_PER_OCTAVE, MAX_BUCKET, top_floor_ns
 
 __all__ = ["DuckDBStore", "duck_type"]
 
@@ -198,7 +198,14 @@ class DuckDBStore:
                  egress_endpoints: Collection[str] = edges.DEFAULT_EGRESS) -> None:
         self.path = path
         self.egress_endpoints = frozenset(egress_endpoints)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # writes: one at a time, on ``self._con``
+        # Reads: one cursor (a connection of its own to the same database) per thread, without
+        # the lock: each reads a snapshot (MVCC), so a page's reads run side by side and none
+        # waits for an insert, a compaction or another read.
+        self._local = threading.local()
+        self._readers: dict[threading.Thread, duckdb.DuckDBPyConnection] = {}
+        self._readers_lock = threading.Lock()
+        self._closed = False
         self._edge_high_ns = self._edge_trimmed_ns = 0
         # Trace ids with rows in the pairing index, a superset (a rolled-back insert or paired
         # rows may leave some until the next trim rebuilds it): a span batch sharing none of
@@ -212,6 +219,9 @@ class DuckDBStore:
                 cols = ", ".join(f'"{n}" {duck_type(t)}' for n, t in columns)
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
             self._edge_traces = _index_traces(self._con)
+            # Reader cursors are made from a connection that runs no statement of its own, so
+            # that making one never waits for a write on ``self._con``.
+            self._cursors = self._con.cursor()
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the telemetry store {path}: {exc}") from exc
 
@@ -223,9 +233,25 @@ class DuckDBStore:
             except duckdb.Error as exc:
                 raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
 
+    @contextmanager
+    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            with self._readers_lock:
+                if self._closed:
+                    raise StoreError(f"telemetry store ({self.path}) is closed")
+                for gone in [t for t in self._readers if not t.is_alive()]:
+                    self._readers.pop(gone).close()
+                con = self._local.con = self._cursors.cursor()
+                self._readers[threading.current_thread()] = con
+        try:
+            yield con
+        except duckdb.Error as exc:
+            raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
+
     def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
               ) -> list[tuple[Any, ...]]:
-        with self._cursor() as con:
+        with self._reader() as con:
             return con.execute(sql, dict(params) if isinstance(params, Mapping)
                                else list(params)).fetchall()
 
@@ -383,16 +409,20 @@ class DuckDBStore:
         s, e, _ = window_ns(start, end)
         where = f"Timestamp >= ? AND Timestamp < ? AND {_ENTRY} AND ServiceName = ?"
         params = [_ts(s), _ts(e), service]
-        # The limit-th longest duration first, from the narrow columns only: the ids and names
-        # are then read for the spans at least that long, not for every span in the window.
-        floor = self._rows(f"SELECT Duration FROM otel_traces WHERE {where} "
-                           "ORDER BY Duration DESC LIMIT 1 OFFSET ?",
-                           [*params, max(int(limit), 1) - 1])
+        # A floor the limit-th longest duration is at or above, from the latency buckets of the
+        # window's whole minutes in the rollup (spans all inside the window): the ids and names
+        # are then read and sorted for the spans at least that long, not for every span.
+        lo, hi = -(-s // edges.MINUTE_NS) * edges.MINUTE_NS, e // edges.MINUTE_NS * edges.MINUTE_NS
+        buckets = self._rows(
+            "SELECT Bucket, sum(Count) FROM otel_traces_rollup_1m "
+            f"WHERE {_MINUTES} AND {_ENTRY} AND ServiceName = ? GROUP BY 1",
+            [_whole_s(lo), _whole_s(hi), service]) if hi > lo else []
+        floor = top_floor_ns(buckets, max(int(limit), 1))
         rows = self._rows(
             "SELECT TraceId, SpanId, SpanName, epoch_ns(Timestamp), Duration, StatusCode "
             f"FROM otel_traces WHERE {where} AND Duration >= ? "
             "ORDER BY Duration DESC, TraceId LIMIT ?",
-            [*params, floor[0][0] if floor else 0, int(limit)])
+            [*params, floor, int(limit)])
         return [slow(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
@@ -400,7 +430,7 @@ class DuckDBStore:
                                  "WHERE TraceId = ?", [trace_id])
         if lo is None:
             return []
-        with self._cursor() as con:
+        with self._reader() as con:
             tbl = con.sql(
                 "SELECT * FROM otel_traces WHERE TraceId = ? AND Timestamp >= ?::TIMESTAMP_NS "
                 "AND Timestamp < ?::TIMESTAMP_NS + INTERVAL 1 SECOND ORDER BY Timestamp, SpanId",
@@ -437,7 +467,7 @@ class DuckDBStore:
         for key, value in (attributes or {}).items():
             where.append("(LogAttributes[?] = ? OR ResourceAttributes[?] = ?)")
             params += [key, value, key, value]
-        with self._cursor() as con:
+        with self._reader() as con:
             tbl = con.sql(f"SELECT * FROM otel_logs WHERE {' AND '.join(where)} "
                           "ORDER BY Timestamp DESC, SpanId LIMIT ?",
                           params=[*params, int(limit)]).to_arrow_table()
@@ -475,22 +505,28 @@ class DuckDBStore:
     def correlations(self, service: str, endpoint: str | None, start: datetime, end: datetime,
                      *, slow_ms: float | None = None, failed: bool = False, limit: int = 10,
                      ) -> list[Correlation]:
-        kind, slow_ns = analysis.cohort_of(slow_ms, failed)
+        cohorts = analysis.cohorts_of(slow_ms, failed)
         s, e, _ = window_ns(start, end)
-        hit = "StatusCode = 'Error'" if kind == "failed" else "Duration >= $slow"
         params: dict[str, Any] = {"s": _ts(s), "e": _ts(e), "svc": service}
-        if kind == "slow":
-            params["slow"] = slow_ns
+        hits = []
+        for kind, slow_ns in cohorts:
+            if kind == "slow":
+                hits.append("Duration >= $slow")
+                params["slow"] = slow_ns
+            else:
+                hits.append("StatusCode = 'Error'")
         where = f"Timestamp >= $s AND Timestamp < $e AND {_ENTRY} AND ServiceName = $svc"
         if endpoint is not None:
             where, params["ep"] = f"{where} AND SpanName = $ep", endpoint
-        n = analysis.CORRELATION_SLICES
-        totals = self._rows(
-            f"SELECT (epoch_ns(Timestamp) - $s_ns) * {n} // $w_ns AS i, "
-            f"count(*) FILTER (WHERE {hit}), count(*) FILTER (WHERE NOT ({hit})) "
-            f"FROM otel_traces WHERE {where} GROUP BY i", {**params, "s_ns": s, "w_ns": e - s})
-        cohort, rest = (sum(int(r[c]) for r in totals) for c in (1, 2))
-        keep = analysis.sample_slices([(int(i), int(h) + int(r)) for i, h, r in totals],
+        # Which time slices to read, from the minute rollup's counts (not the spans).
+        n, ep = analysis.CORRELATION_SLICES, endpoint is not None
+        minutes = self._rows(
+            "SELECT epoch_ns(Minute), sum(Count) FROM otel_traces_rollup_1m "
+            f"WHERE {_MINUTES} AND {_ENTRY} AND ServiceName = ? "
+            f"{'AND SpanName = ?' if ep else ''} GROUP BY 1",
+            [_whole_s(s // edges.MINUTE_NS * edges.MINUTE_NS), _whole_s(e), service,
+             *([endpoint] if ep else [])])
+        keep = analysis.sample_slices(analysis.minute_slices(minutes, s, e, n),
                                       analysis.CORRELATION_SAMPLE, n)
         if keep is not None:  # read whole time slices only (see sample_slices)
             where += " AND (" + " OR ".join(
@@ -498,19 +534,22 @@ class DuckDBStore:
                 for i in keep) + ")"
             for i in keep:
                 params[f"lo{i}"], params[f"hi{i}"] = (s + (e - s) * j // n for j in (i, i + 1))
-        base = f"WITH base AS (SELECT {hit} AS hit, SpanAttributes, ResourceAttributes " \
+        # Every cohort from one read of the attribute maps (what a correlation costs).
+        flags = ", ".join(f"{h} AS h{j}" for j, h in enumerate(hits))
+        names = ", ".join(f"h{j}" for j in range(len(hits)))
+        counts = ", ".join(f"count(*) FILTER (WHERE h{j}), count(*) FILTER (WHERE NOT h{j})"
+                           for j in range(len(hits)))
+        base = f"WITH base AS (SELECT {flags}, SpanAttributes, ResourceAttributes " \
                f"FROM otel_traces WHERE {where}) "
-        if keep is not None:
-            ((cohort, rest),) = self._rows(base + "SELECT count(*) FILTER (WHERE hit), "
-                                           "count(*) FILTER (WHERE NOT hit) FROM base", params)
+        (totals,) = self._rows(base + f"SELECT {counts} FROM base", params)
         rows = self._rows(
-            base + "SELECT src, k, v, count(*) FILTER (WHERE hit), count(*) FILTER (WHERE NOT hit) "
-            "FROM (SELECT hit, 'span' AS src, unnest(map_keys(SpanAttributes)) AS k, "
-            "unnest(map_values(SpanAttributes)) AS v FROM base UNION ALL "
-            "SELECT hit, 'resource', unnest(map_keys(ResourceAttributes)), "
-            "unnest(map_values(ResourceAttributes)) FROM base) "
-            "GROUP BY ALL HAVING count(*) FILTER (WHERE hit) > 0", params)
-        return analysis.correlations(rows, int(cohort or 0), int(rest or 0), limit)
+            base + f"SELECT src, k, v, {counts} FROM (SELECT {names}, 'span' AS src, "
+            "unnest(map_keys(SpanAttributes)) AS k, unnest(map_values(SpanAttributes)) AS v "
+            f"FROM base UNION ALL SELECT {names}, 'resource', "
+            "unnest(map_keys(ResourceAttributes)), unnest(map_values(ResourceAttributes)) "
+            "FROM base) GROUP BY ALL HAVING "
+            + " OR ".join(f"count(*) FILTER (WHERE h{j}) > 0" for j in range(len(hits))), params)
+        return analysis.cohort_correlations(rows, totals, [k for k, _ in cohorts], limit)
 
     def timeseries(self, service: str, start: datetime, end: datetime,
                    endpoint: str | None = None) -> list[TimeseriesPoint]:
@@ -592,6 +631,9 @@ class DuckDBStore:
             con.execute("CHECKPOINT")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
+            for con in [*self._readers.values(), self._cursors]:
+                con.close()
             self._con.close()
 

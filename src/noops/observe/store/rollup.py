@@ -45,3 +45,22 @@ def estimate_quantiles(
                 break
         out.append(min(max(value, lo_ns), hi_ns))
     return out
+
+
+def bucket_floor_ns(bucket: int) -> int:
+    """A duration (ns) no longer than any in ``bucket``: its lower bound, rounded down a little
+    so that the float of ``2^(b/8)`` can never put a span of the bucket below it."""
+    return max(0, math.floor(2 ** (bucket / BUCKETS_PER_OCTAVE)) - 1)
+
+
+def top_floor_ns(buckets: Iterable[tuple[int, int]], n: int) -> int:
+    """From ``(bucket, count)`` pairs of spans that are all in a window: a duration that at
+    least ``n`` of them reach, as high as the buckets tell (0 when they hold fewer than ``n``).
+    The window's ``n`` longest spans are then exactly its ``n`` longest spans at least that
+    long, found without sorting the rest."""
+    seen = 0
+    for b, c in sorted(buckets, reverse=True):
+        seen += int(c)
+        if seen >= n:
+            return bucket_floor_ns(int(b))
+    return 0
