@@ -199,14 +199,17 @@ def test_sample_slices_reads_everything_up_to_the_sample_size() -> None:
 
 def test_sample_slices_picks_runs_of_slices_spread_over_the_window() -> None:
     counts = [(i, 100) for i in range(64)]
-    assert sample_slices(counts, 400, 64) == [0, 16, 32, 48]
-    assert sample_slices(counts, 1200, 64) == [0, 1, 2, 16, 17, 18, 32, 33, 34, 48, 49, 50]
+    # Each run ends where a quarter (half) of the window does: the newest slice is always read.
+    assert sample_slices(counts, 400, 64, runs=4) == [15, 31, 47, 63]
+    assert sample_slices(counts, 1200, 64, runs=4) == [13, 14, 15, 29, 30, 31, 45, 46, 47,
+                                                       61, 62, 63]
+    assert sample_slices(counts, 400, 64, runs=2) == [30, 31, 62, 63]
     # Empty slices are left out, and the runs widen until they hold the sample.
-    sparse = [(i, 100) for i in range(64) if i % 2]
-    assert sample_slices(sparse, 400, 64) == [1, 17, 33, 49]
-    # Spans only at the end of the window: the runs widen up to covering every slice.
-    late = [(63, 1000)]
-    assert sample_slices(late, 10, 64) == [63]
+    sparse = [(i, 100) for i in range(64) if i % 2 == 0]
+    assert sample_slices(sparse, 400, 64, runs=4) == [14, 30, 46, 62]
+    # Spans only at the start of the window: the runs widen up to covering every slice.
+    early = [(0, 1000)]
+    assert sample_slices(early, 10, 64) == [0]
 
 
 MIN = 60 * 10**9

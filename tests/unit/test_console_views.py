@@ -17,7 +17,7 @@ from noops.console.views import (
     safety,
     score_bars,
     spark,
-    trace_filter,
+    trace_rows,
 )
 
 
@@ -48,18 +48,11 @@ def test_chart_series_rate_errors_and_gaps() -> None:
     assert restarts([{"restarts": 2}, {"restarts": None}, {}]) == 2
 
 
-def test_trace_filter_by_duration_status_and_endpoint() -> None:
-    rows = [{"trace_id": "a", "endpoint": "GET /items", "duration_ms": 10.0, "status_code": "Ok",
-             "timestamp_ns": 1},
-            {"trace_id": "b", "endpoint": "GET /items", "duration_ms": 500.0,
-             "status_code": "Error", "timestamp_ns": 2},
-            {"trace_id": "c", "endpoint": "POST /pay", "duration_ms": 300.0,
-             "status_code": "Unset", "timestamp_ns": 3}]
-    ids = lambda **kw: [r["trace_id"] for r in trace_filter(rows, **kw)]  # noqa: E731
-    assert ids(min_ms=None, status=None, endpoint=None) == ["a", "b", "c"]
-    assert ids(min_ms=300, status=None, endpoint=None) == ["b", "c"]
-    assert ids(min_ms=None, status="error", endpoint=None) == ["b"]
-    assert ids(min_ms=None, status="ok", endpoint="items") == ["a"]
+def test_trace_rows_mark_failed_and_give_the_time() -> None:
+    rows = trace_rows([{"trace_id": "a", "status_code": "Ok", "timestamp_ns": 1_700_000_000 * 10**9},
+                       {"trace_id": "b", "status_code": "Error", "timestamp_ns": 2}])
+    assert [(r["trace_id"], r["failed"]) for r in rows] == [("a", False), ("b", True)]
+    assert rows[0]["at"].startswith("2023-11-14T22:13:20")
 
 
 names = st.sampled_from(["a", "b", "c", "d", "e"])

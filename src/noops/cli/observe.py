@@ -113,13 +113,19 @@ def _print_map(ctx: Ctx, edges: list[dict[str, Any]]) -> None:
 @cli.command()
 @click.argument("args", nargs=-1, metavar="[SERVICE] | show TRACE_ID")
 @click.option("--slow", is_flag=True, help="Only traces slower than their service's p95.")
+@click.option("--errors", is_flag=True, help="Only failed traces.")
+@click.option("--endpoint", metavar="TEXT", help="Only endpoints whose name contains TEXT.")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
+              help="Only requests with this span or resource attribute (repeatable).")
 @click.option("-n", "--limit", default=20, show_default=True, help="How many traces.")
 @_since_option
 @output_options
 @pass_ctx
-def traces(ctx: Ctx, args: tuple[str, ...], slow: bool, limit: int, since: str) -> None:
-    """The slowest traces (of SERVICE, or of every service); `noops traces show TRACE_ID` draws
-    one trace as a waterfall, then the logs linked to it."""
+def traces(ctx: Ctx, args: tuple[str, ...], slow: bool, errors: bool, endpoint: str | None,
+           attrs: tuple[str, ...], limit: int, since: str) -> None:
+    """The slowest traces (of SERVICE, or of every service), or the slowest that match
+    --errors, --endpoint, --attr; `noops traces show TRACE_ID` draws one trace as a waterfall,
+    then the logs linked to it."""
     client = Client(ctx.settings)
     if args and args[0] == "show":
         if len(args) != 2:
@@ -132,16 +138,19 @@ def traces(ctx: Ctx, args: tuple[str, ...], slow: bool, limit: int, since: str) 
     p95 = {s["service"]: s["p95_ms"] for s in stats}
     names = [args[0]] if args else sorted(p95)
     rows: list[dict[str, Any]] = []
+    search = [("since", since), ("limit", str(limit)), *(("attr", a) for a in attrs)]
+    search += [("status", "error")] if errors else []
+    search += [("endpoint", endpoint)] if endpoint else []
     for name in names:
-        for t in client.call("GET", f"/api/apm/services/{name}/slowest",
-                             params={"since": since, "limit": str(limit)}):
-            if not slow or t["duration_ms"] >= p95.get(name, 0.0):
-                rows.append({**t, "service": name})
+        floor = [("min_ms", str(p95.get(name, 0.0)))] if slow else []
+        rows += [{**t, "service": name} for t in client.call(
+            "GET", f"/api/apm/services/{name}/slowest", params=[*search, *floor])]
     rows = sorted(rows, key=lambda t: (-t["duration_ms"], t["trace_id"]))[:limit]
 
     def human(con: Console) -> None:
         if not rows:
-            con.print(f"no traces in the last {since}")
+            con.print(f"no traces in the last {since}"
+                      + (" that match" if errors or endpoint or attrs or slow else ""))
             return
         table = Table("TRACE", "SERVICE", "ENDPOINT", "DURATION", "STATUS", "STARTED", box=None)
         for t in rows:

@@ -66,7 +66,7 @@ from noops.console.views import (
     restarts,
     score_bars,
     spark,
-    trace_filter,
+    trace_rows,
 )
 from noops.errors import NoopsError, UsageError
 
@@ -243,11 +243,16 @@ def make_console(api: ApiClient) -> Starlette:
         if status not in ("", "ok", "error"):
             raise UsageError(f"status={status!r}: use ok or error")
         min_ms = _float(request, "min_ms")
+        attr = (q.get("attr") or "").strip()
+        if attr and "=" not in attr.strip("="):
+            raise UsageError(f"attribute {attr!r}: write it as key=value, e.g. http.route=/pay")
         service = q.get("service") or ""
+        search = {"endpoint": q.get("endpoint") or None, "status": status or None,
+                  "min_ms": min_ms, "attr": attr or None}
 
         async def slowest(name: str) -> Any:
             return await api.get(f"/api/apm/services/{_seg(name)}/slowest", since=since,
-                                 limit=1000)
+                                 limit=_TRACES, **search)
 
         if service:  # both reads at once
             services, found = await api.gather(api.optional("/api/apm/services", since=since),
@@ -256,8 +261,7 @@ def make_console(api: ApiClient) -> Starlette:
             services = await api.optional("/api/apm/services", since=since)
             service = services[0]["service"] if services else ""
             found = await slowest(service) if service else []
-        rows = trace_filter(found, min_ms=min_ms, status=status or None,
-                            endpoint=q.get("endpoint"))
+        rows = trace_rows(found)
         rows.sort(key=lambda r: r["timestamp_ns"])
         scatter = {"x": [r["timestamp_ns"] / 1e9 for r in rows],
                    "ids": [r["trace_id"] for r in rows],
@@ -266,9 +270,9 @@ def make_console(api: ApiClient) -> Starlette:
         rows.reverse()
         mine = next((s for s in services or [] if s["service"] == service), None)
         return render(request, "traces.html", services=services or [], service=service,
-                      rows=rows[:50], total=len(rows), scatter=scatter, since=since,
-                      sinces=_SINCE, status=status, min_ms=q.get("min_ms", ""),
-                      endpoint=q.get("endpoint", ""), mine=mine)
+                      rows=rows[:50], total=len(rows), limit=_TRACES, scatter=scatter,
+                      since=since, sinces=_SINCE, status=status, min_ms=q.get("min_ms", ""),
+                      endpoint=q.get("endpoint", ""), attr=attr, mine=mine)
 
     async def correlations(request: Request) -> Response:
         """Fragment: what the slow (``slow_ms``) and the failed requests have in common."""
@@ -384,6 +388,7 @@ def make_console(api: ApiClient) -> Starlette:
 
 
 _DECISIONS = 50
+_TRACES = 1000  # the traces page's search: the slowest this many matches
 
 
 async def _served(call: Awaitable[Any]) -> Any:

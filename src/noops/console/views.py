@@ -17,7 +17,7 @@ from typing import Any, Final
 
 __all__ = ["app_row", "base_age_days", "chart_series", "expiry_text", "iso_ns", "map_layout",
            "policy_edges", "resource_series", "restarts", "safety", "score_bars", "spark",
-           "trace_filter"]
+           "trace_rows"]
 
 
 def iso_ns(ns: int | float | None) -> str:
@@ -173,22 +173,10 @@ def resource_series(cpu: Sequence[Mapping[str, Any]], memory: Sequence[Mapping[s
             "latest": latest}
 
 
-def trace_filter(traces: Iterable[Mapping[str, Any]], *, min_ms: float | None,
-                 status: str | None, endpoint: str | None) -> list[dict[str, Any]]:
-    """Slow-trace rows kept by duration (``>= min_ms``), status (``error`` or ``ok``: anything
-    but Error) and endpoint substring (case-insensitive)."""
-    out = []
-    needle = (endpoint or "").lower()
-    for t in traces:
-        if min_ms is not None and float(t["duration_ms"]) < min_ms:
-            continue
-        failed = t.get("status_code") == "Error"
-        if (status == "error" and not failed) or (status == "ok" and failed):
-            continue
-        if needle and needle not in str(t.get("endpoint", "")).lower():
-            continue
-        out.append({**t, "at": iso_ns(t.get("timestamp_ns")), "failed": failed})
-    return out
+def trace_rows(traces: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Slow-trace rows with their ISO time (``at``) and ``failed`` (status Error)."""
+    return [{**t, "at": iso_ns(t.get("timestamp_ns")), "failed": t.get("status_code") == "Error"}
+            for t in traces]
 
 
 def policy_edges(edges: Sequence[Mapping[str, Any]], calls: Sequence[Mapping[str, Any]] | None

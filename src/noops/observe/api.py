@@ -9,7 +9,9 @@ status (bad input 400, unknown trace 404, store failure 503). ``since`` is a dur
                                                        (``estimated``: see below)
 /api/apm/services/{service}/endpoints?since=&max=      ``{"endpoints": […], "warning": …}``
 /api/apm/services/{service}/histogram?endpoint=&le=    latency bins (``le`` = ``5,10,50`` ms)
-/api/apm/services/{service}/slowest?since=&limit=      slowest entry spans (traces)
+/api/apm/services/{service}/slowest?since=&limit=      slowest entry spans (traces), search:
+  &endpoint=&status=error|ok&min_ms=&attr=k=v          name contains, status, duration,
+                                                       span/resource attribute (repeatable)
 /api/apm/services/{service}/timeseries?endpoint=       per-minute count/errors/percentiles
 /api/apm/services/{service}/errors?since=&limit=       error groups
 /api/apm/services/{service}/correlations?endpoint=     ``&slow_ms=N`` and/or ``&failed=1``
@@ -77,6 +79,25 @@ def _int(request: Request, name: str, default: int, lo: int = 1, hi: int = _MAX_
     return value
 
 
+def _attributes(request: Request) -> dict[str, str] | None:
+    """``attr=KEY=VALUE`` parameters (repeatable)."""
+    attributes: dict[str, str] = {}
+    for item in request.query_params.getlist("attr"):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"attr={item!r} is not KEY=VALUE")
+        attributes[key] = value
+    return attributes or None
+
+
+def _float(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name) or None
+    try:
+        return None if raw is None else float(raw)
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} must be a number") from None
+
+
 def _floats(raw: str, name: str) -> list[float]:
     try:
         values = [float(v) for v in raw.split(",") if v.strip()]
@@ -127,8 +148,12 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
                           request.query_params.get("endpoint"), *_window(request), bounds)
 
     async def slowest(request: Request) -> Response:
+        params = request.query_params
         return await call(store.slowest_traces, request.path_params["service"],
-                          *_window(request), limit=_int(request, "limit", 20))
+                          *_window(request), limit=_int(request, "limit", 20),
+                          endpoint=params.get("endpoint") or None,
+                          status=params.get("status") or None, min_ms=_float(request, "min_ms"),
+                          attributes=_attributes(request))
 
     async def timeseries(request: Request) -> Response:
         return await call(store.timeseries, request.path_params["service"], *_window(request),
@@ -142,14 +167,9 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
 
     async def correlations(request: Request) -> Response:
         params = request.query_params
-        slow_ms = None
-        if "slow_ms" in params:
-            try:
-                slow_ms = float(params["slow_ms"])
-            except ValueError:
-                raise UsageError(f"slow_ms={params['slow_ms']!r} must be a number") from None
         return await call(store.correlations, request.path_params["service"],
-                          params.get("endpoint"), *_window(request), slow_ms=slow_ms,
+                          params.get("endpoint"), *_window(request),
+                          slow_ms=_float(request, "slow_ms"),
                           failed=params.get("failed") in ("1", "true"),
                           limit=_int(request, "limit", 10))
 
@@ -164,19 +184,13 @@ def apm_routes(store: TelemetryStore) -> list[BaseRoute]:
 
     async def logs(request: Request) -> Response:
         params = request.query_params
-        attributes: dict[str, str] = {}
-        for item in params.getlist("attr"):
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UsageError(f"attr={item!r} is not KEY=VALUE")
-            attributes[key] = value
         start, end = _window(request)
         return await call(store.logs, query=params.get("q") or None,
                           service=params.get("service") or None,
                           severity=params.get("severity") or None, start=start, end=end,
                           trace_id=(params.get("trace_id") or "").lower() or None,
                           span_id=(params.get("span_id") or "").lower() or None,
-                          attributes=attributes or None, limit=_int(request, "limit", 100))
+                          attributes=_attributes(request), limit=_int(request, "limit", 100))
 
     async def gauge(request: Request) -> Response:
         start, end = _window(request)

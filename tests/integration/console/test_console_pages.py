@@ -148,6 +148,13 @@ def test_traces_search_scatter_and_waterfall(console: Console, page: Any) -> Non
     page.select_option("select[name=status]", "error")
     page.click("form.filters button")
     assert text(page, "[data-field=trace-count]").startswith(f"{len(facts.failed)} traces")
+    # search by attribute (the store filters, not the page): the slow stock lookups
+    page.goto(f"{console.url}/traces?service=inventory&since=1h")
+    page.fill("input[name=attr]", "db.shard=cold")
+    page.click("form.filters button")
+    assert text(page, "[data-field=trace-count]").startswith(
+        f"{len(facts.slow)} traces of inventory")
+    assert "attr=db.shard%3Dcold" in page.url
     page.goto(f"{console.url}/traces?service={APP}&since=1h&min_ms=300")
     assert text(page, "[data-field=trace-count]").startswith(f"{len(facts.slow)} traces")
     listed = {re.sub(r"\W", "", a) for a in page.locator("table.traces a").all_inner_texts()}

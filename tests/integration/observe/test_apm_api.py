@@ -3,6 +3,8 @@ OpenTelemetry SDK (``web`` calls ``shop`` through the egress endpoint; see sdk_t
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from store_harness import ApmApi
 
@@ -48,6 +50,25 @@ def test_histogram_slowest_timeseries(apm_api: ApmApi) -> None:
     points = apm_api.get("/api/apm/services/shop/timeseries", **H).json()
     assert sum(p["count"] for p in points) == t.requests
     assert sum(p["errors"] for p in points) == len(t.failed)
+
+
+def test_trace_search(apm_api: ApmApi) -> None:
+    t = apm_api.traffic
+    url = "/api/apm/services/shop/slowest"
+
+    def ids(**params: Any) -> set[str]:
+        return {s["trace_id"] for s in apm_api.get(url, limit="1000", **params, **H).json()}
+
+    assert ids(status="error") == {t.trace_ids[i] for i in t.failed}
+    assert ids(attr="payment.provider=slowpay") == {t.trace_ids[i] for i in t.slow}
+    slow_failed = {t.trace_ids[i] for i in t.slow if i in t.failed}
+    assert ids(attr="payment.provider=slowpay", status="error") == slow_failed
+    assert ids(min_ms="250", endpoint="/PAY") == {t.trace_ids[i] for i in t.slow}
+    assert ids(attr="service.name=web") == set()  # a resource attribute of the other service
+    for bad in ({"status": "maybe"}, {"min_ms": "x"}, {"attr": "no-equals"}):
+        resp = apm_api.get(url, **bad, **H)
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]
 
 
 def test_error_groups(apm_api: ApmApi) -> None:

@@ -70,6 +70,11 @@ def test_traces_slowest(apm_api: ApmApi) -> None:
     tail = noops_json(apm_api, "traces", "--slow", "--since", "1h", "-n", "100")
     assert 0 < len(tail) < len(everything)
     assert t.trace_ids[t.slow[0]] in noops(apm_api, "traces", "shop", "--since", "1h")
+    found = noops_json(apm_api, "traces", "shop", "--errors", "--attr", "payment.provider=slowpay",
+                       "--endpoint", "pay", "--since", "1h", "-n", "100")
+    assert {r["trace_id"] for r in found} == {t.trace_ids[i] for i in t.slow if i in t.failed}
+    assert "that match" in noops(apm_api, "traces", "--attr", "payment.provider=none",
+                                 "--since", "1h")
 
 
 def test_traces_show_waterfall(apm_api: ApmApi) -> None:

@@ -166,6 +166,42 @@ def test_slowest_traces(loaded: tuple[str, TelemetryStore], dataset: Dataset, li
     assert got[0]["timestamp_ns"] == want[0]["Timestamp"]
 
 
+@pytest.mark.parametrize("search", [
+    {"endpoint": "{id}"}, {"endpoint": "get /ITEMS"}, {"status": "error"}, {"status": "ok"},
+    {"min_ms": 40}, {"attributes": {"host.name": "node-2"}},
+    {"attributes": {"http.route": "GET /items", "host.name": "node-1"}},
+    {"attributes": {"host.name": "nowhere"}},
+    {"status": "error", "endpoint": "items", "min_ms": 5, "limit": 3},
+    {"status": "ok", "limit": 7}, {"endpoint": "{id}", "limit": 4},
+])
+def test_slowest_traces_search(loaded: tuple[str, TelemetryStore], dataset: Dataset,
+                               search: dict[str, Any]) -> None:
+    """Each filter as the Protocol says, alone and together, with and without the rollup's
+    narrowing (it knows span names and errors; attributes it does not)."""
+    limit = search.pop("limit", 100_000)
+    attributes = search.get("attributes", {})
+
+    def keep(s: dict[str, Any]) -> bool:
+        failed = s["StatusCode"] == "Error"
+        return ((search.get("endpoint") or "").lower() in s["SpanName"].lower()
+                and search.get("status") in (None, "error" if failed else "ok")
+                and s["Duration"] >= search.get("min_ms", 0) * 1e6
+                and all(s["SpanAttributes"].get(k) == v or s["ResourceAttributes"].get(k) == v
+                        for k, v in attributes.items()))
+
+    want = sorted(filter(keep, entry(dataset, "api")),
+                  key=lambda s: (-s["Duration"], s["TraceId"]))[:limit]
+    got = loaded[1].slowest_traces("api", START, END, limit=limit, **search)
+    assert [r["span_id"] for r in got] == [s["SpanId"] for s in want]
+    assert search.get("attributes", {}).get("host.name") == "nowhere" or got
+
+
+def test_slowest_traces_search_refuses_bad_filters(loaded: tuple[str, TelemetryStore]) -> None:
+    for bad in ({"status": "broken"}, {"min_ms": -1}, {"min_ms": float("nan")}):
+        with pytest.raises(StoreUsageError):
+            loaded[1].slowest_traces("api", START, END, **bad)
+
+
 def test_trace_by_id(loaded: tuple[str, TelemetryStore], dataset: Dataset) -> None:
     error_span = next(s for s in dataset.spans if s["Events.Name"])
     tid = error_span["TraceId"]

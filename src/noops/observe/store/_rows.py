@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa  # type: ignore[import-untyped]
 
@@ -230,6 +231,22 @@ def bins(bounds: Sequence[float], rows: Sequence[tuple[Any, ...]]) -> list[Histo
     counts = dict(rows)
     edges = [*bounds, float("inf")]
     return [HistogramBin(le_ms=b, count=int(counts.get(i, 0))) for i, b in enumerate(edges)]
+
+
+class TraceSearch(NamedTuple):
+    failed: bool | None  # only failed (True) or only not failed (False) spans; None: both
+    min_ns: int
+
+
+def trace_search(status: str | None, min_ms: float | None) -> TraceSearch:
+    """The checked ``status`` (``"error"``, ``"ok"`` or None) and ``min_ms`` filters of
+    ``slowest_traces``."""
+    if status not in (None, "", "error", "ok"):
+        raise StoreUsageError(f"status {status!r}: use error or ok")
+    if min_ms is not None and not min_ms >= 0:
+        raise StoreUsageError(f"min_ms must be a number >= 0, not {min_ms}")
+    return TraceSearch(failed={"error": True, "ok": False}.get(status or ""),
+                       min_ns=math.ceil((min_ms or 0) * 1e6))
 
 
 def slow(r: Sequence[Any]) -> SlowTrace:

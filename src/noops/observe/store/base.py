@@ -208,9 +208,15 @@ class TelemetryStore(Protocol):
         plus a final ``inf`` bin; ``endpoint=None`` takes every endpoint of the service."""
         ...
 
-    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
+    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20, *,
+                       endpoint: str | None = None, status: str | None = None,
+                       min_ms: float | None = None, attributes: Mapping[str, str] | None = None,
                        ) -> list[SlowTrace]:
-        """The service's slowest entry spans, by Duration desc then TraceId."""
+        """The service's slowest entry spans, by Duration desc then TraceId: those whose span
+        name contains ``endpoint`` (any case), with ``status`` ``"error"`` (StatusCode Error)
+        or ``"ok"`` (anything else), at least ``min_ms`` long, and carrying every
+        ``attributes`` ``key=value`` as a span or a resource attribute (each filter when
+        given; a bad ``status`` or ``min_ms`` is a :class:`StoreUsageError`)."""
         ...
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from noops.observe.store._rows import (
     stats,
     to_arrow,
     to_ns,
+    trace_search,
     whole_minutes,
     window_ns,
 )
@@ -470,14 +471,28 @@ class ClickHouseStore:
             s=s, e=e, svc=service, bounds=bounds, ep=endpoint or "")
         return bins(bounds, rows)
 
-    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
+    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20, *,
+                       endpoint: str | None = None, status: str | None = None,
+                       min_ms: float | None = None, attributes: Mapping[str, str] | None = None,
                        ) -> list[SlowTrace]:
         s, e, _ = window_ns(start, end)
+        search = trace_search(status, min_ms)
+        where = f"{_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} AND Duration >= {{min:UInt64}}"
+        params: dict[str, Any] = {"s": s, "e": e, "svc": service, "n": int(limit),
+                                  "min": search.min_ns}
+        if endpoint:
+            where += " AND positionCaseInsensitiveUTF8(SpanName, {ep:String}) > 0"
+            params["ep"] = endpoint
+        if search.failed is not None:
+            where += f" AND StatusCode {'=' if search.failed else '!='} 'Error'"
+        for i, (key, value) in enumerate((attributes or {}).items()):
+            where += (f" AND (SpanAttributes[{{k{i}:String}}] = {{v{i}:String}} "
+                      f"OR ResourceAttributes[{{k{i}:String}}] = {{v{i}:String}})")
+            params[f"k{i}"], params[f"v{i}"] = key, value
         rows = self._tuples(
             "SELECT TraceId, SpanId, toString(SpanName), toUnixTimestamp64Nano(Timestamp) AS t, "
-            f"Duration, toString(StatusCode) FROM otel_traces WHERE {_WIN} AND {_ENTRY} "
-            "AND ServiceName = {svc:String} ORDER BY Duration DESC, TraceId LIMIT {n:UInt32}",
-            s=s, e=e, svc=service, n=int(limit))
+            f"Duration, toString(StatusCode) FROM otel_traces WHERE {where} "
+            "ORDER BY Duration DESC, TraceId LIMIT {n:UInt32}", **params)
         return [slow(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:

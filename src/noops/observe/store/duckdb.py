@@ -55,6 +55,7 @@ from noops.observe.store._rows import (
     stats,
     to_arrow,
     to_ns,
+    trace_search,
     whole_minutes,
     window_ns,
 )
@@ -404,25 +405,39 @@ class DuckDBStore:
             f"AND ServiceName = ? {extra} GROUP BY bin", params)
         return bins(bounds, rows)
 
-    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20
+    def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20, *,
+                       endpoint: str | None = None, status: str | None = None,
+                       min_ms: float | None = None, attributes: Mapping[str, str] | None = None,
                        ) -> list[SlowTrace]:
         s, e, _ = window_ns(start, end)
+        search = trace_search(status, min_ms)
         where = f"Timestamp >= ? AND Timestamp < ? AND {_ENTRY} AND ServiceName = ?"
-        params = [_ts(s), _ts(e), service]
+        params: list[Any] = [_ts(s), _ts(e), service]
+        named, named_params = "", list[Any]()
+        if endpoint:
+            named, named_params = "AND contains(lower(SpanName), lower(?))", [endpoint]
+        if search.failed is not None:
+            where += f" AND StatusCode {'=' if search.failed else '!='} 'Error'"
+        for key, value in (attributes or {}).items():
+            where += " AND (SpanAttributes[?] = ? OR ResourceAttributes[?] = ?)"
+            params += [key, value, key, value]
         # A floor the limit-th longest duration is at or above, from the latency buckets of the
         # window's whole minutes in the rollup (spans all inside the window): the ids and names
-        # are then read and sorted for the spans at least that long, not for every span.
+        # are then read and sorted for the spans at least that long, not for every span. The
+        # rollup knows span names and errors, not attributes.
         lo, hi = -(-s // edges.MINUTE_NS) * edges.MINUTE_NS, e // edges.MINUTE_NS * edges.MINUTE_NS
+        count = {None: "Count", True: "ErrorCount", False: "Count - ErrorCount"}[search.failed]
         buckets = self._rows(
-            "SELECT Bucket, sum(Count) FROM otel_traces_rollup_1m "
-            f"WHERE {_MINUTES} AND {_ENTRY} AND ServiceName = ? GROUP BY 1",
-            [_whole_s(lo), _whole_s(hi), service]) if hi > lo else []
-        floor = top_floor_ns(buckets, max(int(limit), 1))
+            f"SELECT Bucket, sum({count}) FROM otel_traces_rollup_1m "
+            f"WHERE {_MINUTES} AND {_ENTRY} AND ServiceName = ? {named} GROUP BY 1",
+            [_whole_s(lo), _whole_s(hi), service, *named_params]
+        ) if hi > lo and not attributes else []
+        floor = max(top_floor_ns(buckets, max(int(limit), 1)), search.min_ns)
         rows = self._rows(
             "SELECT TraceId, SpanId, SpanName, epoch_ns(Timestamp), Duration, StatusCode "
-            f"FROM otel_traces WHERE {where} AND Duration >= ? "
+            f"FROM otel_traces WHERE {where} {named} AND Duration >= ? "
             "ORDER BY Duration DESC, TraceId LIMIT ?",
-            [*params, floor, int(limit)])
+            [*params, *named_params, floor, int(limit)])
         return [slow(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
