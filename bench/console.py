@@ -23,7 +23,9 @@ A benchmark, not a test: it asserts nothing about time. In one run:
    window ``since=1h`` (every stored span is in it: the worst case) and the default ``15m``.
 
 Fragments the browser loads after a page (indented: an overview row's sparkline, the traces
-page's correlations) are timed like pages.
+page's correlations) are timed like pages, and so is the traces page searching for one user's
+requests by attribute (``enduser.id``, a value about one span in 100 000 carries: the store
+reads the attribute maps of every entry span of the service in the window).
 
 Printed per page: median and max server time (request sent → last byte, over loopback, so it
 includes the console, the API and the store), the target (300 ms) and PASS/MISS, and the peer:
@@ -50,6 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -254,6 +257,11 @@ def main() -> int:
         _wait(lambda: web.get("/healthz").raise_for_status(), "the console", procs[-1])
         slow = api.get(f"/api/apm/services/{APP}/slowest", params={"since": "1h", "limit": 1})
         trace_id = slow.json()[0]["trace_id"]
+        # A search for one user's requests (a value ~1 in 100 000 spans carries): the
+        # attribute maps of every entry span of the service in the window are read.
+        entry = next(sp for sp in api.get(f"/api/traces/{trace_id}").json()["spans"]
+                     if sp["service"] == APP and sp["kind"] == "Server")
+        user = f"enduser.id={entry['attributes']['enduser.id']}"
         pages: list[tuple[str, str, list[str]]] = []
         for since in ("1h", "15m"):
             s = f"since={since}"
@@ -264,6 +272,8 @@ def main() -> int:
                 ("app", f"/apps/{APP}?{s}", [f"{svc}/timeseries?{s}", f"/api/apm/services?{s}"]),
                 ("traces", f"/traces?service={APP}&{s}", [f"{svc}/slowest?{s}&limit=1000",
                                                           f"/api/apm/services?{s}"]),
+                ("  by attribute", f"/traces?service={APP}&{s}&attr={quote(user)}",
+                 [f"{svc}/slowest?{s}&limit=1000&attr={quote(user)}"]),
                 ("  correlations", f"/services/{APP}/correlations?{s}&slow_ms=100",
                  [f"{svc}/correlations?{s}&slow_ms=100&failed=1"]),
                 ("service map", f"/map?{s}", [f"/api/apm/map?{s}"]),

@@ -197,7 +197,8 @@ def test_slowest_traces_search(loaded: tuple[str, TelemetryStore], dataset: Data
 
 
 def test_slowest_traces_search_refuses_bad_filters(loaded: tuple[str, TelemetryStore]) -> None:
-    for bad in ({"status": "broken"}, {"min_ms": -1}, {"min_ms": float("nan")}):
+    too_many = {"attributes": {f"k{i}": "v" for i in range(5)}}
+    for bad in ({"status": "broken"}, {"min_ms": -1}, {"min_ms": float("nan")}, too_many):
         with pytest.raises(StoreUsageError):
             loaded[1].slowest_traces("api", START, END, **bad)
 

@@ -6,7 +6,7 @@ import itertools
 import math
 import operator
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -238,9 +238,16 @@ class TraceSearch(NamedTuple):
     min_ns: int
 
 
-def trace_search(status: str | None, min_ms: float | None) -> TraceSearch:
-    """The checked ``status`` (``"error"``, ``"ok"`` or None) and ``min_ms`` filters of
-    ``slowest_traces``."""
+MAX_SEARCH_ATTRIBUTES = 4
+
+
+def trace_search(status: str | None, min_ms: float | None,
+                 attributes: Mapping[str, str] | None = None) -> TraceSearch:
+    """The checked ``status`` (``"error"``, ``"ok"`` or None), ``min_ms`` and ``attributes``
+    (at most :data:`MAX_SEARCH_ATTRIBUTES`) filters of ``slowest_traces``."""
+    if len(attributes or {}) > MAX_SEARCH_ATTRIBUTES:
+        raise StoreUsageError(f"search by at most {MAX_SEARCH_ATTRIBUTES} attributes at once, "
+                              f"not {len(attributes or {})}")
     if status not in (None, "", "error", "ok"):
         raise StoreUsageError(f"status {status!r}: use error or ok")
     if min_ms is not None and not min_ms >= 0:

@@ -476,7 +476,7 @@ class ClickHouseStore:
                        min_ms: float | None = None, attributes: Mapping[str, str] | None = None,
                        ) -> list[SlowTrace]:
         s, e, _ = window_ns(start, end)
-        search = trace_search(status, min_ms)
+        search = trace_search(status, min_ms, attributes)
         where = f"{_WIN} AND {_ENTRY} AND ServiceName = {{svc:String}} AND Duration >= {{min:UInt64}}"
         params: dict[str, Any] = {"s": s, "e": e, "svc": service, "n": int(limit),
                                   "min": search.min_ns}
