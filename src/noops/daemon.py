@@ -153,7 +153,7 @@ class Platform:
             logs=LogShipper(home / "logs", home / "telemetry" / "log-offsets.json",
                             self._instance_infos),
             usage=lambda: sampler.sample(self._instance_usage()),
-            platform_samples=self.platform_samples)
+            platform_samples=self.platform_samples, senders=self._telemetry_sender)
         self.system = SystemWorkloads(home, self.ca, ttl_s=ttl_s)
         # the prober is a workload: its SVID opens the front door where the policy names it
         # (the default policy does, for every app); it trusts the front door's certificate
@@ -172,6 +172,15 @@ class Platform:
     def _instance_infos(self) -> dict[str, InstanceInfo]:
         return {s.instance.id: InstanceInfo(s.app, s.process_type, s.release)
                 for s in list(self.supervisor.slots.values()) if s.instance is not None}
+
+    def _telemetry_sender(self, pid: int) -> dict[str, str] | None:
+        """Who sends telemetry from the receiver socket's peer ``pid``: an instance's monitor
+        (apps reach the receiver only through theirs) is that instance, whatever its SDK says."""
+        for s in list(self.supervisor.slots.values()):
+            if s.instance is not None and s.instance.monitor_pid == pid:
+                return {"service.name": s.app, "noops.app": s.app,
+                        "noops.instance.id": s.instance.id, "noops.process": s.process_type}
+        return None
 
     def _instance_usage(self) -> list[InstanceUsage]:
         return [InstanceUsage(s.instance.id, s.app, s.process_type, s.release,

@@ -60,7 +60,7 @@ from noops.errors import NoopsError, UsageError
 from noops.observe.alerts import Alerts
 from noops.observe.api import apm_routes
 from noops.observe.markers import DeployMarkers
-from noops.observe.otlp import Receiver
+from noops.observe.otlp import Receiver, peer_protocol
 from noops.observe.probes import Probes
 from noops.observe.rules_api import rules_routes, status_routes
 from noops.observe.status import StatusPages
@@ -219,12 +219,16 @@ class _PlatformCollector(Collector):
 
 class Telemetry:
     """See the module docstring. ``platform_samples`` adds the daemon's own figures
-    (instances, restarts, …) to ``/metrics``; the receiver's are always there."""
+    (instances, restarts, …) to ``/metrics``; the receiver's are always there. ``senders``
+    maps the pid of a process on the receiver's socket to the resource attributes the
+    platform vouches for (an instance's monitor: its app and instance), which replace what the
+    sender claims under those keys (:mod:`noops.observe.otlp.identity`)."""
 
     def __init__(self, settings: Settings, *, logs: LogSource | None = None,
                  usage: UsageSource | None = None,
                  platform_samples: Callable[[], Iterable[Sample]] | None = None,
-                 store: TelemetryStore | None = None) -> None:
+                 store: TelemetryStore | None = None,
+                 senders: Callable[[int], Mapping[str, str] | None] | None = None) -> None:
         self.settings = settings
         # settings first: a bad value must not leave the store or the rules open
         self.port = int(settings.get("otlp_port"))
@@ -260,7 +264,7 @@ class Telemetry:
             self.status_pages = StatusPages(rules_db, self.probes, self.store)
             opened.callback(self.status_pages.close)
             self.receiver = Receiver(_VersionHook(self.store, self.markers),
-                                     settings.home / "telemetry" / "wal")
+                                     settings.home / "telemetry" / "wal", senders=senders)
             opened.pop_all()
         self._platform_samples = platform_samples or (lambda: ())
         self._registry = CollectorRegistry(auto_describe=False)
@@ -361,7 +365,7 @@ class Telemetry:
         sock.listen(1024)
         sock.setblocking(False)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                http="httptools")
+                                http=peer_protocol())  # httptools, knowing each Unix peer's pid
         server = uvicorn.Server(config)
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         task = asyncio.create_task(server.serve(sockets=[sock]), name=f"otlp {sock.getsockname()}")

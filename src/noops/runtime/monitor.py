@@ -22,8 +22,11 @@ SVID and applies its policy to the ``Host`` the app asked for.
 
 Telemetry: inside the namespace, ``127.0.0.1:<otlp_port>`` (4318, where the runtime points the
 app's OpenTelemetry SDK) is forwarded byte for byte to the daemon's OTLP receiver on
-``otlp_socket``. It is local plain HTTP and never leaves the machine; while the receiver is down
-(a daemon restart) the app gets ``503`` with ``Retry-After: 1``, which OTLP exporters retry.
+``otlp_socket``; the receiver knows the sender by this process's pid on that socket and
+stores the data under this instance, whatever the app's SDK claims
+(:mod:`noops.observe.otlp.identity`). It is local plain HTTP and never leaves the machine;
+while the receiver is down (a daemon restart) the app gets ``503`` with ``Retry-After: 1``,
+which OTLP exporters retry.
 
 Run as ``python -m noops.runtime.monitor SPEC.json``. The status file (``status.json`` next to
 the spec) always holds the latest truth: ``{"monitor_pid", "state": starting|running|exited,

@@ -10,6 +10,7 @@ daemon (``noops down``, apps keep running) and then reads the file directly.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,6 +88,8 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
     assert "OTEL_SDK_DISABLED" not in env
     assert daemon.get(app, "/otlp-port").text == "open"
     assert daemon.get(app, "/otlp-raw").json()["status"] == 200  # reaches the receiver
+    forged = secrets.token_hex(16)  # a span claiming another app's name and instance
+    assert daemon.get(app, f"/otlp-forged/{forged}").json()["status"] == 200
 
     ids = [daemon.get(app, f"/work/m{i}{unique}").json() for i in range(3)]
     # a 200 from /work means the receiver acknowledged the span and the log record
@@ -129,6 +132,13 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
 
     daemon.noops("down")  # the daemon drains into the store and closes it; the app keeps running
     with _store(daemon.home) as store:
+        # the receiver knows the sender from its socket's peer (the instance's monitor): the
+        # claimed service and instance are replaced, other claims kept
+        [fake] = store.trace(forged)
+        assert fake["ServiceName"] == app
+        assert fake["ResourceAttributes"]["noops.instance.id"] == slot["instance"]
+        assert fake["ResourceAttributes"]["noops.app"] == app
+        assert fake["ResourceAttributes"]["host.name"] == "claimed-host"
         for item in ids:
             spans = store.trace(item["trace_id"])
             # the explicit span, inside the server span of the buildpack's zero-code Flask

@@ -1,6 +1,7 @@
 """OTLP/HTTP ingestion: decode export requests into ClickHouse-exporter-shaped rows
 (:mod:`.decode`; protobuf traces straight to an Arrow table by :mod:`.native`), make them
-durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`)."""
+durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`), with what the platform knows
+about the sender written over its claims (:mod:`.identity`)."""
 
 from noops.observe.otlp.decode import (
     DecodeResult,
@@ -10,7 +11,14 @@ from noops.observe.otlp.decode import (
     decode_traces,
 )
 from noops.observe.otlp.native import decode_traces_native
-from noops.observe.otlp.receiver import Receiver, ReceiverSettings, TelemetryStore, serve, serve_unix
+from noops.observe.otlp.receiver import (
+    Receiver,
+    ReceiverSettings,
+    TelemetryStore,
+    peer_protocol,
+    serve,
+    serve_unix,
+)
 from noops.observe.otlp.wal import WAL, WalError
 
 __all__ = [
@@ -25,6 +33,7 @@ __all__ = [
     "decode_metrics",
     "decode_traces",
     "decode_traces_native",
+    "peer_protocol",
     "serve",
     "serve_unix",
 ]

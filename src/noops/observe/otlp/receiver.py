@@ -23,9 +23,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
@@ -50,6 +52,7 @@ from noops.observe.otlp.decode import (
     decode_metrics,
     decode_traces,
 )
+from noops.observe.otlp.identity import stamp
 from noops.observe.otlp.native import AVAILABLE as NATIVE_TRACES
 from noops.observe.otlp.native import decode_traces as decode_traces_native
 from noops.observe.otlp.wal import WAL, WalError
@@ -168,10 +171,14 @@ class Receiver:
     """The receiver's state and its Starlette :attr:`app` (lifespan replays and starts the writer)."""
 
     def __init__(
-        self, store: TelemetryStore, wal_dir: str | Path, settings: ReceiverSettings | None = None
+        self, store: TelemetryStore, wal_dir: str | Path, settings: ReceiverSettings | None = None,
+        senders: Callable[[int], Mapping[str, str] | None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or ReceiverSettings()
+        # pid of a Unix-socket peer → the resource attributes the platform vouches for (see
+        # :mod:`.identity`); requests from unknown peers, and over TCP, are stored as sent
+        self.senders = senders
         self.wal = WAL(wal_dir)
         self._queue: asyncio.Queue[_Item] | None = None
         self._reserved = 0
@@ -351,21 +358,32 @@ class Receiver:
         body = await self._read_body(request)
         if body is None:
             return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
+        pid = request.scope.get("state", {}).get(PEER_PID)
+        verified = self.senders(pid) if self.senders is not None and pid else None
         try:
             if encoding in _WBITS:
                 body = await anyio.to_thread.run_sync(self._inflate, body, encoding)
                 if body is None:
                     return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
-            result = await anyio.to_thread.run_sync(self._decoders[signal], body, media)
+            stored, result = await anyio.to_thread.run_sync(self._decode, signal, body, media,
+                                                            verified)
         except OtlpDecodeError as exc:  # 400, or 413 for a batch that expands too far
             return self._error(media, exc.http_status, _GRPC_INVALID_ARGUMENT, str(exc))
         if result.count:
-            throttled = await self._enqueue(signal, media, body, result)
+            throttled = await self._enqueue(signal, media, stored, result)
             if throttled is not None:
                 return throttled
         self._stats.accepted[signal] += result.count
         self._stats.rejected[signal] += result.rejected
         return self._success(media, signal, result)
+
+    def _decode(self, signal: str, body: bytes, media: str, verified: Mapping[str, str] | None
+                ) -> tuple[bytes, DecodeResult]:
+        """The body as it is stored (stamped with ``verified``, see :mod:`.identity`) and what
+        it decodes to."""
+        if verified:
+            body = stamp(body, media, verified)
+        return body, self._decoders[signal](body, media)
 
     async def _enqueue(self, signal: str, media: str, body: bytes, result: DecodeResult) -> Response | None:
         assert self._queue is not None and self._wal_lock is not None, "receiver not started"
@@ -468,6 +486,32 @@ async def serve(receiver: Receiver, host: str = DEFAULT_HOST, port: int = DEFAUL
     await uvicorn.Server(config).serve()
 
 
+PEER_PID = "noops.peer_pid"
+"""The request's ``scope["state"]`` key holding the Unix-socket peer's pid (``SO_PEERCRED``)."""
+
+
+def peer_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol, recording each connection's peer pid in its requests'
+    ``scope["state"]`` (the kernel's word, which a sender cannot choose)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class PeerCredentials(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            pid = None
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+                    pid = _UCRED.unpack(raw)[0]
+            self.app_state = {**self.app_state, PEER_PID: pid}
+
+    return PeerCredentials
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
 async def serve_unix(receiver: Receiver, path: str | Path) -> None:
     """Run ``receiver.app`` (the same OTLP/HTTP app) on the Unix socket ``path`` until cancelled.
 
@@ -478,7 +522,7 @@ async def serve_unix(receiver: Receiver, path: str | Path) -> None:
     sock = Path(path)
     sock.parent.mkdir(parents=True, exist_ok=True)
     sock.unlink(missing_ok=True)
-    config = uvicorn.Config(receiver.app, uds=str(sock), loop="uvloop", http="httptools",
+    config = uvicorn.Config(receiver.app, uds=str(sock), loop="uvloop", http=peer_protocol(),
                             lifespan="on", log_level="warning", access_log=False)  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from flask import Flask, jsonify
 from opentelemetry import trace
@@ -66,6 +67,27 @@ def otlp_raw():
                      headers={"Content-Type": "application/x-protobuf"})
         resp = conn.getresponse()
         return jsonify({"status": resp.status, "retry_after": resp.getheader("Retry-After")})
+    finally:
+        conn.close()
+
+
+@app.get("/otlp-forged/<trace_id>")
+def otlp_forged(trace_id):
+    """Export one span claiming to come from another app's instance, say how it was answered."""
+    now = time.time_ns()
+    claims = {"service.name": "bank", "noops.instance.id": "bank-web-1",
+              "host.name": "claimed-host"}
+    body = json.dumps({"resourceSpans": [{
+        "resource": {"attributes": [{"key": k, "value": {"stringValue": v}}
+                                    for k, v in claims.items()]},
+        "scopeSpans": [{"spans": [{
+            "traceId": trace_id, "spanId": trace_id[:16], "name": "forged", "kind": 2,
+            "startTimeUnixNano": str(now - 1000), "endTimeUnixNano": str(now)}]}]}]})
+    conn = http.client.HTTPConnection("127.0.0.1", 4318, timeout=5)
+    try:
+        conn.request("POST", "/v1/traces", body=body,
+                     headers={"Content-Type": "application/json"})
+        return jsonify({"status": conn.getresponse().status})
     finally:
         conn.close()
 
