@@ -21,11 +21,13 @@ from noops.observe.otlp import native
 from noops.observe.otlp.decode import (
     CONTENT_TYPE_JSON,
     CONTENT_TYPE_PROTOBUF,
+    MAX_ATTRIBUTES,
     OtlpDecodeError,
+    OtlpTooLargeError,
     decode_logs,
     decode_traces,
 )
-from noops.observe.otlp.identity import stamp
+from noops.observe.otlp.identity import MAX_GROUPS, stamp
 
 VERIFIED = {"service.name": "shop", "noops.app": "shop", "noops.instance.id": "shop-web-1",
             "noops.process": "web"}
@@ -159,3 +161,35 @@ def test_any_bytes_are_refused_as_bad_protobuf_or_stamped_for_good(body: bytes) 
     except OtlpDecodeError:
         return
     assert stamp(once, CONTENT_TYPE_PROTOBUF, VERIFIED) == once
+
+
+@pytest.mark.parametrize("media", [CONTENT_TYPE_PROTOBUF, CONTENT_TYPE_JSON])
+def test_many_claimed_attributes_cannot_push_the_verified_ones_out(media: str) -> None:
+    """The decoders keep a map's first MAX_ATTRIBUTES entries: the verified ones come first."""
+    claims = [(f"k{i}", "v") for i in range(MAX_ATTRIBUTES + 5)]
+    req = _traces([[*claims, ("service.name", "bank")]], 1)
+    if media == CONTENT_TYPE_JSON:
+        doc = json_format.MessageToDict(req)
+        span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+        for key in ("traceId", "spanId"):
+            span[key] = base64.b64decode(span[key]).hex()
+        body = json.dumps(doc).encode()
+    else:
+        body = req.SerializeToString()
+    for decode in (decode_traces, native.decode_traces):
+        result = decode(stamp(body, media, VERIFIED), media)
+        (row,) = result.rows or result.table.to_pylist()
+        assert row["ServiceName"] == "shop"
+        assert dict(row["ResourceAttributes"]).items() >= VERIFIED.items()
+
+
+@pytest.mark.parametrize("media", [CONTENT_TYPE_PROTOBUF, CONTENT_TYPE_JSON])
+def test_many_resource_groups_are_refused_not_blown_up(media: str) -> None:
+    """Each group gains the verified attributes: thousands of empty ones are a 413."""
+    body = (b"\x0a\x00" * (MAX_GROUPS + 1) if media == CONTENT_TYPE_PROTOBUF
+            else json.dumps({"resourceSpans": [{}] * (MAX_GROUPS + 1)}).encode())
+    with pytest.raises(OtlpTooLargeError):
+        stamp(body, media, VERIFIED)
+    ok = b"\x0a\x00" * MAX_GROUPS if media == CONTENT_TYPE_PROTOBUF else \
+        json.dumps({"resourceSpans": [{}] * MAX_GROUPS}).encode()
+    assert len(stamp(ok, media, VERIFIED)) < 400 * MAX_GROUPS

@@ -86,6 +86,8 @@ def _attributes(request: Request) -> dict[str, str] | None:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"attr={item!r} is not KEY=VALUE")
+        if key in attributes:
+            raise UsageError(f"attr {key!r} is given twice: a request carries one value of it")
         attributes[key] = value
     return attributes or None
 
@@ -93,9 +95,12 @@ def _attributes(request: Request) -> dict[str, str] | None:
 def _float(request: Request, name: str) -> float | None:
     raw = request.query_params.get(name) or None
     try:
-        return None if raw is None else float(raw)
+        value = None if raw is None else float(raw)
     except ValueError:
-        raise UsageError(f"{name}={raw!r} must be a number") from None
+        value = math.nan
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{name}={raw!r} must be a number")
+    return value
 
 
 def _floats(raw: str, name: str) -> list[float]:

@@ -65,7 +65,8 @@ def test_trace_search(apm_api: ApmApi) -> None:
     assert ids(attr="payment.provider=slowpay", status="error") == slow_failed
     assert ids(min_ms="250", endpoint="/PAY") == {t.trace_ids[i] for i in t.slow}
     assert ids(attr="service.name=web") == set()  # a resource attribute of the other service
-    for bad in ({"status": "maybe"}, {"min_ms": "x"}, {"attr": "no-equals"}):
+    for bad in ({"status": "maybe"}, {"min_ms": "x"}, {"min_ms": "inf"}, {"attr": "no-equals"},
+                {"attr": ["k=1", "k=2"]}):
         resp = apm_api.get(url, **bad, **H)
         assert resp.status_code == 400, bad
         assert resp.json()["error"]

@@ -4,6 +4,7 @@ progress (an insert, a compaction) nor see it before it commits."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,44 @@ def _read_in_a_new_thread(store: DuckDBStore) -> None:
     t.join()
     if errors:
         raise errors[0]
+
+
+def test_close_interrupts_a_running_read_and_closes_everything(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    failed: list[BaseException] = []
+    started = threading.Event()
+
+    def long_read() -> None:
+        try:
+            with store._reader():
+                started.set()
+            store._rows("SELECT count(*) FROM range(100000000000) a")  # minutes of work
+        except BaseException as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    started.wait(10)
+    time.sleep(0.3)  # the query is running
+    store.close()  # interrupts it, waits for it, closes every connection
+    reader.join(30)
+    assert not reader.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], StoreError)
+    with pytest.raises(StoreError, match="closed"):
+        store.services(START, END)
+    DuckDBStore(tmp_path / "t.duckdb").close()  # the file was let go
+
+
+def test_a_read_method_sees_one_state_of_the_store(tmp_path: Path) -> None:
+    """The statements of one read method run in one transaction: a commit made between them
+    is not seen by the later ones."""
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    try:
+        with store._snapshot():
+            before = store._rows("SELECT count(*) FROM otel_traces")
+            store.insert_spans(make_dataset(traces=5, seed=1, minutes=1).spans)
+            during = store._rows("SELECT count(*) FROM otel_traces")
+        after = store._rows("SELECT count(*) FROM otel_traces")
+        assert before == during == [(0,)] and after[0][0] > 0
+    finally:
+        store.close()

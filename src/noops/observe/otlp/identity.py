@@ -12,7 +12,11 @@ verified attributes (``service.name`` = the app, ``noops.app``, ``noops.instance
 The rewrite happens before the request is decoded and written to the WAL, so what is stored,
 and what a replay after a crash stores, is the stamped request. Protobuf bodies are rewritten
 on the wire (only the request's top level and each resource group are walked, the spans, logs
-and points are copied as they are); JSON bodies are parsed and written back.
+and points are copied as they are); JSON bodies are parsed and written back. The verified
+attributes go first in each resource (the decoders keep a map's first ``MAX_ATTRIBUTES``
+entries, so a sender cannot push them out with many of its own), and a request may hold at
+most :data:`MAX_GROUPS` resource groups (an SDK sends one): each gains the verified
+attributes, so many empty groups would otherwise blow a small body up a hundredfold.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 
-from noops.observe.otlp.decode import CONTENT_TYPE_JSON, OtlpDecodeError
+from noops.observe.otlp.decode import CONTENT_TYPE_JSON, OtlpDecodeError, OtlpTooLargeError
 
-__all__ = ["stamp"]
+__all__ = ["MAX_GROUPS", "stamp"]
+
+MAX_GROUPS = 256
+"""Resource groups one stamped request may hold."""
 
 # ``Export{Trace,Logs,Metrics}ServiceRequest``: field 1 is the repeated resource group
 # (``ResourceSpans``/``ResourceLogs``/``ResourceMetrics``), whose field 1 is its ``Resource``,
@@ -43,18 +50,26 @@ def stamp(body: bytes, media: str, verified: Mapping[str, str]) -> bytes:
     keys = frozenset(k.encode() for k in verified)
     added = b"".join(_len(_ATTRIBUTE, _len(_KEY, k.encode()) + _len(_VALUE, _len(_STRING, v.encode())))
                      for k, v in verified.items())
-    out = bytearray()
+    out, groups = bytearray(), 0
     for field, wire, start, value, end in _fields(body):
         if field == _GROUP and wire == _LEN:
+            groups += 1
+            if groups > MAX_GROUPS:
+                raise _too_many()
             out += _len(_GROUP, _stamp_group(body[value:end], keys, added))
         else:
             out += body[start:end]
     return bytes(out)
 
 
+def _too_many() -> OtlpTooLargeError:
+    return OtlpTooLargeError(f"a request from an app may hold at most {MAX_GROUPS} resource "
+                             "groups (an OpenTelemetry SDK sends one per request)")
+
+
 def _stamp_group(group: bytes, keys: frozenset[bytes], added: bytes) -> bytes:
-    """A resource group with one ``Resource``: the attributes of all its ``Resource`` fields
-    (protobuf merges repeated ones) but those under ``keys``, then ``added``; the group's
+    """A resource group with one ``Resource``: ``added``, then the attributes of all its
+    ``Resource`` fields (protobuf merges repeated ones) but those under ``keys``; the group's
     other fields as they were."""
     attributes, other, rest = bytearray(), bytearray(), bytearray()
     for field, wire, start, value, end in _fields(group):
@@ -68,7 +83,7 @@ def _stamp_group(group: bytes, keys: frozenset[bytes], added: bytes) -> bytes:
                     attributes += resource[s:e]
             else:
                 other += resource[s:e]
-    return _len(_RESOURCE, bytes(attributes + added + other)) + bytes(rest)
+    return _len(_RESOURCE, added + bytes(attributes + other)) + bytes(rest)
 
 
 def _key(kv: bytes) -> bytes:
@@ -141,6 +156,8 @@ def _stamp_json(body: bytes, verified: Mapping[str, str]) -> bytes:
     added = [{"key": k, "value": {"stringValue": v}} for k, v in verified.items()]
     for name in _JSON_GROUPS:
         groups = doc.get(name)
+        if isinstance(groups, list) and len(groups) > MAX_GROUPS:
+            raise _too_many()
         for group in groups if isinstance(groups, list) else ():
             if not isinstance(group, dict):
                 continue  # refused by the decoder
@@ -150,8 +167,8 @@ def _stamp_json(body: bytes, verified: Mapping[str, str]) -> bytes:
             if isinstance(resource, dict):
                 attributes = resource.get("attributes") or []
                 if isinstance(attributes, list):
-                    resource["attributes"] = [
+                    resource["attributes"] = added + [
                         a for a in attributes
                         if not (isinstance(a, dict) and isinstance(a.get("key"), str)
-                                and a["key"] in verified)] + added
+                                and a["key"] in verified)]
     return json.dumps(doc, separators=(",", ":")).encode()

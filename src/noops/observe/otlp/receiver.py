@@ -48,6 +48,7 @@ from noops.observe.otlp.decode import (
     CONTENT_TYPE_PROTOBUF,
     DecodeResult,
     OtlpDecodeError,
+    OtlpTooLargeError,
     decode_logs,
     decode_metrics,
     decode_traces,
@@ -383,6 +384,9 @@ class Receiver:
         it decodes to."""
         if verified:
             body = stamp(body, media, verified)
+            if len(body) > self.settings.max_decompressed_bytes:
+                raise OtlpTooLargeError(f"body over {self.settings.max_decompressed_bytes} bytes "
+                                        "once the sender's identity is added")
         return body, self._decoders[signal](body, media)
 
     async def _enqueue(self, signal: str, media: str, body: bytes, result: DecodeResult) -> Response | None:

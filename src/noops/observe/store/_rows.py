@@ -250,10 +250,10 @@ def trace_search(status: str | None, min_ms: float | None,
                               f"not {len(attributes or {})}")
     if status not in (None, "", "error", "ok"):
         raise StoreUsageError(f"status {status!r}: use error or ok")
-    if min_ms is not None and not min_ms >= 0:
+    if min_ms is not None and not (math.isfinite(min_ms) and min_ms >= 0):
         raise StoreUsageError(f"min_ms must be a number >= 0, not {min_ms}")
     return TraceSearch(failed={"error": True, "ok": False}.get(status or ""),
-                       min_ns=math.ceil((min_ms or 0) * 1e6))
+                       min_ns=min(math.ceil((min_ms or 0) * 1e6), 2**63 - 1))
 
 
 def slow(r: Sequence[Any]) -> SlowTrace:

@@ -486,8 +486,11 @@ class ClickHouseStore:
         if search.failed is not None:
             where += f" AND StatusCode {'=' if search.failed else '!='} 'Error'"
         for i, (key, value) in enumerate((attributes or {}).items()):
-            where += (f" AND (SpanAttributes[{{k{i}:String}}] = {{v{i}:String}} "
-                      f"OR ResourceAttributes[{{k{i}:String}}] = {{v{i}:String}})")
+            # a missing key reads as '' in ClickHouse: "k=" matches only where k is set to ''
+            where += (f" AND ((mapContains(SpanAttributes, {{k{i}:String}}) "
+                      f"AND SpanAttributes[{{k{i}:String}}] = {{v{i}:String}}) "
+                      f"OR (mapContains(ResourceAttributes, {{k{i}:String}}) "
+                      f"AND ResourceAttributes[{{k{i}:String}}] = {{v{i}:String}}))")
             params[f"k{i}"], params[f"v{i}"] = key, value
         rows = self._tuples(
             "SELECT TraceId, SpanId, toString(SpanName), toUnixTimestamp64Nano(Timestamp) AS t, "
@@ -587,9 +590,10 @@ class ClickHouseStore:
         n = analysis.CORRELATION_SLICES
         minutes = self._tuples(
             "SELECT toUnixTimestamp(Minute) * 1000000000 AS m, sum(Count) AS c "
-            "FROM otel_traces_rollup_1m WHERE Minute >= toDateTime(intDiv({s:Int64}, 1000000000)) "
+            "FROM otel_traces_rollup_1m WHERE Minute >= toDateTime({lo_s:Int64}) "
             f"AND Minute < fromUnixTimestamp64Nano({{e:Int64}}) AND {_ENTRY} "
-            f"AND ServiceName = {{svc:String}} {extra} GROUP BY m", **params)
+            f"AND ServiceName = {{svc:String}} {extra} GROUP BY m",
+            **params, lo_s=s // edges.MINUTE_NS * 60)
         keep = analysis.sample_slices(analysis.minute_slices(minutes, s, e, n),
                                       analysis.CORRELATION_SAMPLE, n)
         if keep is not None:  # read whole time slices only (see sample_slices)

@@ -30,13 +30,14 @@ bounded by time (``trace`` through ``otel_traces_trace_id_ts``).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]
@@ -189,6 +190,21 @@ def _ts(ns: int) -> datetime:
     return datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC).replace(tzinfo=None)
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _one_snapshot(method: Callable[Concatenate[DuckDBStore, _P], _T]
+                  ) -> Callable[Concatenate[DuckDBStore, _P], _T]:
+    """A read method of several statements, run in one read transaction (``_snapshot``)."""
+    def wrapped(self: DuckDBStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self._snapshot():
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(wrapped, method)
+    return wrapped
+
+
 class DuckDBStore:
     """A :class:`~noops.observe.store.base.TelemetryStore` in one DuckDB file (``":memory:"``
     for tests). ``threads`` caps DuckDB's worker threads (``None``: one per core);
@@ -205,7 +221,8 @@ class DuckDBStore:
         # waits for an insert, a compaction or another read.
         self._local = threading.local()
         self._readers: dict[threading.Thread, duckdb.DuckDBPyConnection] = {}
-        self._readers_lock = threading.Lock()
+        self._readers_lock = threading.Condition()  # also: reads in flight reached 0
+        self._reading = 0
         self._closed = False
         self._edge_high_ns = self._edge_trimmed_ns = 0
         # Trace ids with rows in the pairing index, a superset (a rolled-back insert or paired
@@ -236,19 +253,37 @@ class DuckDBStore:
 
     @contextmanager
     def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            with self._readers_lock:
-                if self._closed:
-                    raise StoreError(f"telemetry store ({self.path}) is closed")
+        """This thread's read cursor, counted as in flight until the block ends (``close``
+        interrupts and waits for those)."""
+        with self._readers_lock:
+            if self._closed:
+                raise StoreError(f"telemetry store ({self.path}) is closed")
+            con = getattr(self._local, "con", None)
+            if con is None:
                 for gone in [t for t in self._readers if not t.is_alive()]:
                     self._readers.pop(gone).close()
                 con = self._local.con = self._cursors.cursor()
                 self._readers[threading.current_thread()] = con
+            self._reading += 1
         try:
             yield con
         except duckdb.Error as exc:
             raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
+        finally:
+            with self._readers_lock:
+                self._reading -= 1
+                self._readers_lock.notify_all()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Run this thread's reads in the block in one read transaction: a method that reads
+        in several statements sees one state of the store, not commits made in between."""
+        with self._reader() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield
+            finally:
+                con.execute("ROLLBACK")  # read only: nothing to keep
 
     def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
               ) -> list[tuple[Any, ...]]:
@@ -361,6 +396,7 @@ class DuckDBStore:
             f"WHERE Timestamp >= ? AND Timestamp < ? AND {_ENTRY} {where} "
             "GROUP BY 1 ORDER BY 1", params)
 
+    @_one_snapshot
     def services(self, start: datetime, end: datetime, *,
                  exact_max: int = EXACT_PERCENTILES_MAX) -> list[ServiceStats]:
         s, e, win = window_ns(start, end)
@@ -372,6 +408,7 @@ class DuckDBStore:
         rows = self._stats("ServiceName", "", [_ts(s), _ts(e)])
         return [ServiceStats(**stats(n, c, err, q, win)) for n, c, err, q in rows]  # type: ignore[typeddict-item]
 
+    @_one_snapshot
     def endpoints(self, service: str, start: datetime, end: datetime,
                   max_endpoints: int = 200) -> list[EndpointStats]:
         s, e, win = window_ns(start, end)
@@ -405,6 +442,7 @@ class DuckDBStore:
             f"AND ServiceName = ? {extra} GROUP BY bin", params)
         return bins(bounds, rows)
 
+    @_one_snapshot
     def slowest_traces(self, service: str, start: datetime, end: datetime, limit: int = 20, *,
                        endpoint: str | None = None, status: str | None = None,
                        min_ms: float | None = None, attributes: Mapping[str, str] | None = None,
@@ -435,18 +473,26 @@ class DuckDBStore:
         # Each attribute is a span or a resource attribute: one branch per choice, UNIONed, so
         # that no branch reads both maps, and a branch whose key is in none of the blocks'
         # maps is skipped by DuckDB's statistics (resource keys are few and fixed).
-        select = ("SELECT TraceId, SpanId, SpanName, epoch_ns(Timestamp) AS t, Duration, "
-                  f"StatusCode FROM otel_traces WHERE {where} {named} AND Duration >= ?")
-        branches, branch_params = [select], [[*params, *named_params, floor]]
+        branches = [("SELECT TraceId, SpanId, SpanName, epoch_ns(Timestamp) AS t, Duration, "
+                     f"StatusCode FROM otel_traces WHERE Duration >= ? AND {where} {named}",
+                     [*params, *named_params])]
         for key, value in (attributes or {}).items():
-            branches = [f"{b} AND {m}[?] = ?" for b in branches
+            branches = [(f"{sql} AND {m}[?] = ?", [*args, key, value]) for sql, args in branches
                         for m in ("SpanAttributes", "ResourceAttributes")]
-            branch_params = [[*p, key, value] for p in branch_params for _ in (0, 1)]
-        rows = self._rows(
-            f"SELECT * FROM ({' UNION '.join(branches)}) ORDER BY Duration DESC, TraceId LIMIT ?",
-            [*(x for p in branch_params for x in p), int(limit)])
+        union = " UNION ".join(sql for sql, _ in branches)
+
+        def longest(at_least: int) -> list[tuple[Any, ...]]:
+            return self._rows(f"SELECT * FROM ({union}) ORDER BY Duration DESC, TraceId LIMIT ?",
+                              [*(x for _, a in branches for x in (at_least, *a)), int(limit)])
+
+        rows = longest(floor)
+        # The rollup may count spans no longer stored (it is kept as long as metrics, spans as
+        # long as traces): short of ``limit`` above the floor, the floor was too high.
+        if len(rows) < int(limit) and floor > search.min_ns:
+            rows = longest(search.min_ns)
         return [slow(r) for r in rows]
 
+    @_one_snapshot
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
         ((lo, hi),) = self._rows("SELECT min(Start), max(\"End\") FROM otel_traces_trace_id_ts "
                                  "WHERE TraceId = ?", [trace_id])
@@ -524,6 +570,7 @@ class DuckDBStore:
             "AND NOT list_contains(\"Events.Name\", 'exception')) GROUP BY ALL", params)
         return analysis.error_groups(rows, limit)
 
+    @_one_snapshot
     def correlations(self, service: str, endpoint: str | None, start: datetime, end: datetime,
                      *, slow_ms: float | None = None, failed: bool = False, limit: int = 10,
                      ) -> list[Correlation]:
@@ -653,9 +700,21 @@ class DuckDBStore:
             con.execute("CHECKPOINT")
 
     def close(self) -> None:
-        with self._lock, self._readers_lock:
-            self._closed = True
-            for con in [*self._readers.values(), self._cursors]:
-                con.close()
-            self._con.close()
+        """Close the store: reads still running (a page's thread after its request went away)
+        are interrupted and waited for (up to 10 s), then every connection is closed."""
+        with self._lock:
+            with self._readers_lock:
+                self._closed = True
+                for con in self._readers.values():
+                    con.interrupt()
+                self._readers_lock.wait_for(lambda: self._reading == 0, timeout=10)
+                cons = [*self._readers.values(), self._cursors, self._con]
+            failed = []
+            for con in cons:
+                try:
+                    con.close()
+                except duckdb.Error as exc:
+                    failed.append(str(exc))
+            if failed:
+                raise StoreError(f"telemetry store ({self.path}): closing: {'; '.join(failed)}")
 

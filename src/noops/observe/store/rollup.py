@@ -48,9 +48,10 @@ def estimate_quantiles(
 
 
 def bucket_floor_ns(bucket: int) -> int:
-    """A duration (ns) no longer than any in ``bucket``: its lower bound, rounded down a little
-    so that the float of ``2^(b/8)`` can never put a span of the bucket below it."""
-    return max(0, math.floor(2 ** (bucket / BUCKETS_PER_OCTAVE)) - 1)
+    """A duration (ns) no longer than any in ``bucket``: its lower bound, lowered by a relative
+    margin (far above a double's rounding, far below a bucket's width) so that no float
+    rounding of ``log2`` in SQL can put a span of the bucket below it."""
+    return max(0, math.floor(2 ** (bucket / BUCKETS_PER_OCTAVE) * (1 - 1e-9)) - 1)
 
 
 def top_floor_ns(buckets: Iterable[tuple[int, int]], n: int) -> int:
