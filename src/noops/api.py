@@ -6,7 +6,7 @@ Routes (every error is ``{"error": message}`` with the error's HTTP status):
 GET      /api/health                             the daemon is up
 GET      /api/apps                               apps with their active release
 POST     /api/apps                               ``{"name"}`` → create
-GET      /api/apps/{app}                         one app: release, instances
+GET      /api/apps/{app}                         one app: release, instances, url
 POST     /api/apps/{app}/deploy                  ``{"image"}`` or ``{"path"}`` (built first)
 GET      /api/apps/{app}/releases                releases, newest first
 GET      /api/apps/{app}/image                   the active image: stack, distro, base release
@@ -80,7 +80,8 @@ def make_app(platform: Platform) -> Starlette:
         state.app(name)
         rel = state.active_release(name)
         return JSONResponse({"name": name, "release": release_json(rel) if rel else None,
-                             "instances": [s.to_json() for s in platform.supervisor.for_app(name)]})
+                             "instances": [s.to_json() for s in platform.supervisor.for_app(name)],
+                             "url": f"https://{name}.localhost:{port}/"})
 
     async def image(request: Request) -> Response:
         """The active release's image: stack, distro, base release date, rebase available."""

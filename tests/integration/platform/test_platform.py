@@ -180,6 +180,8 @@ def test_rollback_gc_and_secrets(daemon, tmp_path, unique) -> None:  # type: ign
     for r in releases:
         assert r["digest"] in gc["pinned"]
         assert daemon.api("GET", f"/api/apps/{app}").status_code == 200
+    listed = {a["name"]: a["url"] for a in daemon.api("GET", "/api/apps").json()}
+    assert daemon.api("GET", f"/api/apps/{app}").json()["url"] == listed[app]  # the console's link
     daemon.noops("rollback", app, "v3")
     assert daemon.get(app, "/version").text.strip() == "2.0.0"
 
