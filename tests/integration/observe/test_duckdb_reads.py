@@ -61,7 +61,7 @@ def test_reader_cursors_of_ended_threads_are_closed_and_close_ends_all(tmp_path:
         t.start()
         t.join()
     store.services(START, END)
-    assert len(store._readers) <= 2  # the last ended thread's and this one's
+    assert len(store._reads.by_thread) <= 2  # the last ended thread's and this one's
     store.close()
     with pytest.raises(StoreError, match="closed"):
         _read_in_a_new_thread(store)

@@ -34,7 +34,7 @@ import functools
 import secrets
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
@@ -44,6 +44,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from noops.observe.store import analysis, edges, schema
+from noops.observe.store._duck_reads import ReadCursors
 from noops.observe.store._rows import (
     bins,
     check_step,
@@ -216,14 +217,6 @@ class DuckDBStore:
         self.path = path
         self.egress_endpoints = frozenset(egress_endpoints)
         self._lock = threading.Lock()  # writes: one at a time, on ``self._con``
-        # Reads: one cursor (a connection of its own to the same database) per thread, without
-        # the lock: each reads a snapshot (MVCC), so a page's reads run side by side and none
-        # waits for an insert, a compaction or another read.
-        self._local = threading.local()
-        self._readers: dict[threading.Thread, duckdb.DuckDBPyConnection] = {}
-        self._readers_lock = threading.Condition()  # also: reads in flight reached 0
-        self._reading = 0
-        self._closed = False
         self._edge_high_ns = self._edge_trimmed_ns = 0
         # Trace ids with rows in the pairing index, a superset (a rolled-back insert or paired
         # rows may leave some until the next trim rebuilds it): a span batch sharing none of
@@ -237,9 +230,7 @@ class DuckDBStore:
                 cols = ", ".join(f'"{n}" {duck_type(t)}' for n, t in columns)
                 self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
             self._edge_traces = _index_traces(self._con)
-            # Reader cursors are made from a connection that runs no statement of its own, so
-            # that making one never waits for a write on ``self._con``.
-            self._cursors = self._con.cursor()
+            self._reads = ReadCursors(self._con, str(path))  # reads: a cursor per thread
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the telemetry store {path}: {exc}") from exc
 
@@ -251,39 +242,11 @@ class DuckDBStore:
             except duckdb.Error as exc:
                 raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
 
-    @contextmanager
-    def _reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """This thread's read cursor, counted as in flight until the block ends (``close``
-        interrupts and waits for those)."""
-        with self._readers_lock:
-            if self._closed:
-                raise StoreError(f"telemetry store ({self.path}) is closed")
-            con = getattr(self._local, "con", None)
-            if con is None:
-                for gone in [t for t in self._readers if not t.is_alive()]:
-                    self._readers.pop(gone).close()
-                con = self._local.con = self._cursors.cursor()
-                self._readers[threading.current_thread()] = con
-            self._reading += 1
-        try:
-            yield con
-        except duckdb.Error as exc:
-            raise StoreError(f"telemetry store ({self.path}): {exc}") from exc
-        finally:
-            with self._readers_lock:
-                self._reading -= 1
-                self._readers_lock.notify_all()
+    def _reader(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self._reads.cursor()
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        """Run this thread's reads in the block in one read transaction: a method that reads
-        in several statements sees one state of the store, not commits made in between."""
-        with self._reader() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield
-            finally:
-                con.execute("ROLLBACK")  # read only: nothing to keep
+    def _snapshot(self) -> AbstractContextManager[None]:
+        return self._reads.snapshot()
 
     def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
               ) -> list[tuple[Any, ...]]:
@@ -703,18 +666,10 @@ class DuckDBStore:
         """Close the store: reads still running (a page's thread after its request went away)
         are interrupted and waited for (up to 10 s), then every connection is closed."""
         with self._lock:
-            with self._readers_lock:
-                self._closed = True
-                for con in self._readers.values():
-                    con.interrupt()
-                self._readers_lock.wait_for(lambda: self._reading == 0, timeout=10)
-                cons = [*self._readers.values(), self._cursors, self._con]
-            failed = []
-            for con in cons:
-                try:
-                    con.close()
-                except duckdb.Error as exc:
-                    failed.append(str(exc))
-            if failed:
-                raise StoreError(f"telemetry store ({self.path}): closing: {'; '.join(failed)}")
-
+            failed = self._reads.close()
+            try:
+                self._con.close()
+            except duckdb.Error as exc:
+                failed.append(str(exc))
+        if failed:
+            raise StoreError(f"telemetry store ({self.path}): closing: {'; '.join(failed)}")
