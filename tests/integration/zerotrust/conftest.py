@@ -4,7 +4,7 @@ users and devices are changed by the tests through the same stores the CLI uses)
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,17 @@ id = "open"
 host = "*.localhost"
 authenticated = false
 '''
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test shows what the front door logged: its side of the story."""
+    report = yield
+    gateway = getattr(item, "funcargs", {}).get("gw")
+    if report.failed and isinstance(gateway, Gateway):
+        report.sections.append(("front door log", gateway.log_text()[-20_000:]))
+    return report
 
 
 @pytest.fixture(scope="module")

@@ -178,21 +178,33 @@ class Gateway:
                 except (OSError, ValueError):
                     pass
                 time.sleep(0.02)
+            raise RuntimeError(f"the front door never applied routes {self.generation}:\n{self.log_text()}")
 
     def start(self) -> None:
-        self._log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home", str(self.home),
-                                      "--port", str(self.port)], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self.log_text()) from None
+        """Start the front door and wait until *it* listens. The port was free when picked, but
+        any process may take it before the gateway binds: then start over on another port rather
+        than send the tests to whoever holds it."""
+        for _attempt in range(3):
+            self._log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home",
+                                          str(self.home), "--port", str(self.port)],
+                                         stdout=self._log, stderr=subprocess.STDOUT)
+            listening = f"front door on 127.0.0.1:{self.port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if listening in self.log_text():
+                    self._publish()
+                    return
                 time.sleep(0.05)
-        self._publish()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"the front door did not listen within 30 s:\n{self.log_text()}")
+            self._log.close()
+            if "address already in use" not in self.log_text().lower():
+                raise RuntimeError(self.log_text())
+            self.port = free_port()
+        raise RuntimeError(f"no free port for the front door:\n{self.log_text()}")
 
     def stop(self) -> None:
         for app in self.apps.values():
