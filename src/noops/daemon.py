@@ -46,7 +46,7 @@ from noops.runtime.usage import InstanceUsage, UsageSampler
 from noops.settings import Settings
 from noops.state import StateStore, open_state
 from noops.state.model import Release, ReleaseStatus
-from noops.system import CONSOLE_APP, PROBE_ID, RESERVED_APPS, SystemWorkloads
+from noops.system import CONSOLE_APP, PROBE_ID, RESERVED_APPS, SIGN_IN_APP, SystemWorkloads
 
 __all__ = ["Platform", "RoutesFile"]
 
@@ -162,7 +162,7 @@ class Platform:
                                       ca_file=home / "tls" / "ca.crt")
 
     def check_app_name(self, name: str) -> str:
-        """``name`` unless the platform's own workloads use it (``console``, ``noops``)."""
+        """``name`` unless the platform uses it (``console``, ``noops``, ``auth``)."""
         if name in RESERVED_APPS:
             raise UsageError(f"the app name {name!r} is reserved for the platform's own "
                              "workloads; choose another name")
@@ -596,7 +596,7 @@ def start_frontdoor(settings: Settings) -> int | None:
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "noops.gate.frontdoor", "--home", str(settings.home),
-             "--port", str(settings.get("frontdoor_port"))],
+             "--port", str(settings.get("frontdoor_port")), "--sso-host", f"{SIGN_IN_APP}.localhost"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     pid_file.write_text(str(proc.pid))

@@ -449,3 +449,58 @@ def test_last_seen_is_not_rewritten_on_every_request(store: IdentityStore) -> No
     assert s is not None and s.last_seen == T0  # within _TOUCH_S: no write
     s = store.get_session(cookie, now=T0 + 10)
     assert s is not None and s.last_seen == T0 + 10
+
+
+# -- single sign-on families ----------------------------------------------------------------------
+
+def test_a_session_made_from_another_joins_its_family_and_not_its_lifetime(store: IdentityStore) -> None:
+    _, parent_cookie = store.create_session("ada", auth_methods={"password", "totp"}, client_ip=IP, now=T0)
+    parent = store.get_session(parent_cookie, now=T0 + 600)
+    assert parent is not None and parent.family == parent.session_id
+    _, child_cookie = store.create_session("ada", auth_methods=parent.auth_methods, client_ip=IP,
+                                           now=T0 + 600, family_of=parent)
+    child = store.get_session(child_cookie, now=T0 + 601)
+    assert child is not None and child.family == parent.session_id and child.mfa
+    assert child.absolute_expires_at == parent.absolute_expires_at  # never outlives the sign-in
+    _, other_cookie = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0 + 600)
+    # logging out of the child ends the parent and its siblings, not another sign-in of the user
+    assert store.revoke_cookie(child_cookie, now=T0 + 602)
+    assert store.get_session(parent_cookie, now=T0 + 603) is None
+    assert store.get_session(child_cookie, now=T0 + 603) is None
+    assert store.get_session(other_cookie, now=T0 + 603) is not None
+    gone = {r.session_id for r in store.revocations_since(0)[0]}
+    assert {parent.session_id, child.session_id} <= gone  # both announced: their websockets close
+    with pytest.raises(SessionError):
+        store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0 + 604, family_of=parent)
+
+
+def test_revoking_a_session_by_id_ends_its_family(store: IdentityStore) -> None:
+    sid, parent_cookie = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0)
+    parent = store.get_session(parent_cookie, now=T0)
+    assert parent is not None
+    _, child_cookie = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0,
+                                           family_of=parent)
+    assert store.revoke_session(sid, now=T0 + 1)
+    assert store.get_session(child_cookie, now=T0 + 2) is None
+    assert not store.revoke_session(sid, now=T0 + 3)  # no longer live
+
+
+def test_a_database_from_before_families_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE sessions (secret_hash BLOB PRIMARY KEY, session_id TEXT NOT NULL UNIQUE,"
+                     " user TEXT NOT NULL, methods_json TEXT NOT NULL, device TEXT, client_ip TEXT NOT NULL,"
+                     " created_at REAL NOT NULL, last_seen REAL NOT NULL, absolute_exp REAL NOT NULL,"
+                     " revoked_at REAL)")
+        conn.execute("INSERT INTO sessions VALUES (?, 'old-sid', 'ada', '[\"password\"]', NULL, ?, ?, ?, ?, "
+                     "NULL)",
+                     (hashlib.sha256(b"x" * 43).digest(), IP, T0, T0, T0 + 3600))
+    s = IdentityStore(path, hasher=fast_hasher())
+    try:
+        s.add_user("ada", "correct horse")
+        old = s.get_session("x" * 43, now=T0 + 1)
+        assert old is not None and old.family == "old-sid"
+        assert s.revoke_cookie("x" * 43, now=T0 + 2)
+        assert s.get_session("x" * 43, now=T0 + 3) is None
+    finally:
+        s.close()

@@ -43,14 +43,16 @@ class GateSide:
                 query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes,
                 websocket: bool) -> Verdict:
         eps = self.core.registry.endpoints(host)
-        if not eps:
+        sso = gate.sso
+        if not eps and (sso is None or host != sso.host):
             return Verdict(True)  # no app here: answered 404/503 by _begin, nothing is forwarded
         conn = self.conn_id or _NO_TLS
         raw = (cookie, authorization, host, path, method, websocket)
         reused = gate.reuse(conn, self.peer, raw, rid.decode("ascii"))
         if reused is not None:
             return reused
-        req = Request(method=method.decode("ascii"), host=host, app=eps[0].app, path=path.decode("ascii"),
+        req = Request(method=method.decode("ascii"), host=host, app=eps[0].app if eps else "",
+                      path=path.decode("ascii"),
                       query=target[query_at + 1:].decode("latin-1") if query_at >= 0 else "",
                       cookie_header=cookie.decode("latin-1"), authorization=authorization.decode("latin-1"),
                       client_ip=self.peer, request_id=rid.decode("ascii"),

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at    REAL NOT NULL,
     last_seen     REAL NOT NULL,
     absolute_exp  REAL NOT NULL,
-    revoked_at    REAL
+    revoked_at    REAL,
+    family        TEXT  -- the session_id of the sign-in it came from (see SessionsMixin)
 );
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user);
 CREATE TABLE IF NOT EXISTS revocations (
@@ -105,7 +106,14 @@ class IdentityDb:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        self.conn().executescript(_SCHEMA)
+        conn = self.conn()
+        conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+        if "family" not in columns:  # a file from before single sign-on: each its own family
+            with self.write() as c:
+                c.execute("ALTER TABLE sessions ADD COLUMN family TEXT")
+                c.execute("UPDATE sessions SET family=session_id")
+        conn.execute("CREATE INDEX IF NOT EXISTS sessions_family ON sessions(family)")
 
     def conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -9,6 +9,11 @@ A session has two names: ``session_id``, a public handle for logs, admin revocat
 revocation feed; and the cookie secret, which is the only bearer credential. Login always mints
 a new secret (a cookie presented before login is never promoted: no fixation), and step-up
 mints another one and kills the old, so a secret seen before MFA is worthless after it.
+
+Single sign-on gives one sign-in several sessions, one per host (cookies are host-only): the
+session made on the sign-in host and each one an app host got from it share a ``family`` (the
+first one's ``session_id``). Logging out, or revoking any of them, revokes the whole family,
+and a session made from another never outlives it (its absolute limit is the first one's).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Session:
     last_seen: float
     idle_expires_at: float
     absolute_expires_at: float
+    family: str = ""  # the session_id of the sign-in this session belongs to
 
     @property
     def mfa(self) -> bool:
@@ -127,7 +133,10 @@ def _digest(cookie_value: str) -> bytes:
 
 
 _COLUMNS = ("session_id, user, methods_json, device, client_ip, created_at, last_seen, "
-            "absolute_exp, revoked_at")
+            "absolute_exp, revoked_at, family")
+_Row = tuple[str, str, str, str | None, str, float, float, float, float | None, str | None]
+# every live session of the family the matching row belongs to
+_FAMILY_OF = "COALESCE(family, session_id) = (SELECT COALESCE(family, session_id) FROM sessions WHERE {})"
 
 
 class SessionsMixin:
@@ -136,21 +145,23 @@ class SessionsMixin:
     _db: IdentityDb
     _session_policy: SessionPolicy
 
-    def _session(self, row: tuple[str, str, str, str | None, str, float, float, float, float | None],
-                 last_seen: float) -> Session:
-        sid, user, methods, device, ip, created, _seen, absolute, _revoked = row
+    def _session(self, row: _Row, last_seen: float) -> Session:
+        sid, user, methods, device, ip, created, _seen, absolute, _revoked, family = row
         return Session(session_id=sid, user=user, auth_methods=frozenset(json.loads(methods)),
                        device=device, client_ip=ip, created_at=created, last_seen=last_seen,
                        idle_expires_at=min(last_seen + self._session_policy.idle_s, absolute),
-                       absolute_expires_at=absolute)
+                       absolute_expires_at=absolute, family=family or sid)
 
     def create_session(self, user: str, *, auth_methods: set[str] | frozenset[str],
                        device: str | None = None, client_ip: str, now: float | None = None,
-                       replaces: str | None = None) -> tuple[str, str]:
+                       replaces: str | None = None, family_of: Session | None = None
+                       ) -> tuple[str, str]:
         """Start a session after a successful login; returns ``(session_id, cookie_value)``.
 
         The secret is always new. Pass the request's old cookie as ``replaces`` to revoke the
-        session it named (re-login); it is never reused.
+        session it named (re-login); it is never reused. ``family_of``: the live session this
+        one is made from (single sign-on): it joins that session's family and ends by its
+        absolute limit at the latest.
         """
         now = time.time() if now is None else now
         methods = frozenset(auth_methods)
@@ -158,18 +169,24 @@ class SessionsMixin:
             raise IdentityError(f"auth_methods must be a non-empty subset of {sorted(AUTH_METHODS)}")
         session_id = secrets.token_hex(16)
         value, digest = _new_secret()
+        family, absolute = session_id, now + self._session_policy.absolute_s
+        if family_of is not None:
+            family, absolute = family_of.family, min(absolute, family_of.absolute_expires_at)
         with self._db.write() as conn:
             if replaces is not None:
                 self._revoke_where(conn, "secret_hash=?", (_digest(replaces),), now, "replaced")
+            if family_of is not None and conn.execute(
+                    "SELECT 1 FROM sessions WHERE session_id=? AND revoked_at IS NULL",
+                    (family_of.session_id,)).fetchone() is None:
+                raise SessionError("the sign-in this session comes from has ended; sign in again")
             conn.execute(
                 "INSERT INTO sessions(secret_hash, session_id, user, methods_json, device, client_ip,"
-                " created_at, last_seen, absolute_exp) VALUES (?,?,?,?,?,?,?,?,?)",
+                " created_at, last_seen, absolute_exp, family) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (digest, session_id, user, json.dumps(sorted(methods)), device, client_ip, now, now,
-                 now + self._session_policy.absolute_s))
+                 absolute, family))
         return session_id, value
 
-    def _live_row(self, conn: sqlite3.Connection, cookie_value: str, now: float
-                  ) -> tuple[str, str, str, str | None, str, float, float, float, float | None] | None:
+    def _live_row(self, conn: sqlite3.Connection, cookie_value: str, now: float) -> _Row | None:
         if len(cookie_value) != _SECRET_LEN:
             return None
         row = conn.execute(f"SELECT {_COLUMNS} FROM sessions WHERE secret_hash=?",  # noqa: S608
@@ -237,19 +254,26 @@ class SessionsMixin:
 
     def revoke_session(self, session_id: str, *, now: float | None = None,
                        reason: str = "logout") -> bool:
-        """Revoke one session by its public id; True if it was live. Effective on the next
-        request and announced in :meth:`revocations_since`."""
+        """Revoke a session by its public id, with its family; True if it was live. Effective
+        on the next request and announced in :meth:`revocations_since`."""
         now = time.time() if now is None else now
         with self._db.write() as conn:
-            return self._revoke_where(conn, "session_id=?", (session_id,), now, reason) > 0
+            live = conn.execute("SELECT 1 FROM sessions WHERE session_id=? AND revoked_at IS NULL",
+                                (session_id,)).fetchone() is not None
+            self._revoke_where(conn, _FAMILY_OF.format("session_id=?"), (session_id,), now, reason)
+            return live
 
     def revoke_cookie(self, cookie_value: str, *, now: float | None = None,
                       reason: str = "logout") -> bool:
-        """Logout: revoke the session a cookie names."""
+        """Logout: revoke the session a cookie names, with its family (single sign-on ends on
+        every host at once)."""
         now = time.time() if now is None else now
+        digest = _digest(cookie_value)
         with self._db.write() as conn:
-            return self._revoke_where(conn, "secret_hash=?", (_digest(cookie_value),), now,
-                                      reason) > 0
+            live = conn.execute("SELECT 1 FROM sessions WHERE secret_hash=? AND revoked_at IS NULL",
+                                (digest,)).fetchone() is not None
+            self._revoke_where(conn, _FAMILY_OF.format("secret_hash=?"), (digest,), now, reason)
+            return live
 
     def revoke_user_sessions(self, user: str, *, now: float | None = None,
                              reason: str = "logout everywhere") -> int:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 from noops.gate._errors import GateError
 from noops.gate._pep_types import ConnIdentity, Reply, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH
-from noops.gate.identity import OIDCProvider, clear_session_cookie, session_cookie
+from noops.gate.identity import OIDCProvider, Session, clear_session_cookie, session_cookie
 from noops.gate.policy import Decision, normalize_path
 
 if TYPE_CHECKING:
@@ -156,6 +156,14 @@ class Pages:
         handler = handlers.get((method, path))
         if handler is not None:
             return Verdict(False, handler=lambda body: handler(req, body))
+        sso = self.gate.sso
+        if sso is not None and method == "GET":
+            from noops.gate._pep_sso import CALLBACK_PATH, SSO_PATH
+
+            if path == SSO_PATH and req.host == sso.host:
+                return Verdict(False, response=sso.issue(req))
+            if path == CALLBACK_PATH and req.host != sso.host:
+                return Verdict(False, response=sso.redeem(req))
         if method in ("GET", "HEAD"):
             if path == "/.noops/login":
                 return Verdict(False, response=self._login_form(req, ""))
@@ -167,10 +175,19 @@ class Pages:
                 return Verdict(False, response=self._whoami(conn, req))
         return Verdict(False, response=_json(404, {"error": "no such gateway page"}))
 
-    def refusal(self, req: Request, decision: Decision, signed_in: bool) -> Verdict:
-        """The answer for a request the policy did not allow."""
-        rd = urllib.parse.quote(safe_redirect(req.path + ("?" + req.query if req.query else "")) or "/",
-                                safe="/")
+    def refusal(self, req: Request, decision: Decision, session: Session | None) -> Verdict:
+        """The answer for a request the policy did not allow (``session``: the caller's)."""
+        back = safe_redirect(req.path + ("?" + req.query if req.query else "")) or "/"
+        rd = urllib.parse.quote(back, safe="/")
+        signed_in = session is not None
+        sso = self.gate.sso
+        if sso is not None and req.browser and req.host != sso.host:
+            # Sign in on the sign-in host; step up there too when this host's session came from
+            # it (a session made on this host's own sign-in form steps up here, as without SSO).
+            if decision.outcome == "deny" and "unauthenticated" in decision.reasons and not signed_in:
+                return Verdict(False, response=sso.start(req, back, mfa=False))
+            if decision.outcome == "step_up" and session is not None and session.family != session.session_id:
+                return Verdict(False, response=sso.start(req, back, mfa=True))
         if decision.outcome == "deny" and "unauthenticated" in decision.reasons and not signed_in:
             if req.browser:
                 return Verdict(False, response=_redirect(f"/.noops/login?rd={rd}"))
@@ -261,6 +278,19 @@ class Pages:
             "contributions": [str(c) for c in trust.contributions],
         })
 
+    def _after_form(self, req: Request, rd: str, headers: list[tuple[str, str]]) -> Answer:
+        """Where a signed-in form sends the browser: a redirect to ``rd``. On the sign-in host,
+        when ``rd`` goes on to an app host, a page that moves on by itself instead: browsers apply
+        the form's ``form-action 'self'`` to every redirect that follows a form submission, and
+        the hand-over ends on another origin."""
+        sso = self.gate.sso
+        if sso is None or req.host != sso.host or not rd.startswith("/.noops/sso?"):
+            return _redirect(rd, headers)
+        to = html.escape(rd)
+        return _html(200, "Signed in", f'<h1>Signed in</h1><p class="sub">Taking you back to the app…</p>'
+                                       f'<p><a href="{to}">Continue</a></p>',
+                     [*headers, ("Refresh", f"0;url={rd}")])
+
     # -- POST handlers ------------------------------------------------------------------------------
     async def _login(self, req: Request, body: bytes) -> Answer:
         gate = self.gate
@@ -283,7 +313,7 @@ class Pages:
         _sid, secret = gate.identities.create_session(name, auth_methods={"password"},
                                                       client_ip=req.client_ip)
         gate.record_event(req, name, "login", ["password"])
-        return _redirect(rd, [("Set-Cookie", session_cookie(secret))])
+        return self._after_form(req, rd, [("Set-Cookie", session_cookie(secret))])
 
     async def _verify(self, req: Request, body: bytes) -> Answer:
         gate = self.gate
@@ -312,7 +342,7 @@ class Pages:
         _session, new_secret = stepped
         gate.known.learn(user, req.client_ip, None)
         gate.record_event(req, user, "step_up", ["totp"])
-        return _redirect(rd, [("Set-Cookie", session_cookie(new_secret))])
+        return self._after_form(req, rd, [("Set-Cookie", session_cookie(new_secret))])
 
     async def _logout(self, req: Request, body: bytes) -> Answer:
         gate = self.gate

@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--sso-host", default=None,
+                        help="the sign-in host for single sign-on across app hosts (none: each "
+                             "app host signs in on its own)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     registry = StaticEndpointRegistry()
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ca = load_or_create_ca(files.ca)
     serving = ServingCerts(ca)
     write_bundle(ca, args.home / "tls" / "ca.crt")
-    gate = Gatekeeper(files, ca=ca, identities=IdentityStore(files.identity_db), port=args.port)
+    gate = Gatekeeper(files, ca=ca, identities=IdentityStore(files.identity_db), port=args.port,
+                      sso_host=args.sso_host)
     pid_file = args.home / "run" / "frontdoor.pid"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))

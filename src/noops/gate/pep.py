@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from noops.gate._pep_known import KnownPlaces
 from noops.gate._pep_pages import Pages
+from noops.gate._pep_sso import SingleSignOn
 from noops.gate._pep_types import ConnIdentity, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH, AssertionSigner
 from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
@@ -198,7 +199,7 @@ class Gatekeeper:
 
     def __init__(self, files: GateFiles, *, ca: CertificateAuthority, identities: IdentityStore,
                  port: int, trust_config: TrustConfig | None = None,
-                 policy_store: PolicyStore | None = None) -> None:
+                 policy_store: PolicyStore | None = None, sso_host: str | None = None) -> None:
         self.files = files
         self.ca = ca
         self.identities = identities
@@ -225,7 +226,9 @@ class Gatekeeper:
         self._revoked_serials = self.ca.revoked_serials()
         self.known = KnownPlaces(files.known)
         self.close_tunnels: Callable[[Callable[[Any], bool]], int] = lambda _pred: 0
+        self.knows_host: Callable[[str], bool] = lambda _host: False  # the front door's registry
         self.pages = Pages(self)
+        self.sso = SingleSignOn(self, sso_host) if sso_host else None
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_policy(self) -> Policy:
@@ -332,6 +335,8 @@ class Gatekeeper:
         """
         if req.path.startswith(_LOCAL_PREFIX) or req.path == JWKS_PATH:
             return self.pages.route(conn, req)
+        if self.sso is not None and req.host == self.sso.host:
+            return Verdict(False, response=self.sso.home(req))
         try:
             return self._check(conn, req, raw)
         except Exception:
@@ -407,7 +412,7 @@ class Gatekeeper:
             if raw is not None:
                 self._decisions[(_RAW, *raw, key[1], conn.rejected, req.client_ip)] = entry
             return verdict
-        return self.pages.refusal(req, decision, session is not None)
+        return self.pages.refusal(req, decision, session.session if session is not None else None)
 
     def assess(self, conn: ConnIdentity, req: Request, now: float,
                secret: str | None = None) -> Assessment:

@@ -89,6 +89,7 @@ class FrontDoor:
         self._sweeper = loop.create_task(self._sweep(core))
         if self.gate is not None:
             self.gate.close_tunnels = self.close_tunnels
+            self.gate.knows_host = self.registry.knows
             self._ticker = loop.create_task(self._tick(self.gate))
 
     async def listen_unix(self, path: str, tls: ssl.SSLContext) -> None:

@@ -1,7 +1,8 @@
 """The console as users meet it: an app of the platform at ``https://console.localhost`` behind the
-zero-trust gateway, under the default policy. Chromium signs in with a password, is sent to
-verify with its authenticator, then sees the overview; a non-administrator and an anonymous
-browser are refused every page (``PAGES``)."""
+zero-trust gateway, under the default policy. Chromium signs in with a password on the sign-in
+host (``auth.localhost``), is sent to verify with its authenticator, then sees the overview and
+reaches the app without signing in again; a non-administrator and an anonymous browser are
+refused every page (``PAGES``)."""
 
 from __future__ import annotations
 
@@ -65,14 +66,14 @@ def _sign_in(page: Any, url: str, user: str) -> None:
     page.fill("input[name=user]", user)
     page.fill("input[name=password]", PASSWORD)
     page.click("form[action='/.noops/login'] button")
-    page.wait_for_load_state()
+    page.wait_for_url(lambda u: "/.noops/login" not in u)
 
 
 def _verify(page: Any, secret: str) -> None:
     assert "/.noops/verify" in page.url, (page.url, page.locator("body").inner_text())
     page.fill("input[name=code]", totp_at(secret, time.time()))
     page.click("form[action='/.noops/verify'] button")
-    page.wait_for_load_state()
+    page.wait_for_url(lambda u: "/.noops/verify" not in u)
 
 
 def test_console_behind_the_gateway(platform: Platform, browser: Any, default_policy: Any,
@@ -89,6 +90,7 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
     try:
         page = admin.new_page()
         _sign_in(page, url, f"adm{unique}")
+        assert page.url.startswith(f"https://auth.localhost:{port}/")  # signed in on the sign-in host
         _verify(page, secrets[f"adm{unique}"])     # a password alone scores below 35
         assert page.url == url
         row = page.locator(f"tr[data-app={APP}]").inner_text()
@@ -98,6 +100,10 @@ def test_console_behind_the_gateway(platform: Platform, browser: Any, default_po
         assert APP in page.locator("main").inner_text()
         page.goto(f"{url}access")   # the admin's own sign-in is among the decisions
         assert f"adm{unique}" in page.locator("ol.decisions").inner_text()
+        # single sign-on: the app's own host takes the same sign-in, authenticator included
+        app_url = f"https://{APP}.localhost:{port}/"
+        answer = page.goto(app_url)
+        assert answer is not None and answer.status == 200 and page.url == app_url, page.url
     finally:
         admin.close()
 

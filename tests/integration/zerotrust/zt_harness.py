@@ -135,7 +135,8 @@ class EchoApp:
 class Gateway:
     """The front door process and everything it reads, in a temp home."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, sso_host: str | None = None) -> None:
+        self.sso_host = sso_host
         self.home = Path(tempfile.mkdtemp(prefix="zt-", dir="/tmp"))
         self.gate = self.home / "gate"
         self.gate.mkdir(mode=0o700)
@@ -186,8 +187,9 @@ class Gateway:
         than send the tests to whoever holds it."""
         for _attempt in range(3):
             self._log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed in stop()
+            sso = ["--sso-host", self.sso_host] if self.sso_host else []
             self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home",
-                                          str(self.home), "--port", str(self.port)],
+                                          str(self.home), "--port", str(self.port), *sso],
                                          stdout=self._log, stderr=subprocess.STDOUT)
             listening = f"front door on 127.0.0.1:{self.port}"
             deadline = time.monotonic() + 30
