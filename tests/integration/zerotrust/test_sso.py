@@ -15,6 +15,7 @@ import pytest
 from zt_harness import PASSWORD, Gateway
 
 from noops.gate._identity_totp import totp_at
+from oidc_idp import TestIdP, serve
 
 SSO = "auth.localhost"
 POLICY = '''
@@ -35,11 +36,22 @@ HTML = {"Accept": "text/html"}
 
 
 @pytest.fixture(scope="module")
-def gw() -> Iterator[Gateway]:
+def idp() -> Iterator[TestIdP]:
+    with serve(TestIdP(amr=["pwd", "mfa"])) as state:
+        yield state
+
+
+@pytest.fixture(scope="module")
+def gw(idp: TestIdP) -> Iterator[Gateway]:
     gateway = Gateway(sso_host=SSO)
+    (gateway.gate / "oidc.toml").write_text(
+        f'issuer = "{idp.issuer}"\nclient_id = "{idp.client_id}"\n'
+        f'client_secret = "{idp.client_secret}"\nname = "Test IdP"\n')
     gateway.add_app("echo")
     gateway.add_app("other")
     gateway.start()
+    # the only redirect URI the provider knows: the sign-in host's, whatever app was asked for
+    idp.redirect_uri = f"https://{SSO}:{gateway.port}/.noops/oidc/callback"
     try:
         gateway.apply_policy(POLICY)
         yield gateway
@@ -216,3 +228,17 @@ def test_the_sign_in_host_has_no_app_behind_it(gw: Gateway) -> None:
         home = c.get(f"https://{SSO}:{gw.port}/", headers=HTML)
         assert home.status_code == 200 and "sso-fay" in home.text
         assert not any(a.seen for a in gw.apps.values() if a.name == SSO)
+
+
+def test_an_identity_provider_sign_in_serves_every_app(gw: Gateway, idp: TestIdP) -> None:
+    with gw.client() as c:
+        _r, seen = _follow(c, gw.url("echo", "/from-idp"))
+        login = seen[-1]
+        assert urllib.parse.urlsplit(login).hostname == SSO
+        rd = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(login).query))["rd"]
+        start = f"https://{SSO}:{gw.port}/.noops/oidc/start?{urllib.parse.urlencode({'rd': rd})}"
+        r, seen = _follow(c, start)  # the provider, its callback on the sign-in host, the code, the app
+        assert r.status_code == 200 and r.json()["target"] == "/from-idp", seen
+        assert idp.authorize_requests[-1]["redirect_uri"] == idp.redirect_uri
+        r, _ = _follow(c, gw.url("other", "/too"))
+        assert r.status_code == 200 and r.json()["target"] == "/too"
