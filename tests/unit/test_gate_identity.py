@@ -499,8 +499,36 @@ def test_a_database_from_before_families_is_migrated(tmp_path: Path) -> None:
     try:
         s.add_user("ada", "correct horse")
         old = s.get_session("x" * 43, now=T0 + 1)
-        assert old is not None and old.family == "old-sid"
+        assert old is not None and old.family == "old-sid" and old.auth_at == T0
         assert s.revoke_cookie("x" * 43, now=T0 + 2)
         assert s.get_session("x" * 43, now=T0 + 3) is None
     finally:
         s.close()
+
+
+def test_a_family_shares_its_time_of_authentication_and_idles_out_together(store: IdentityStore) -> None:
+    _, parent_cookie = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0)
+    parent = store.get_session(parent_cookie, now=T0)
+    assert parent is not None and parent.auth_at == T0
+    stepped, parent_cookie = store.step_up(parent_cookie, "totp", now=T0 + 100)
+    assert stepped.auth_at == T0 + 100 and stepped.created_at == T0  # the step-up is the new time
+    _, child_cookie = store.create_session("ada", auth_methods=stepped.auth_methods, client_ip=IP,
+                                           now=T0 + 700, family_of=stepped)
+    child = store.get_session(child_cookie, now=T0 + 700)
+    assert child is not None and child.auth_at == T0 + 100  # not "just verified"
+    # only the child is used; its requests keep the sign-in host's session alive with it
+    for minute in (20, 40, 60):
+        assert store.get_session(child_cookie, now=T0 + minute * 60) is not None
+    assert store.get_session(parent_cookie, now=T0 + 61 * 60) is not None
+
+
+def test_a_dead_cookie_cannot_sign_out_a_live_family(store: IdentityStore) -> None:
+    _, old = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0)
+    parent = store.get_session(old, now=T0)
+    assert parent is not None
+    _, child = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0, family_of=parent)
+    _, replaced_child = store.create_session("ada", auth_methods={"password"}, client_ip=IP, now=T0 + 1,
+                                             family_of=parent, replaces=child)
+    assert not store.revoke_cookie(child, now=T0 + 2)  # the replaced cookie
+    assert store.get_session(old, now=T0 + 3) is not None
+    assert store.get_session(replaced_child, now=T0 + 3) is not None

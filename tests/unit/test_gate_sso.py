@@ -44,14 +44,18 @@ def _request(host: str, path: str, query: dict[str, str], cookies: dict[str, str
                    client_ip="127.0.0.1", request_id="r", browser=True)
 
 
-def _issue(gate: Gatekeeper) -> str:
-    _sid, secret = gate.identities.create_session("ada", auth_methods={"password"}, client_ip="127.0.0.1")
+def _issue(gate: Gatekeeper, secret: str | None = None, *, mfa: bool = False) -> str:
+    if secret is None:
+        _sid, secret = gate.identities.create_session("ada", auth_methods={"password"},
+                                                      client_ip="127.0.0.1")
     assert gate.sso is not None
-    status, headers, _ = gate.sso.issue(_request("auth.localhost", "/.noops/sso",
-                                                 {"host": "app.localhost", "rd": "/", "state": STATE},
+    query = {"host": "app.localhost", "rd": "/", "state": STATE, **({"mfa": "1"} if mfa else {})}
+    status, headers, _ = gate.sso.issue(_request("auth.localhost", "/.noops/sso", query,
                                                  {"__Host-noops_session": secret}))
     assert status == 303
     location = dict(headers)["Location"]
+    if location.startswith("/.noops/verify?"):
+        return "verify"
     assert location.startswith("https://app.localhost:8443/.noops/sso/callback?")
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))["code"]
 
@@ -86,3 +90,26 @@ def test_a_flood_of_codes_evicts_the_oldest(gate: Gatekeeper, monkeypatch: pytes
     monkeypatch.setattr(_pep_sso, "_MAX_CODES", 3)
     codes = [_issue(gate) for _ in range(5)]
     assert [_redeem(gate, c) for c in codes] == [400, 400, 303, 303, 303]
+
+
+def test_one_sign_in_cannot_crowd_out_the_others(gate: Gatekeeper, monkeypatch: pytest.MonkeyPatch) -> None:
+    _sid, secret = gate.identities.create_session("ada", auth_methods={"password"}, client_ip="127.0.0.1")
+    mine = [_issue(gate, secret) for _ in range(_pep_sso._MAX_CODES_PER_SESSION + 5)]
+    theirs = _issue(gate)
+    assert gate.sso is not None and len(gate.sso._codes) == _pep_sso._MAX_CODES_PER_SESSION + 1
+    assert _redeem(gate, mine[0]) == 400 and _redeem(gate, mine[-1]) == 303 and _redeem(gate, theirs) == 303
+
+
+def test_a_step_up_through_the_sign_in_host_wants_a_fresh_code(gate: Gatekeeper) -> None:
+    now = time.time()
+    _sid, secret = gate.identities.create_session("ada", auth_methods={"password"}, client_ip="127.0.0.1",
+                                                  now=now - 300)
+    assert _issue(gate, secret, mfa=True) == "verify"  # no second factor at all
+    gate.forget_session(secret)
+    _session, secret = gate.identities.step_up(secret, "totp", now=now - 120)
+    assert _issue(gate, secret, mfa=True) == "verify"  # shown two minutes ago: not for a step-up
+    assert _issue(gate, secret) != "verify"  # a plain sign-in takes it
+    gate.forget_session(secret)
+    _session, secret = gate.identities.step_up(secret, "totp", now=now)
+    code = _issue(gate, secret, mfa=True)
+    assert code != "verify" and _redeem(gate, code) == 303

@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_seen     REAL NOT NULL,
     absolute_exp  REAL NOT NULL,
     revoked_at    REAL,
-    family        TEXT  -- the session_id of the sign-in it came from (see SessionsMixin)
+    family        TEXT,  -- the session_id of the sign-in it came from (see SessionsMixin)
+    auth_at       REAL   -- when its strongest factor was last shown (login, step-up)
 );
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user);
 CREATE TABLE IF NOT EXISTS revocations (
@@ -91,6 +92,11 @@ CREATE TABLE IF NOT EXISTS revocations (
     reason     TEXT NOT NULL
 );
 """
+
+_ADDED_SESSION_COLUMNS = (
+    ("family TEXT", "family=session_id"),  # single sign-on: each older session its own family
+    ("auth_at REAL", "auth_at=created_at"),
+)
 
 
 class IdentityDb:
@@ -108,11 +114,13 @@ class IdentityDb:
         self._all_lock = threading.Lock()
         conn = self.conn()
         conn.executescript(_SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
-        if "family" not in columns:  # a file from before single sign-on: each its own family
+        # Columns added since the first release, filled for the sessions already there (checked
+        # again inside the write: another process may be opening the same file).
+        for column, fill in _ADDED_SESSION_COLUMNS:
             with self.write() as c:
-                c.execute("ALTER TABLE sessions ADD COLUMN family TEXT")
-                c.execute("UPDATE sessions SET family=session_id")
+                if column.split()[0] not in {row[1] for row in c.execute("PRAGMA table_info(sessions)")}:
+                    c.execute(f"ALTER TABLE sessions ADD COLUMN {column}")
+                    c.execute(f"UPDATE sessions SET {fill}")  # noqa: S608 - constants
         conn.execute("CREATE INDEX IF NOT EXISTS sessions_family ON sessions(family)")
 
     def conn(self) -> sqlite3.Connection:

@@ -12,8 +12,9 @@ mints another one and kills the old, so a secret seen before MFA is worthless af
 
 Single sign-on gives one sign-in several sessions, one per host (cookies are host-only): the
 session made on the sign-in host and each one an app host got from it share a ``family`` (the
-first one's ``session_id``). Logging out, or revoking any of them, revokes the whole family,
-and a session made from another never outlives it (its absolute limit is the first one's).
+first one's ``session_id``). Logging out, or revoking any of them, revokes the whole family;
+a session made from another has the first one's absolute limit and time of authentication, and
+a request on it keeps the first one alive too (a family idles out together).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Session:
     idle_expires_at: float
     absolute_expires_at: float
     family: str = ""  # the session_id of the sign-in this session belongs to
+    auth_at: float = 0.0  # when its strongest factor was last shown (login, step-up)
 
     @property
     def mfa(self) -> bool:
@@ -133,10 +135,10 @@ def _digest(cookie_value: str) -> bytes:
 
 
 _COLUMNS = ("session_id, user, methods_json, device, client_ip, created_at, last_seen, "
-            "absolute_exp, revoked_at, family")
-_Row = tuple[str, str, str, str | None, str, float, float, float, float | None, str | None]
-# every live session of the family the matching row belongs to
-_FAMILY_OF = "COALESCE(family, session_id) = (SELECT COALESCE(family, session_id) FROM sessions WHERE {})"
+            "absolute_exp, revoked_at, family, auth_at")
+_Row = tuple[str, str, str, str | None, str, float, float, float, float | None, str, float]
+# the family of the live session the condition names (a revoked one names none)
+_FAMILY_OF = "family = (SELECT family FROM sessions WHERE {} AND revoked_at IS NULL)"
 
 
 class SessionsMixin:
@@ -146,11 +148,11 @@ class SessionsMixin:
     _session_policy: SessionPolicy
 
     def _session(self, row: _Row, last_seen: float) -> Session:
-        sid, user, methods, device, ip, created, _seen, absolute, _revoked, family = row
+        sid, user, methods, device, ip, created, _seen, absolute, _revoked, family, auth_at = row
         return Session(session_id=sid, user=user, auth_methods=frozenset(json.loads(methods)),
                        device=device, client_ip=ip, created_at=created, last_seen=last_seen,
                        idle_expires_at=min(last_seen + self._session_policy.idle_s, absolute),
-                       absolute_expires_at=absolute, family=family or sid)
+                       absolute_expires_at=absolute, family=family, auth_at=auth_at)
 
     def create_session(self, user: str, *, auth_methods: set[str] | frozenset[str],
                        device: str | None = None, client_ip: str, now: float | None = None,
@@ -160,8 +162,8 @@ class SessionsMixin:
 
         The secret is always new. Pass the request's old cookie as ``replaces`` to revoke the
         session it named (re-login); it is never reused. ``family_of``: the live session this
-        one is made from (single sign-on): it joins that session's family and ends by its
-        absolute limit at the latest.
+        one is made from (single sign-on): it joins that session's family and takes its absolute
+        limit and its time of authentication (a fresh session of an old sign-in is not fresh).
         """
         now = time.time() if now is None else now
         methods = frozenset(auth_methods)
@@ -169,9 +171,10 @@ class SessionsMixin:
             raise IdentityError(f"auth_methods must be a non-empty subset of {sorted(AUTH_METHODS)}")
         session_id = secrets.token_hex(16)
         value, digest = _new_secret()
-        family, absolute = session_id, now + self._session_policy.absolute_s
+        family, absolute, auth_at = session_id, now + self._session_policy.absolute_s, now
         if family_of is not None:
             family, absolute = family_of.family, min(absolute, family_of.absolute_expires_at)
+            auth_at = family_of.auth_at
         with self._db.write() as conn:
             if replaces is not None:
                 self._revoke_where(conn, "secret_hash=?", (_digest(replaces),), now, "replaced")
@@ -181,9 +184,9 @@ class SessionsMixin:
                 raise SessionError("the sign-in this session comes from has ended; sign in again")
             conn.execute(
                 "INSERT INTO sessions(secret_hash, session_id, user, methods_json, device, client_ip,"
-                " created_at, last_seen, absolute_exp, family) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " created_at, last_seen, absolute_exp, family, auth_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (digest, session_id, user, json.dumps(sorted(methods)), device, client_ip, now, now,
-                 absolute, family))
+                 absolute, family, auth_at))
         return session_id, value
 
     def _live_row(self, conn: sqlite3.Connection, cookie_value: str, now: float) -> _Row | None:
@@ -214,9 +217,9 @@ class SessionsMixin:
             return None
         seen = row[6]
         if now - seen >= _TOUCH_S:
-            with self._db.write() as conn:
-                conn.execute("UPDATE sessions SET last_seen=? WHERE session_id=? AND last_seen<?",
-                             (now, row[0], now))
+            with self._db.write() as conn:  # the session, and the sign-in it came from
+                conn.execute("UPDATE sessions SET last_seen=? WHERE session_id IN (?, ?) "
+                             "AND revoked_at IS NULL AND last_seen<?", (now, row[0], row[9], now))
             seen = now
         return self._session(row, seen)
 
@@ -225,8 +228,9 @@ class SessionsMixin:
         """Add ``method`` (e.g. "totp") to a live session and rotate its secret.
 
         The caller must have just verified that factor for ``session.user`` (for TOTP:
-        :meth:`verify_totp`). Returns the updated session and the new cookie value; the old
-        value stops working at once. Raises SessionError if the cookie names no live session.
+        :meth:`verify_totp`). Its time of authentication becomes ``now``. Returns the updated
+        session and the new cookie value; the old value stops working at once. Raises
+        SessionError if the cookie names no live session.
         """
         now = time.time() if now is None else now
         if method not in AUTH_METHODS:
@@ -237,9 +241,9 @@ class SessionsMixin:
             if row is None:
                 raise SessionError("the session has expired or was revoked; log in again")
             methods = sorted(set(json.loads(row[2])) | {method})
-            conn.execute("UPDATE sessions SET secret_hash=?, methods_json=?, last_seen=? "
-                         "WHERE session_id=?", (digest, json.dumps(methods), now, row[0]))
-            new_row = (*row[:2], json.dumps(methods), *row[3:])
+            conn.execute("UPDATE sessions SET secret_hash=?, methods_json=?, last_seen=?, auth_at=? "
+                         "WHERE session_id=?", (digest, json.dumps(methods), now, now, row[0]))
+            new_row = (*row[:2], json.dumps(methods), *row[3:10], now)
         return self._session(new_row, now), value
 
     def _revoke_where(self, conn: sqlite3.Connection, where: str, args: tuple[object, ...],

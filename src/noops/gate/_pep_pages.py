@@ -67,7 +67,9 @@ _STYLE: Final = (
     "input[type=text],input[type=password]{width:100%;box-sizing:border-box;padding:.6em;"
     "border:1px solid #c8cdd6;border-radius:6px;font-size:1em}button{margin-top:1.3em;width:100%;"
     "padding:.7em;border:0;border-radius:6px;background:#2456d3;color:#fff;font-size:1em}"
-    "button.alt{background:#fff;color:#2456d3;border:1px solid #2456d3}"
+    "button.alt,a.button{background:#fff;color:#2456d3;border:1px solid #2456d3}"
+    "a.button{display:block;text-align:center;margin-top:1.3em;padding:.7em;border-radius:6px;"
+    "text-decoration:none}"
     ".err{background:#fdecec;color:#8a1c1c;padding:.7em;border-radius:6px}"
     "small{color:#8a93a3}code{background:#eef0f4;padding:.1em .3em;border-radius:4px}")
 
@@ -187,6 +189,9 @@ class Pages:
             if decision.outcome == "deny" and "unauthenticated" in decision.reasons and not signed_in:
                 return Verdict(False, response=sso.start(req, back, mfa=False))
             if decision.outcome == "step_up" and session is not None and session.family != session.session_id:
+                if sso.just_verified(session):
+                    # the code was just shown and the score is still short: say why, don't loop
+                    return self.message(req, 403, decision.user_message or "access denied", signed_in=True)
                 return Verdict(False, response=sso.start(req, back, mfa=True))
         if decision.outcome == "deny" and "unauthenticated" in decision.reasons and not signed_in:
             if req.browser:
@@ -231,9 +236,10 @@ class Pages:
         token, headers = self._csrf(req)
         oidc = ""
         if self._oidc_config is not None:
-            oidc = (f'<form method="get" action="/.noops/oidc/start"><input type="hidden" name="rd" '
-                    f'value="{html.escape(rd)}"><button class="alt">Sign in with '
-                    f'{html.escape(self._oidc_config.get("name", "your identity provider"))}</button></form>')
+            # a link, not a form: the provider is another origin, which form-action 'self' forbids
+            start = html.escape("/.noops/oidc/start?" + urllib.parse.urlencode({"rd": rd}))
+            oidc = (f'<p><a class="button alt" href="{start}">Sign in with '
+                    f'{html.escape(self._oidc_config.get("name", "your identity provider"))}</a></p>')
         err = f"<p class='err'>{html.escape(error)}</p>" if error else ""
         inner = (f"<h1>Sign in</h1><p class='sub'>to {html.escape(req.host)}</p>{err}"
                  f'<form method="post" action="/.noops/login">'
@@ -311,7 +317,8 @@ class Pages:
             status = 429 if result.outcome == "rate_limited" else 401
             return self._login_form(req, "Wrong user name or password, or too many attempts.", status)
         _sid, secret = gate.identities.create_session(name, auth_methods={"password"},
-                                                      client_ip=req.client_ip)
+                                                      client_ip=req.client_ip,
+                                                      replaces=session_secret(req))
         gate.record_event(req, name, "login", ["password"])
         return self._after_form(req, rd, [("Set-Cookie", session_cookie(secret))])
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import logging
 import re
 import secrets
 import time
@@ -46,8 +47,12 @@ SSO_PATH: Final = "/.noops/sso"
 CALLBACK_PATH: Final = "/.noops/sso/callback"
 STATE_COOKIE: Final = "__Host-noops_sso"
 CODE_TTL_S: Final = 60.0
+FRESH_S: Final = 60.0  # a step-up asked through the sign-in host wants a code shown this recently
 _MAX_CODES: Final = 10_000
+_MAX_CODES_PER_SESSION: Final = 20
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+
+log = logging.getLogger("noops.gate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +69,12 @@ def _state_cookie(value: str, max_age_s: int) -> tuple[str, str]:
                           f"Max-Age={max_age_s}")
 
 
-def _invalid(message: str) -> Reply:
+def _invalid(message: str, *, clear_state: bool = True) -> Reply:
+    # A code that did not match this browser's state leaves the state alone: a planted code
+    # must not end the sign-in the browser itself has under way.
     return _html(400, "Sign in", f"<h1>Sign in</h1><p class='err'>{html.escape(message)}</p>"
                                  "<p>Go back to the app's address and sign in again.</p>",
-                 [_state_cookie("", 0)])
+                 [_state_cookie("", 0)] if clear_state else [])
 
 
 class SingleSignOn:
@@ -75,12 +82,18 @@ class SingleSignOn:
 
     def __init__(self, gate: Gatekeeper, host: str) -> None:
         self.gate = gate
-        self.host = host
+        self.host = host.lower().rstrip(".")
         self._codes: dict[str, _Code] = {}
+        self._warned = False
 
     def _origin(self, host: str) -> str:
         port = self.gate.port
         return f"https://{host}" + ("" if port == 443 else f":{port}")
+
+    @staticmethod
+    def just_verified(session: Session, now: float | None = None) -> bool:
+        """True when ``session``'s sign-in showed a second factor within :data:`FRESH_S`."""
+        return session.mfa and (time.time() if now is None else now) - session.auth_at < FRESH_S
 
     # -- on an app host ---------------------------------------------------------------------
     def start(self, req: Request, rd: str, *, mfa: bool) -> Reply:
@@ -105,7 +118,7 @@ class SingleSignOn:
                 or not hmac.compare_digest(entry.state.encode(), state.encode())):
             gate.record_event(req, entry.session.user if entry else None, "deny", ["sso_code_invalid"])
             return _invalid("This sign-in link has expired, was already used or was meant for "
-                            "another browser or app.")
+                            "another browser or app.", clear_state=False)
         parent = entry.session
         try:
             _sid, secret = gate.identities.create_session(
@@ -137,13 +150,18 @@ class SingleSignOn:
         if cached is None:
             return _redirect(f"/.noops/login?rd={here}")
         session = cached.session
-        if mfa and not session.mfa:
-            return _redirect(f"/.noops/verify?rd={here}")
         now = time.time()
+        if mfa and not self.just_verified(session, now):
+            # The app asked for a step-up: what it had was not enough, so the code is shown
+            # again (which also refreshes the time of authentication and the known networks).
+            return _redirect(f"/.noops/verify?rd={here}")
         if len(self._codes) >= _MAX_CODES:
             self._codes = {c: e for c, e in self._codes.items() if e.expires > now}
             while len(self._codes) >= _MAX_CODES:  # a flood costs the oldest codes, not the service
                 del self._codes[next(iter(self._codes))]
+        mine = [c for c, e in self._codes.items() if e.session.session_id == session.session_id]
+        for old in mine[:max(0, len(mine) - _MAX_CODES_PER_SESSION + 1)]:
+            del self._codes[old]  # one sign-in cannot crowd out the others' codes
         code = secrets.token_urlsafe(32)
         self._codes[code] = _Code(session, host, state, now + CODE_TTL_S)
         gate.record_event(req, session.user, "sso_code", [host])
@@ -152,6 +170,10 @@ class SingleSignOn:
 
     def home(self, req: Request) -> Reply:
         """Any other page of the sign-in host: who is signed in here, or the sign-in form."""
+        if not self._warned and self.gate.knows_host(self.host):
+            self._warned = True
+            log.warning("an app is routed on %s, the gateway's sign-in host: it gets no requests; "
+                        "rename the app or start the front door with another --sso-host", self.host)
         cached = self.gate.session_for(session_secret(req), time.time())
         if cached is None:
             return _redirect("/.noops/login?rd=/")

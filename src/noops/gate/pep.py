@@ -445,7 +445,7 @@ class Gatekeeper:
             methods = s.auth_methods
             best = next((m for m in _MFA_ORDER if m in methods), None)
             if best is not None:
-                signals.append(Signal("auth", "verified", best, max(0.0, now - s.created_at)))
+                signals.append(Signal("auth", "verified", best, max(0.0, now - s.auth_at)))
             failed = [t for t in seen.failed if now - t < 86400.0]
             seen.failed = failed
             signals.append(Signal("failed_logins", "observed", len(failed)))

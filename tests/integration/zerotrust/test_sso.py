@@ -31,6 +31,14 @@ path = "/strict"
 authenticated = true
 min_score = 30
 below = "step_up"
+
+[[route]]
+id = "unreachable"
+host = "other.localhost"
+path = "/unreachable"
+authenticated = true
+min_score = 95
+below = "step_up"
 '''
 HTML = {"Accept": "text/html"}
 
@@ -242,3 +250,18 @@ def test_an_identity_provider_sign_in_serves_every_app(gw: Gateway, idp: TestIdP
         assert idp.authorize_requests[-1]["redirect_uri"] == idp.redirect_uri
         r, _ = _follow(c, gw.url("other", "/too"))
         assert r.status_code == 200 and r.json()["target"] == "/too"
+
+
+def test_a_step_up_the_code_cannot_satisfy_ends_in_an_answer_not_a_loop(gw: Gateway) -> None:
+    secret = gw.add_user("sso-gil", totp=True)
+    assert secret is not None
+    with gw.client() as c:
+        _signed_in(gw, c, "sso-gil")
+        r, seen = _follow(c, gw.url("other", "/unreachable"), limit=12)
+        assert urllib.parse.urlsplit(seen[-1]).path == "/.noops/verify"  # asked for the code once
+        rd = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(seen[-1]).query))["rd"]
+        done = c.post(f"https://{SSO}:{gw.port}/.noops/verify",
+                      data={"code": totp_at(secret, time.time()), "csrf": _csrf(r.text), "rd": rd})
+        r, seen = _follow(c, urllib.parse.urljoin(seen[-1], _moves_on(done)), limit=12)
+        assert r.status_code == 403 and "Access denied" in r.text, seen  # told why, no redirect loop
+        assert len(seen) == 3  # the sign-in host, the callback, the app
