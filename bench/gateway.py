@@ -482,9 +482,29 @@ class Setup:
         return self.procs[1].pid if name == "nginx" else self.procs[2].pid
 
 
-def start(work: Path, side: NoopsSide, setup_procs: list[subprocess.Popen[bytes]]) -> Setup:
-    """CA, user state, upstream, nginx and the front door; ``setup_procs`` collects the
-    processes as they start (so the caller stops them even if a later step fails)."""
+# An OTLP/HTTP receiver on a Unix socket that takes and discards what it gets: the front door
+# sends its own spans as under `noops up`, and the receiver's work is not the gateway's.
+_SPAN_SINK = r"""
+import http.server, socketserver, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+    def address_string(self):
+        return "unix"
+socketserver.ThreadingUnixStreamServer(sys.argv[1], Sink).serve_forever()
+"""
+
+
+def start(work: Path, side: NoopsSide, setup_procs: list[subprocess.Popen[bytes]],
+          spans: bool = True) -> Setup:
+    """CA, user state, upstream, nginx and the front door (sending its spans to a sink, as
+    under ``noops up``, unless ``spans`` is false); ``setup_procs`` collects the processes as
+    they start (so the caller stops them even if a later step fails)."""
     home = work / "home"
     pki = make_pki(home / "gate" / "ca", work / "pki")
     os.chmod(work / "pki", 0o755)  # the nginx worker reads the certificates
@@ -500,10 +520,16 @@ def start(work: Path, side: NoopsSide, setup_procs: list[subprocess.Popen[bytes]
     wait_path(plain_sock)
     setup_procs.append(start_nginx(work / "nginx", nginx_gateway_block(tls_sock, ports["nginx"], pki)))
     write_routes(home, tls_sock, tls=True, generation=1)
+    telemetry: list[str] = []
+    if spans:
+        sink = work / "otlp.sock"
+        setup_procs.append(subprocess.Popen([sys.executable, "-c", _SPAN_SINK, str(sink)]))
+        wait_path(sink)
+        telemetry = ["--otlp-socket", str(sink)]
     with open(work / "frontdoor.log", "wb") as door_log:
         setup_procs.append(subprocess.Popen(
             [sys.executable, "-m", "noops.gate.frontdoor", "--home", str(home),
-             "--port", str(ports["noops"])],
+             "--port", str(ports["noops"]), *telemetry],
             env={**os.environ, "NOOPS_HOME": str(home)}, stdout=door_log, stderr=subprocess.STDOUT))
     wait_port(ports["nginx"])
     wait_port(ports["noops"])
@@ -600,6 +626,8 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     print(f"p99 noops - nginx: {report['p99_diff_ms']:+.2f} ms   (target <= +1.00)")
     print(f"nginx enforced: {'; '.join(report['enforced']['nginx'])}")
     print(f"noops enforced: {'; '.join(report['enforced']['noops'])}")
+    print("noops telemetry: " + ("its own spans, sent every second (as under noops up)"
+                                 if report["settings"]["gateway_spans"] else "off (--no-spans)"))
     if not report["pep_detected"]:
         print("noops: no policy enforcement point in this tree (noops.gate.pep not used by the "
               "front door): session, score, policy, assertion and audit were not on")
@@ -616,6 +644,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=1, help="rounds (order alternated); the median is reported")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-spans", action="store_true",
+                    help="the front door without its own spans (noops up always sends them)")
     ap.add_argument("--check", action="store_true",
                     help="smoke test: the checks, then 1 s of load each; exit 1 if anything is off")
     args = ap.parse_args()
@@ -630,7 +660,7 @@ def main() -> int:
     os.chmod(work, 0o755)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        setup = start(work, side, procs)
+        setup = start(work, side, procs, spans=not args.no_spans)
         try:
             probes = {name: verify(name, setup.ports[name], setup.cookie, setup.pki)
                       for name in ("nginx", "noops")}
@@ -660,7 +690,7 @@ def main() -> int:
             "probes": probes, "audit": audit, "noops_requests": served, "pep_detected": side.pep,
             "problems": problems, "load": os.getloadavg(),
             "settings": {"seconds": args.seconds, "warmup": args.warmup, "connections": args.connections,
-                         "threads": args.threads, "runs": args.runs},
+                         "threads": args.threads, "runs": args.runs, "gateway_spans": not args.no_spans},
         }
         if args.json:
             print(json.dumps(report))

@@ -46,7 +46,7 @@ from noops.runtime.usage import InstanceUsage, UsageSampler
 from noops.settings import Settings
 from noops.state import StateStore, open_state
 from noops.state.model import Release, ReleaseStatus
-from noops.system import CONSOLE_APP, PROBE_ID, RESERVED_APPS, SIGN_IN_APP, SystemWorkloads
+from noops.system import CONSOLE_APP, GATEWAY_SERVICE, PROBE_ID, RESERVED_APPS, SIGN_IN_APP, SystemWorkloads
 
 __all__ = ["Platform", "RoutesFile"]
 
@@ -162,7 +162,7 @@ class Platform:
                                       ca_file=home / "tls" / "ca.crt")
 
     def check_app_name(self, name: str) -> str:
-        """``name`` unless the platform uses it (``console``, ``noops``, ``auth``)."""
+        """``name`` unless the platform uses it (``console``, ``noops``, ``auth``, ``noops-gateway``)."""
         if name in RESERVED_APPS:
             raise UsageError(f"the app name {name!r} is reserved for the platform's own "
                              "workloads; choose another name")
@@ -180,6 +180,11 @@ class Platform:
             if s.instance is not None and s.instance.monitor_pid == pid:
                 return {"service.name": s.app, "noops.app": s.app,
                         "noops.instance.id": s.instance.id, "noops.process": s.process_type}
+        try:  # the front door's own spans (noops.gate._tracing)
+            if int((self.settings.home / "run" / "frontdoor.pid").read_text()) == pid:
+                return {"service.name": GATEWAY_SERVICE}
+        except (OSError, ValueError):
+            pass
         return None
 
     def _instance_usage(self) -> list[InstanceUsage]:
@@ -596,7 +601,8 @@ def start_frontdoor(settings: Settings) -> int | None:
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "noops.gate.frontdoor", "--home", str(settings.home),
-             "--port", str(settings.get("frontdoor_port")), "--sso-host", f"{SIGN_IN_APP}.localhost"],
+             "--port", str(settings.get("frontdoor_port")), "--sso-host", f"{SIGN_IN_APP}.localhost",
+             "--otlp-socket", str(otlp_socket(settings))],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     pid_file.write_text(str(proc.pid))

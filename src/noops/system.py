@@ -13,8 +13,8 @@
 Their certificates live in ``$NOOPS_HOME/run/system/<name>/identity/`` (the same layout and
 half-life renewal as instances', :mod:`noops.runtime.identity`); a renewal rewrites the files in
 place and both readers pick the new pair up on their next handshake. The app names ``console``
-and ``noops`` are reserved for them, and ``auth``: ``auth.localhost`` is the gateway's own
-sign-in host (single sign-on, :mod:`noops.gate._pep_sso`).
+and ``noops`` are reserved for them, ``auth`` (``auth.localhost`` is the gateway's own sign-in
+host, :mod:`noops.gate._pep_sso`) and ``noops-gateway`` (the service of the gateway's spans).
 """
 
 from __future__ import annotations
@@ -27,16 +27,17 @@ import sys
 import time
 from pathlib import Path
 
+from noops.gate._tracing import SERVICE_NAME as GATEWAY_SERVICE
 from noops.runtime.identity import SvidIssuer, SvidRecord, gateway_id, read_record, renewal_due, write_svid
 
-__all__ = ["CONSOLE_APP", "PROBE_ID", "RESERVED_APPS", "SIGN_IN_APP", "SystemWorkloads"]
+__all__ = ["CONSOLE_APP", "GATEWAY_SERVICE", "PROBE_ID", "RESERVED_APPS", "SIGN_IN_APP", "SystemWorkloads"]
 
 log = logging.getLogger("noops.system")
 
 CONSOLE_APP = "console"
 PROBE_ID = ("noops", "probe")
 SIGN_IN_APP = "auth"  # auth.localhost: the gateway's sign-in host (single sign-on), no app behind it
-RESERVED_APPS = frozenset({CONSOLE_APP, PROBE_ID[0], SIGN_IN_APP})
+RESERVED_APPS = frozenset({CONSOLE_APP, PROBE_ID[0], SIGN_IN_APP, GATEWAY_SERVICE})
 
 
 class SystemWorkloads:

@@ -219,7 +219,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
             raise BadRequest
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [2]: path, [4]: Host
         (host_raw, length, chunked, close, upgrade, _expect, accept, cookie,
-         authorization) = scan_request(headers, http10, out, self.core.gate is not None)
+         authorization, traceparent) = scan_request(headers, http10, out, self.core.gate is not None)
         out[4] = host_raw
         # Origin-form only: absolute-form (a proxy request), "*" and CONNECT are refused. The path
         # is normalised once; the gateway decides on that string and forwards exactly it.
@@ -266,8 +266,16 @@ class ClientConnection(GateSide, asyncio.Protocol):
                 if authorization and not GATEWAY_BEARER.fullmatch(authorization):
                     out += (b"Authorization: ", authorization, b"\r\n")
                 out.append(verdict.extra)
+        spans = core.spans
+        if spans is not None:
+            trace, line = spans.begin(self.conn_id, traceparent)
+            out.append(line)
+        elif traceparent:
+            out += (b"traceparent: ", traceparent, b"\r\n")
         out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
         ex = Exchange(b"".join(out), host, rid)
+        if spans is not None:
+            ex.trace, ex.t0, ex.method, ex.path = trace, time.time_ns(), method.decode(), path.decode()
         if verdict is not None:
             ex.verdict = verdict
             if verdict.handler is not None:
@@ -423,6 +431,8 @@ class ClientConnection(GateSide, asyncio.Protocol):
         self._attach(ex, up)
 
     def _attach(self, ex: Exchange, up: Upstream) -> None:
+        if ex.trace is not None and not ex.t1:
+            ex.t1 = time.time_ns()
         ex.up = up
         up.client = self
         up.got_bytes = False
@@ -471,6 +481,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
         out = [status_line(status)]  # joined below: one buffer, not one iovec per piece
         length, te, close, _upgrade = scan_response(up.headers, out)
         ex.response_started = True
+        ex.status = status
         ex.up_keep = not close and up.keep_alive()
         keep = ex.keep_alive and ex.complete and not self.core.draining and not self.eof
         if ex.is_head or status == 204 or status == 304:
@@ -553,6 +564,8 @@ class ClientConnection(GateSide, asyncio.Protocol):
         ex.response_started = True
         self._release_pool(ex)
         ex.done = True
+        if ex.trace is not None:
+            self.core.spans.end(ex, 101)  # type: ignore[union-attr]  # set with trace
         self.active = None
         self.core.responses += 1
         self.deadline, self.dkind = 0.0, _D_NONE  # tunnels have no idle timeout
@@ -630,6 +643,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
             ex.up.abort()
             ex.up = None
         close = not (ex.keep_alive and ex.complete) or self.core.draining or self.eof
+        ex.status = status
         as_json = b"application/json" in ex.accept.lower()
         retry = self.cfg.retry_after_s if status == 503 else None
         self.out.append(error_response(status, as_json=as_json, request_id=ex.request_id,
@@ -639,6 +653,8 @@ class ClientConnection(GateSide, asyncio.Protocol):
     def _finish(self, ex: Exchange, close: bool) -> None:
         self._release_pool(ex)
         ex.done = True
+        if ex.trace is not None:
+            self.core.spans.end(ex, ex.status)  # type: ignore[union-attr]  # set with trace
         self.active = None
         self.core.responses += 1
         self.flush()

@@ -67,6 +67,7 @@ class GateSide:
 
     def _send_answer(self, ex: Exchange, reply: Reply) -> None:
         status, headers, body = reply
+        ex.status = status
         close = not (ex.keep_alive and ex.complete) or self.core.draining or self.eof
         self.out.append(answer(status, headers, body, request_id=ex.request_id, close=close,
                                head_only=ex.is_head))

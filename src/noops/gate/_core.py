@@ -14,6 +14,7 @@ from noops.gate.endpoints import Endpoint, EndpointRegistry, normalize_host
 
 if TYPE_CHECKING:
     from noops.gate._client import ClientConnection
+    from noops.gate._tracing import GatewaySpans
     from noops.gate._tunnel import Tunnel
     from noops.gate.mtls import UpstreamTLS
     from noops.gate.pep import Gatekeeper
@@ -73,6 +74,7 @@ class Core:
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
         self.gate: Gatekeeper | None = None  # the policy enforcement point (None: a plain proxy)
+        self.spans: GatewaySpans | None = None  # the gateway's own spans (None: not recorded)
         self.rr = 0
         self.hosts: dict[bytes, str] = {}  # raw Host value -> routing key ("" = invalid)
         # mTLS to instances (no TLS offload): set by the front door; None = plain Unix sockets

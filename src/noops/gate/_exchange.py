@@ -51,6 +51,14 @@ class Exchange:
     pending_answer: Reply | None = None
     form: list[bytes] | None = None  # body of a request to a gateway page, collected
     form_bytes = 0
+    # the gateway's span (see noops.gate._tracing; set only when spans are recorded):
+    # (trace id, span id, parent span id or b"", client span id or None), times in ns, request
+    trace: tuple[bytes, bytes, bytes, bytes | None] | None = None
+    t0 = 0
+    t1 = 0  # when the request went to the instance (0: answered by the gateway)
+    status = 0  # the status answered
+    method = ""
+    path = ""
 
     def __init__(self, head: bytes, host: str, request_id: bytes) -> None:
         self.head = head

@@ -63,11 +63,11 @@ SPOOFABLE = frozenset({b"forwarded", b"x-real-ip", b"x-client-ip", b"true-client
                        b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 # Action per lower-cased request header name; names not listed cross unless _dropped().
-_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _ACCEPT, _DROP, _COOKIE, _AUTHZ = range(1, 11)
+_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _ACCEPT, _DROP, _COOKIE, _AUTHZ, _TRACE = range(1, 12)
 _REQUEST_RULES: dict[bytes, int] = {
     b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _TE,
     b"connection": _CONNECTION, b"upgrade": _UPGRADE, b"expect": _EXPECT, b"accept": _ACCEPT,
-    b"cookie": _COOKIE, b"authorization": _AUTHZ,
+    b"cookie": _COOKIE, b"authorization": _AUTHZ, b"traceparent": _TRACE,
     **dict.fromkeys(HOP_BY_HOP - {b"connection", b"upgrade", b"transfer-encoding"}, _DROP),
     **dict.fromkeys(SPOOFABLE, _DROP),
 }
@@ -140,8 +140,10 @@ def _tokens(value: bytes) -> tuple[bool, bool, list[bytes] | None]:
     return close, upgrade, named
 
 
-RequestFacts: TypeAlias = "tuple[bytes, bytes | None, bool, bool, bytes | None, bool, bytes, bytes, bytes]"
-"""(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie, authorization)."""
+RequestFacts: TypeAlias = ("tuple[bytes, bytes | None, bool, bool, bytes | None, bool, bytes, bytes, bytes, "
+                           "bytes]")
+"""(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie, authorization,
+traceparent)."""
 
 
 def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[bytes],
@@ -151,7 +153,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
     violation.
 
     Returns ``(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie,
-    authorization)``; ``upgrade`` is the Upgrade value only when ``Connection`` lists ``upgrade``.
+    authorization, traceparent)``; ``upgrade`` is the Upgrade value only when ``Connection`` lists
+    ``upgrade``. ``traceparent`` is returned, not appended (the gateway decides which trace
+    context crosses, see :mod:`noops.gate._tracing`); ``b""`` when absent or sent twice.
     With ``credentials`` (a gateway is enforcing), ``Cookie`` (several joined with ``; ``) and
     ``Authorization`` are returned, not appended: the caller decides what of them crosses (the
     gateway's own credentials never do); a second ``Authorization`` is a 400. Without, they
@@ -165,7 +169,8 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
         host: bytes | None = None
         length: bytes | None = None
         upgrade: bytes | None = None
-        accept = cookie = authorization = b""
+        accept = cookie = authorization = traceparent = b""
+        traceparents = 0
         chunked = close = upgrade_requested = expect_continue = False
         tokens: list[bytes] | None = None
         cache = _REQUEST_ACTIONS
@@ -194,6 +199,10 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
                     tokens = t if tokens is None else tokens + t
             elif action == _UPGRADE:
                 upgrade = value.strip()
+            elif action == _TRACE:
+                if named is None or b"traceparent" not in named:
+                    traceparents += 1
+                    traceparent = value if traceparents == 1 else b""
             elif not credentials and action in (_COOKIE, _AUTHZ):
                 if named is None or name.lower() not in named:
                     out += (name, b": ", value, b"\r\n")
@@ -222,7 +231,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
     if not host:
         raise BadRequest
     return (host, length, chunked, close, upgrade if upgrade_requested else None, expect_continue,
-            accept, cookie, authorization)
+            accept, cookie, authorization, traceparent)
 
 
 ResponseFacts: TypeAlias = "tuple[bytes | None, bytes | None, bool, bytes | None]"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from noops.gate._tracing import GatewaySpans
 from noops.gate.endpoints import Endpoint, StaticEndpointRegistry
 from noops.gate.identity import IdentityStore
 from noops.gate.mtls import UpstreamTLS, load_or_create_ca
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--otlp-socket", default=None, type=Path,
+                        help="send the gateway's own spans to the OTLP receiver on this Unix socket")
     parser.add_argument("--sso-host", default=None,
                         help="the sign-in host for single sign-on across app hosts (none: each "
                              "app host signs in on its own)")
@@ -126,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     pid_file = args.home / "run" / "frontdoor.pid"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))
+    spans = GatewaySpans(str(args.otlp_socket)) if args.otlp_socket else None
     try:
         run_forever(registry, host=args.host, port=args.port, tls=serving.public_context(), gate=gate,
                     upstream_tls=UpstreamTLS.for_ca(files.ca),
                     workload=(str(args.home / "run" / "gateway.sock"), serving.workload_context()),
-                    on_started=lambda door: _started(door, serving, args.host))
+                    on_started=lambda door: _started(door, serving, args.host), spans=spans)
     finally:
+        if spans is not None:
+            spans.close()
         stop.set()
         gate.close()
         if pid_file.exists() and pid_file.read_text() == str(os.getpid()):

@@ -38,6 +38,7 @@ from noops.gate._tunnel import TunnelInfo
 from noops.gate.endpoints import EndpointRegistry
 
 if TYPE_CHECKING:
+    from noops.gate._tracing import GatewaySpans
     from noops.gate.mtls import UpstreamTLS
     from noops.gate.pep import Gatekeeper
 
@@ -54,11 +55,13 @@ class FrontDoor:
     """
 
     def __init__(self, registry: EndpointRegistry, config: FrontDoorConfig | None = None, *,
-                 gate: Gatekeeper | None = None, upstream_tls: UpstreamTLS | None = None) -> None:
+                 gate: Gatekeeper | None = None, upstream_tls: UpstreamTLS | None = None,
+                 spans: GatewaySpans | None = None) -> None:
         self.registry = registry
         self.config = config or FrontDoorConfig()
         self.gate = gate
         self.upstream_tls = upstream_tls
+        self.spans = spans
         self._core: Core | None = None
         self._server: asyncio.AbstractServer | None = None
         self._extra: list[asyncio.AbstractServer] = []
@@ -73,7 +76,7 @@ class FrontDoor:
         if self._server is not None:
             raise GateError("the front door is already started; stop() it first.")
         core = Core(self.registry, self.config, tls is not None)
-        core.gate, core.upstream_tls = self.gate, self.upstream_tls
+        core.gate, core.upstream_tls, core.spans = self.gate, self.upstream_tls, self.spans
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
@@ -233,16 +236,18 @@ def run_forever(registry: EndpointRegistry, *, host: str = "127.0.0.1", port: in
                 drain_s: float = 10.0, gate: Gatekeeper | None = None,
                 upstream_tls: UpstreamTLS | None = None,
                 workload: tuple[str, ssl.SSLContext] | None = None,
-                on_started: Callable[[FrontDoor], None] | None = None) -> None:
+                on_started: Callable[[FrontDoor], None] | None = None,
+                spans: GatewaySpans | None = None) -> None:
     """Serve on uvloop until SIGINT or SIGTERM, then :meth:`FrontDoor.stop` with ``drain_s``.
 
     ``workload`` adds the Unix socket (path, mTLS context) instances call other apps through.
-    ``on_started`` is called on the loop once listening (e.g. to print the port).
+    ``on_started`` is called on the loop once listening (e.g. to print the port); ``spans``
+    records the gateway's own spans.
     """
     import uvloop
 
     async def main() -> None:
-        door = FrontDoor(registry, config, gate=gate, upstream_tls=upstream_tls)
+        door = FrontDoor(registry, config, gate=gate, upstream_tls=upstream_tls, spans=spans)
         await door.start(host, port, tls)
         if workload is not None:
             await door.listen_unix(*workload)

@@ -113,6 +113,10 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
     # the APM and rules APIs are mounted: the trace, the log search, deploy markers, the probe
     trace = daemon.api("GET", f"/api/traces/{ids[0]['trace_id']}")
     assert trace.status_code == 200 and ids[0]["span_id"] in trace.text
+    # the front door's own spans of the same requests (sent every second)
+    eventually("the gateway's spans in each trace", lambda: all(
+        "noops-gateway" in daemon.api("GET", f"/api/traces/{i['trace_id']}").json().get("services", [])
+        for i in ids))
     found = json.loads(daemon.noops("logs", app, "--grep", f"plain stderr line m1{unique}",
                                     "--json").stdout)
     assert [(r["Body"], r["SeverityText"]) for r in found] == [
@@ -144,8 +148,16 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
             # the explicit span, inside the server span of the buildpack's zero-code Flask
             # instrumentation: both configured by the environment the runtime set
             [span] = [s for s in spans if s["SpanName"] == "work"]
-            [root] = [s for s in spans if s["ParentSpanId"] == ""]
-            assert root["SpanKind"] == "Server" and span["ParentSpanId"] == root["SpanId"]
+            [root] = [s for s in spans if s["SpanId"] == span["ParentSpanId"]]
+            assert root["SpanKind"] == "Server"
+            # above it, the gateway's: the request as it arrived, then the mTLS hop to the app
+            [door] = [s for s in spans if s["ParentSpanId"] == ""]
+            [hop] = [s for s in spans if s["SpanKind"] == "Client" and s["ParentSpanId"] == door["SpanId"]]
+            assert (door["ServiceName"], door["SpanKind"], hop["ServiceName"]) == (
+                "noops-gateway", "Server", "noops-gateway")
+            assert root["ParentSpanId"] == hop["SpanId"] and hop["SpanAttributes"]["noops.mtls"] == "true"
+            assert door["SpanAttributes"]["noops.gate.decision"] == "allow"
+            assert door["SpanAttributes"]["url.path"] == f"/work/m{ids.index(item)}{unique}"
             assert root["ScopeName"] == "opentelemetry.instrumentation.flask"
             for s in (span, root):
                 assert s["ServiceName"] == app
@@ -270,6 +282,15 @@ def test_two_service_shop_is_one_trace_with_an_edge_and_markers(platform_with, t
         e for e in daemon.api("GET", "/api/apm/map", params={"since": "15m"}).json()
         if (e["client"], e["server"]) == ("shop-frontend", "shop-inventory")])
     assert edges[0]["calls"] >= 1
+    # the browser's request entered through the front door: an edge from the gateway, over mTLS;
+    # the frontend's call through the egress kept its context (the edge above) and the gateway
+    # added a span of its own under the frontend's client span
+    door = eventually("the noops-gateway → shop-frontend edge", lambda: [
+        e for e in daemon.api("GET", "/api/apm/map", params={"since": "15m"}).json()
+        if (e["client"], e["server"]) == ("noops-gateway", "shop-frontend")])
+    assert door[0]["mtls"] is True
+    assert "noops-gateway" in trace["services"] or eventually("the gateway in the trace", lambda: (
+        "noops-gateway" in daemon.api("GET", f"/api/traces/{trace['trace_id']}").json()["services"]))
     markers = daemon.api("GET", "/api/deployments").json()
     assert {(m["service"], m["version"], m["kind"]) for m in markers} >= {
         ("shop-frontend", "v1", "deploy"), ("shop-inventory", "v1", "deploy")}

@@ -132,10 +132,63 @@ class EchoApp:
         self.loop.close()
 
 
+class OtlpSink:
+    """An OTLP/HTTP receiver on a Unix socket that keeps every span posted to ``/v1/traces``
+    (the gateway's exporter talks to the platform's receiver the same way)."""
+
+    def __init__(self, path: Path) -> None:
+        import http.server
+        import socketserver
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.path = path
+        self.spans: list[Any] = []
+        self.resources: list[dict[str, str]] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for rs in request.resource_spans:
+                    sink.resources.append({a.key: a.value.string_value for a in rs.resource.attributes})
+                    sink.spans += [span for ss in rs.scope_spans for span in ss.spans]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def address_string(self) -> str:
+                return "unix"
+
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> list[Any]:
+        """The spans once ``predicate(spans)`` holds (the gateway sends every second)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            spans = list(self.spans)
+            if predicate(spans):
+                return spans
+            time.sleep(0.1)
+        raise AssertionError(f"no such spans within {timeout} s: {list(self.spans)}")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Gateway:
     """The front door process and everything it reads, in a temp home."""
 
-    def __init__(self, *, sso_host: str | None = None) -> None:
+    def __init__(self, *, sso_host: str | None = None, otlp: bool = False) -> None:
+        """``otlp``: the gateway sends its spans to :attr:`otlp` (an :class:`OtlpSink`)."""
         self.sso_host = sso_host
         self.home = Path(tempfile.mkdtemp(prefix="zt-", dir="/tmp"))
         self.gate = self.home / "gate"
@@ -152,6 +205,7 @@ class Gateway:
         (self.home / "run").mkdir()
         self.bundle = self.home / "ca-bundle.pem"
         self.bundle.write_bytes(self.ca.export_ca_bundle())
+        self.otlp = OtlpSink(self.home / "run" / "otlp.sock") if otlp else None
 
     # -- set-up -----------------------------------------------------------------------------------
     def add_app(self, name: str, hosts: list[str] | None = None, *, spiffe_id: str | None = None) -> EchoApp:
@@ -188,6 +242,8 @@ class Gateway:
         for _attempt in range(3):
             self._log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed in stop()
             sso = ["--sso-host", self.sso_host] if self.sso_host else []
+            if self.otlp is not None:
+                sso += ["--otlp-socket", str(self.otlp.path)]
             self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home",
                                           str(self.home), "--port", str(self.port), *sso],
                                          stdout=self._log, stderr=subprocess.STDOUT)
@@ -220,6 +276,8 @@ class Gateway:
                 self.proc.wait()
         if self._log is not None:
             self._log.close()
+        if self.otlp is not None:
+            self.otlp.stop()
         self.identities.close()
         shutil.rmtree(self.home, ignore_errors=True)
 

@@ -1,0 +1,157 @@
+"""The gateway's own spans (``noops.gate._tracing``), sent to an OTLP sink the test runs: a
+request from the internet starts a new trace (a forged ``traceparent`` is not continued) with
+the gateway's server span and its client span to the instance, whose id the app gets as its
+parent; a refused request is a span with its status and no client span; a workload's call keeps
+its trace context and gets an internal span under the caller's."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from zt_harness import Gateway
+
+from noops.gate._tracing import parse_traceparent
+from noops.gate.mtls import peer_spiffe_id
+
+POLICY = '''
+[[route]]
+id = "apps"
+host = "*.localhost"
+authenticated = false
+
+[[route]]
+id = "private"
+host = "echo.localhost"
+path = "/private"
+authenticated = true
+allow_spiffe = ["spiffe://noops.local/app/other/web"]
+'''
+FORGED = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
+SERVER, CLIENT, INTERNAL = 2, 3, 1  # opentelemetry.proto SpanKind values
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[Gateway]:
+    gateway = Gateway(otlp=True)
+    gateway.add_app("echo")
+    gateway.add_app("other")
+    gateway.start()
+    try:
+        gateway.apply_policy(POLICY)
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def _attrs(span: Any) -> dict[str, Any]:
+    return {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
+
+
+def _received_traceparent(gw: Gateway, path: str) -> str:
+    seen = next(r for r in reversed(gw.apps["echo"].seen) if r["target"] == path)
+    (value,) = [v for k, v in seen["headers"] if k.lower() == "traceparent"]
+    return str(value)
+
+
+def test_a_request_from_outside_starts_its_own_trace(gw: Gateway) -> None:
+    assert gw.otlp is not None
+    with gw.client() as c:
+        r = c.get(gw.url("echo", "/outside?token=secret"), headers={"traceparent": FORGED})
+        assert r.status_code == 200
+    parsed = parse_traceparent(_received_traceparent(gw, "/outside?token=secret").encode())
+    assert parsed is not None
+    trace, parent, _flags = parsed
+    assert trace.decode() != FORGED.split("-")[1]  # a client cannot write into another trace
+    spans = gw.otlp.wait_for(lambda s: any(x.trace_id.hex() == trace.decode() and x.kind == CLIENT
+                                           for x in s))
+    mine = {x.kind: x for x in spans if x.trace_id.hex() == trace.decode()}
+    server, client = mine[SERVER], mine[CLIENT]
+    assert server.parent_span_id == b"" and client.parent_span_id == server.span_id
+    assert client.span_id.hex() == parent.decode()  # the app's server span hangs under it
+    assert server.name == "GET echo.localhost"
+    a = _attrs(server)
+    assert a["url.path"] == "/outside" and "secret" not in str(server)  # no query in telemetry
+    assert a["http.response.status_code"] == 200 and a["noops.gate.decision"] == "allow"
+    assert _attrs(client)["peer.service"] == "echo" and _attrs(client)["noops.mtls"] == "true"
+    assert server.start_time_unix_nano <= client.start_time_unix_nano <= client.end_time_unix_nano
+    assert client.end_time_unix_nano <= server.end_time_unix_nano
+    assert {"service.name": "noops-gateway", "service.namespace": "noops"} in gw.otlp.resources
+
+
+def test_a_refused_request_is_a_span_with_no_hop_to_the_app(gw: Gateway) -> None:
+    assert gw.otlp is not None
+    before = len(gw.apps["echo"].seen)
+    with gw.client() as c:
+        assert c.get(gw.url("echo", "/private"), headers={"Accept": "application/json"}).status_code == 401
+    spans = gw.otlp.wait_for(lambda s: any(_attrs(x).get("url.path") == "/private" for x in s))
+    (denied,) = [x for x in spans if _attrs(x).get("url.path") == "/private"]
+    assert denied.kind == SERVER and _attrs(denied)["noops.gate.decision"] == "deny"
+    assert _attrs(denied)["http.response.status_code"] == 401
+    assert not [x for x in spans if x.trace_id == denied.trace_id and x.kind == CLIENT]
+    assert len(gw.apps["echo"].seen) == before
+
+
+def _workload_get(gw: Gateway, path: str, traceparent: str) -> bytes:
+    issued = gw.ca.issue_svid("other", "web")
+    cert, key = issued.write(gw.home, f"svid-{issued.serial}")
+    ctx = ssl.create_default_context(cafile=str(gw.bundle))
+    ctx.check_hostname = False  # the gateway's SVID has no DNS name: its SPIFFE ID is checked
+    ctx.load_cert_chain(str(cert), str(key))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(gw.home / "run" / "gateway.sock"))
+        with ctx.wrap_socket(sock, server_hostname="gateway") as tls:
+            assert peer_spiffe_id(tls.getpeercert(binary_form=True)) == "spiffe://noops.local/gateway"
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: echo.localhost\r\ntraceparent: {traceparent}\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            return data
+
+
+def test_a_workload_call_keeps_its_trace_context(gw: Gateway) -> None:
+    assert gw.otlp is not None
+    caller = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    assert _workload_get(gw, "/private/items", caller).startswith(b"HTTP/1.1 200")
+    assert _received_traceparent(gw, "/private/items") == caller  # untouched: caller -> app edge
+    spans = gw.otlp.wait_for(lambda s: any(x.trace_id.hex() == "ab" * 16 for x in s))
+    (mine,) = [x for x in spans if x.trace_id.hex() == "ab" * 16]
+    assert mine.kind == INTERNAL and mine.parent_span_id.hex() == "cd" * 8
+    assert _attrs(mine)["noops.app"] == "echo"
+
+
+@pytest.mark.parametrize("value", ["00-" + "0" * 32 + "-" + "cd" * 8 + "-01",
+                                   "00-" + "AB" * 16 + "-" + "cd" * 8 + "-01",
+                                   "ff-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+                                   "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01-extra", "garbage"])
+def test_a_workload_with_an_invalid_traceparent_gets_a_new_trace(gw: Gateway, value: str) -> None:
+    assert _workload_get(gw, "/private/bad", value).startswith(b"HTTP/1.1 200")
+    received = _received_traceparent(gw, "/private/bad")
+    parsed = parse_traceparent(received.encode())
+    assert parsed is not None and received != value
+
+
+def test_the_gateway_serves_on_when_the_receiver_is_gone() -> None:
+    gateway = Gateway(otlp=True)
+    gateway.add_app("echo")
+    gateway.start()
+    try:
+        gateway.apply_policy(POLICY)
+        assert gateway.otlp is not None
+        gateway.otlp.stop()
+        (gateway.home / "run" / "otlp.sock").unlink()
+        with gateway.client() as c:
+            for _ in range(3):
+                assert c.get(gateway.url("echo", "/still-here")).status_code == 200
+        deadline = time.monotonic() + 10
+        while "cannot reach the telemetry receiver" not in gateway.log_text():
+            assert time.monotonic() < deadline, gateway.log_text()
+            time.sleep(0.1)
+    finally:
+        gateway.stop()
