@@ -479,7 +479,7 @@ class Setup:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def pid(self, name: str) -> int:
-        return self.procs[1].pid if name == "nginx" else self.procs[2].pid
+        return self.procs[1].pid if name == "nginx" else self.procs[-1].pid  # the front door: last
 
 
 # An OTLP/HTTP receiver on a Unix socket that takes and discards what it gets: the front door

@@ -274,7 +274,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
             out += (b"traceparent: ", traceparent, b"\r\n")
         out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
         ex = Exchange(b"".join(out), host, rid)
-        if spans is not None:
+        if spans is not None and trace is not None:
             ex.trace, ex.t0, ex.method, ex.path = trace, time.time_ns(), method.decode(), path.decode()
         if verdict is not None:
             ex.verdict = verdict

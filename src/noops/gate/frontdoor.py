@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--otlp-socket", default=None, type=Path,
                         help="send the gateway's own spans to the OTLP receiver on this Unix socket")
+    parser.add_argument("--traces-per-second", default=100, type=int,
+                        help="trace at most this many requests a second (default 100)")
     parser.add_argument("--sso-host", default=None,
                         help="the sign-in host for single sign-on across app hosts (none: each "
                              "app host signs in on its own)")
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     pid_file = args.home / "run" / "frontdoor.pid"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))
-    spans = GatewaySpans(str(args.otlp_socket)) if args.otlp_socket else None
+    spans = GatewaySpans(str(args.otlp_socket), per_second=args.traces_per_second) \
+        if args.otlp_socket else None
     try:
         run_forever(registry, host=args.host, port=args.port, tls=serving.public_context(), gate=gate,
                     upstream_tls=UpstreamTLS.for_ca(files.ca),

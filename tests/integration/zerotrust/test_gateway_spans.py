@@ -6,17 +6,14 @@ its trace context and gets an internal span under the caller's."""
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from zt_harness import Gateway
+from zt_harness import Gateway, workload_call
 
 from noops.gate._tracing import parse_traceparent
-from noops.gate.mtls import peer_spiffe_id
 
 POLICY = '''
 [[route]]
@@ -97,22 +94,8 @@ def test_a_refused_request_is_a_span_with_no_hop_to_the_app(gw: Gateway) -> None
 
 
 def _workload_get(gw: Gateway, path: str, traceparent: str) -> bytes:
-    issued = gw.ca.issue_svid("other", "web")
-    cert, key = issued.write(gw.home, f"svid-{issued.serial}")
-    ctx = ssl.create_default_context(cafile=str(gw.bundle))
-    ctx.check_hostname = False  # the gateway's SVID has no DNS name: its SPIFFE ID is checked
-    ctx.load_cert_chain(str(cert), str(key))
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(gw.home / "run" / "gateway.sock"))
-        with ctx.wrap_socket(sock, server_hostname="gateway") as tls:
-            assert peer_spiffe_id(tls.getpeercert(binary_form=True)) == "spiffe://noops.local/gateway"
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: echo.localhost\r\ntraceparent: {traceparent}\r\n"
-                        "Connection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            return data
+    return workload_call(gw, gw.ca.issue_svid("other", "web"), "echo.localhost", path,
+                         {"traceparent": traceparent})
 
 
 def test_a_workload_call_keeps_its_trace_context(gw: Gateway) -> None:
@@ -153,5 +136,37 @@ def test_the_gateway_serves_on_when_the_receiver_is_gone() -> None:
         while "cannot reach the telemetry receiver" not in gateway.log_text():
             assert time.monotonic() < deadline, gateway.log_text()
             time.sleep(0.1)
+    finally:
+        gateway.stop()
+
+
+def test_past_its_budget_the_gateway_traces_nothing_and_continues_no_client_context() -> None:
+    gateway = Gateway(otlp=True, traces_per_second=2)
+    gateway.add_app("echo")
+    gateway.start()
+    try:
+        gateway.apply_policy(POLICY)
+        started = time.monotonic()  # the gateway counts per second of the same clock
+        with gateway.client() as c:
+            for i in range(10):
+                r = c.get(gateway.url("echo", f"/burst{i}"), headers={"traceparent": FORGED})
+                assert r.status_code == 200
+        seconds = int(time.monotonic()) - int(started) + 1
+        received = [[v for k, v in r["headers"] if k.lower() == "traceparent"]
+                    for r in gateway.apps["echo"].seen if r["target"].startswith("/burst")]
+        traced = [r for r in received if r]
+        assert 1 <= len(traced) <= 2 * seconds  # at most 2 a second
+        assert all(r[0] != FORGED for r in traced)
+        if 2 * seconds < len(received):
+            assert [] in received  # the rest: no context at all, not the client's
+        caller = "00-" + "ef" * 16 + "-" + "cd" * 8 + "-01"
+        for _ in range(4):  # a workload's context crosses whether traced or not
+            assert workload_call(gateway, gateway.ca.issue_svid("other", "web"), "echo.localhost",
+                                 "/private/budget", {"traceparent": caller}).startswith(b"HTTP/1.1 200")
+            assert _received_traceparent(gateway, "/private/budget") == caller
+        assert gateway.otlp is not None
+        spans = gateway.otlp.wait_for(lambda s: len({x.trace_id for x in s}) >= len(traced))
+        bursts = {x.trace_id for x in spans if _attrs(x).get("url.path", "").startswith("/burst")}
+        assert len(bursts) == len(traced)
     finally:
         gateway.stop()

@@ -3,10 +3,9 @@ socket; the policy must name the caller's SPIFFE ID (default deny)."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 
-from zt_harness import Gateway
+from zt_harness import Gateway, workload_call
 
 from noops.gate.pki import Issued
 
@@ -25,23 +24,7 @@ allow_spiffe = ["spiffe://noops.local/app/echo/web"]
 
 
 def _call(gw: Gateway, issued: Issued | None, host: str, path: str) -> bytes:
-    ctx = ssl.create_default_context(cafile=str(gw.bundle))
-    ctx.check_hostname = False  # the gateway's SVID has no DNS name: its SPIFFE ID is checked below
-    if issued is not None:
-        cert, key = issued.write(gw.home, f"svid-{issued.serial}")
-        ctx.load_cert_chain(str(cert), str(key))
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
-        sock.connect(str(gw.home / "run" / "gateway.sock"))
-        with ctx.wrap_socket(sock, server_hostname="gateway") as tls:
-            from noops.gate.mtls import peer_spiffe_id
-
-            assert peer_spiffe_id(tls.getpeercert(binary_form=True)) == "spiffe://noops.local/gateway"
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            return data
+    return workload_call(gw, issued, host, path)
 
 
 def test_allowed_workload_reaches_the_other_app_with_an_assertion(gw: Gateway) -> None:

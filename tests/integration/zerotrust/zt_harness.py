@@ -187,9 +187,11 @@ class OtlpSink:
 class Gateway:
     """The front door process and everything it reads, in a temp home."""
 
-    def __init__(self, *, sso_host: str | None = None, otlp: bool = False) -> None:
+    def __init__(self, *, sso_host: str | None = None, otlp: bool = False,
+                 traces_per_second: int = 100) -> None:
         """``otlp``: the gateway sends its spans to :attr:`otlp` (an :class:`OtlpSink`)."""
         self.sso_host = sso_host
+        self.traces_per_second = traces_per_second
         self.home = Path(tempfile.mkdtemp(prefix="zt-", dir="/tmp"))
         self.gate = self.home / "gate"
         self.gate.mkdir(mode=0o700)
@@ -243,7 +245,8 @@ class Gateway:
             self._log = open(self.home / "frontdoor.log", "wb")  # noqa: SIM115 - closed in stop()
             sso = ["--sso-host", self.sso_host] if self.sso_host else []
             if self.otlp is not None:
-                sso += ["--otlp-socket", str(self.otlp.path)]
+                sso += ["--otlp-socket", str(self.otlp.path),
+                        "--traces-per-second", str(self.traces_per_second)]
             self.proc = subprocess.Popen([sys.executable, "-m", "noops.gate.frontdoor", "--home",
                                           str(self.home), "--port", str(self.port), *sso],
                                          stdout=self._log, stderr=subprocess.STDOUT)
@@ -400,6 +403,30 @@ def _resolve_localhost() -> Iterator[None]:
         yield
     finally:
         socket.getaddrinfo = real  # type: ignore[assignment]
+
+
+def workload_call(gw: Gateway, issued: Issued | None, host: str, path: str,
+                  headers: dict[str, str] | None = None) -> bytes:
+    """``GET path`` on ``host`` through the gateway's workload socket, as an instance calls
+    another app (presenting ``issued``, an SVID); returns the whole raw answer."""
+    from noops.gate.mtls import peer_spiffe_id
+
+    ctx = ssl.create_default_context(cafile=str(gw.bundle))
+    ctx.check_hostname = False  # the gateway's SVID has no DNS name: its SPIFFE ID is checked below
+    if issued is not None:
+        cert, key = issued.write(gw.home, f"svid-{issued.serial}")
+        ctx.load_cert_chain(str(cert), str(key))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(gw.home / "run" / "gateway.sock"))
+        with ctx.wrap_socket(sock, server_hostname="gateway") as tls:
+            assert peer_spiffe_id(tls.getpeercert(binary_form=True)) == "spiffe://noops.local/gateway"
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            return data
 
 
 # -- helpers for the attack tests (test_attack_*.py) ---------------------------------------------
