@@ -218,8 +218,10 @@ class ClientConnection(GateSide, asyncio.Protocol):
         if method == b"CONNECT":
             raise BadRequest
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [2]: path, [4]: Host
+        t0 = time.time_ns() if self.core.spans is not None else 0
         (host_raw, length, chunked, close, upgrade, _expect, accept, cookie,
-         authorization, traceparent) = scan_request(headers, http10, out, self.core.gate is not None)
+         authorization, traceparent, tracestate) = scan_request(headers, http10, out,
+                                                               self.core.gate is not None)
         out[4] = host_raw
         # Origin-form only: absolute-form (a proxy request), "*" and CONNECT are refused. The path
         # is normalised once; the gateway decides on that string and forwards exactly it.
@@ -267,15 +269,19 @@ class ClientConnection(GateSide, asyncio.Protocol):
                     out += (b"Authorization: ", authorization, b"\r\n")
                 out.append(verdict.extra)
         spans = core.spans
-        if spans is not None:
-            trace, line = spans.begin(self.conn_id, traceparent)
+        trace = None
+        if spans is not None and core.registry.knows(host):  # a 404 for any name is not traced
+            trace, line = spans.begin(self.conn_id, traceparent, tracestate)
             out.append(line)
-        elif traceparent:
-            out += (b"traceparent: ", traceparent, b"\r\n")
+        elif traceparent or tracestate:  # not ours to judge: as it came
+            if traceparent:
+                out += (b"traceparent: ", traceparent, b"\r\n")
+            if tracestate:
+                out += (b"tracestate: ", tracestate, b"\r\n")
         out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
         ex = Exchange(b"".join(out), host, rid)
-        if spans is not None and trace is not None:
-            ex.trace, ex.t0, ex.method, ex.path = trace, time.time_ns(), method.decode(), path.decode()
+        if trace is not None:
+            ex.trace, ex.t0, ex.method, ex.path = trace, t0, method.decode(), path.decode()
         if verdict is not None:
             ex.verdict = verdict
             if verdict.handler is not None:
@@ -378,6 +384,8 @@ class ClientConnection(GateSide, asyncio.Protocol):
             return
         pool.outstanding += 1
         ex.pool = pool
+        if ex.trace is not None and not ex.t1:
+            ex.t1 = time.time_ns()  # the hop starts: connect (TLS) or a pooled connection
         up = None if ex.fresh else pool.take()
         if up is not None:
             self.core.upstream_reuses += 1
@@ -431,8 +439,6 @@ class ClientConnection(GateSide, asyncio.Protocol):
         self._attach(ex, up)
 
     def _attach(self, ex: Exchange, up: Upstream) -> None:
-        if ex.trace is not None and not ex.t1:
-            ex.t1 = time.time_ns()
         ex.up = up
         up.client = self
         up.got_bytes = False
@@ -564,8 +570,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
         ex.response_started = True
         self._release_pool(ex)
         ex.done = True
-        if ex.trace is not None:
-            self.core.spans.end(ex, 101)  # type: ignore[union-attr]  # set with trace
+        self._span_end(ex, 101)
         self.active = None
         self.core.responses += 1
         self.deadline, self.dkind = 0.0, _D_NONE  # tunnels have no idle timeout
@@ -621,6 +626,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
         if ex.response_started:  # too late for an error page: cut the response short
             self._release_pool(ex)
             ex.done = True
+            self._span_end(ex, status)
             self.active = None
             self.flush()
             self.close()
@@ -653,8 +659,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
     def _finish(self, ex: Exchange, close: bool) -> None:
         self._release_pool(ex)
         ex.done = True
-        if ex.trace is not None:
-            self.core.spans.end(ex, ex.status)  # type: ignore[union-attr]  # set with trace
+        self._span_end(ex, ex.status)
         self.active = None
         self.core.responses += 1
         self.flush()
@@ -679,6 +684,13 @@ class ClientConnection(GateSide, asyncio.Protocol):
             ex.up = None
         self._release_pool(ex)
         ex.done = True
+        self._span_end(ex, 499)  # nobody left to answer (nginx's "client closed request")
+
+    def _span_end(self, ex: Exchange, status: int) -> None:
+        """Hand ``ex``'s span(s) to the recorder, once."""
+        if ex.trace is not None:
+            self.core.spans.end(ex, status)  # type: ignore[union-attr]  # set with trace
+            ex.trace = None
 
     def _release_pool(self, ex: Exchange) -> None:
         pool = ex.pool

@@ -63,11 +63,12 @@ SPOOFABLE = frozenset({b"forwarded", b"x-real-ip", b"x-client-ip", b"true-client
                        b"x-http-method-override", b"x-http-method", b"x-method-override"})
 
 # Action per lower-cased request header name; names not listed cross unless _dropped().
-_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _ACCEPT, _DROP, _COOKIE, _AUTHZ, _TRACE = range(1, 12)
+(_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _ACCEPT, _DROP, _COOKIE, _AUTHZ, _TRACE,
+ _TRACESTATE) = range(1, 13)
 _REQUEST_RULES: dict[bytes, int] = {
     b"host": _HOST, b"content-length": _LENGTH, b"transfer-encoding": _TE,
     b"connection": _CONNECTION, b"upgrade": _UPGRADE, b"expect": _EXPECT, b"accept": _ACCEPT,
-    b"cookie": _COOKIE, b"authorization": _AUTHZ, b"traceparent": _TRACE,
+    b"cookie": _COOKIE, b"authorization": _AUTHZ, b"traceparent": _TRACE, b"tracestate": _TRACESTATE,
     **dict.fromkeys(HOP_BY_HOP - {b"connection", b"upgrade", b"transfer-encoding"}, _DROP),
     **dict.fromkeys(SPOOFABLE, _DROP),
 }
@@ -141,9 +142,9 @@ def _tokens(value: bytes) -> tuple[bool, bool, list[bytes] | None]:
 
 
 RequestFacts: TypeAlias = ("tuple[bytes, bytes | None, bool, bool, bytes | None, bool, bytes, bytes, bytes, "
-                           "bytes]")
+                           "bytes, bytes]")
 """(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie, authorization,
-traceparent)."""
+traceparent, tracestate)."""
 
 
 def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[bytes],
@@ -153,9 +154,10 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
     violation.
 
     Returns ``(host, content_length, chunked, close, upgrade, expect_continue, accept, cookie,
-    authorization, traceparent)``; ``upgrade`` is the Upgrade value only when ``Connection`` lists
-    ``upgrade``. ``traceparent`` is returned, not appended (the gateway decides which trace
-    context crosses, see :mod:`noops.gate._tracing`); ``b""`` when absent or sent twice.
+    authorization, traceparent, tracestate)``; ``upgrade`` is the Upgrade value only when
+    ``Connection`` lists ``upgrade``. ``traceparent`` and ``tracestate`` are returned, not
+    appended (the gateway decides which trace context crosses, see :mod:`noops.gate._tracing`);
+    ``traceparent`` is ``b""`` when absent or sent twice, several ``tracestate`` are joined.
     With ``credentials`` (a gateway is enforcing), ``Cookie`` (several joined with ``; ``) and
     ``Authorization`` are returned, not appended: the caller decides what of them crosses (the
     gateway's own credentials never do); a second ``Authorization`` is a 400. Without, they
@@ -169,7 +171,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
         host: bytes | None = None
         length: bytes | None = None
         upgrade: bytes | None = None
-        accept = cookie = authorization = traceparent = b""
+        accept = cookie = authorization = traceparent = tracestate = b""
         traceparents = 0
         chunked = close = upgrade_requested = expect_continue = False
         tokens: list[bytes] | None = None
@@ -203,6 +205,9 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
                 if named is None or b"traceparent" not in named:
                     traceparents += 1
                     traceparent = value if traceparents == 1 else b""
+            elif action == _TRACESTATE:
+                if named is None or b"tracestate" not in named:
+                    tracestate = value if not tracestate else tracestate + b"," + value
             elif not credentials and action in (_COOKIE, _AUTHZ):
                 if named is None or name.lower() not in named:
                     out += (name, b": ", value, b"\r\n")
@@ -231,7 +236,7 @@ def scan_request(headers: list[tuple[bytes, bytes]], http10: bool, out: list[byt
     if not host:
         raise BadRequest
     return (host, length, chunked, close, upgrade if upgrade_requested else None, expect_continue,
-            accept, cookie, authorization, traceparent)
+            accept, cookie, authorization, traceparent, tracestate)
 
 
 ResponseFacts: TypeAlias = "tuple[bytes | None, bytes | None, bool, bytes | None]"

@@ -12,7 +12,8 @@ Trace context (W3C ``traceparent``):
   its ``traceparent`` untouched, so the caller's client span and the callee's server span stay
   one edge of the map; the gateway adds an ``INTERNAL`` span under the caller's span.
 
-With no receiver configured nothing changes: ``traceparent`` crosses as before.
+With no receiver configured the trace context crosses as it came (a ``traceparent`` sent twice
+is dropped).
 
 Cost: recording a request takes ~15 µs of the event loop (its spans are encoded there, written
 as protobuf directly) and more in the process (measured with ``bench/gateway.py``: 40 to 60 µs of
@@ -27,9 +28,10 @@ receiver never holds up a request.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
-import random
+import os
 import re
 import socket
 import struct
@@ -37,8 +39,6 @@ import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
-
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 if TYPE_CHECKING:
     from noops.gate._exchange import Exchange
@@ -52,7 +52,9 @@ SERVICE_NAME: Final = "noops-gateway"
 _TRACEPARENT: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
-_SERVER, _CLIENT, _INTERNAL = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT, Span.SPAN_KIND_INTERNAL
+_INTERNAL, _SERVER, _CLIENT = 1, 2, 3  # Span.SpanKind
+_STATUS_ERROR: Final = 2  # Status.StatusCode.STATUS_CODE_ERROR
+_PAGES: Final = ("/.noops/", "/.well-known/noops/")  # the gateway's own pages (noops.gate._pep_pages)
 
 
 def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bytes] | None:
@@ -64,7 +66,8 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bytes] | None:
     version, trace, parent, flags = m.groups()
     if version == b"ff" or trace == _ZERO_TRACE or parent == _ZERO_SPAN:
         return None
-    if version == b"00" and len(value.strip()) != 55:
+    rest = value.strip()[55:]
+    if (version == b"00" and rest) or (rest and rest[:1] != b"-"):
         return None
     return trace, parent, flags
 
@@ -128,23 +131,27 @@ class GatewaySpans:
             return False
         return True
 
-    def begin(self, conn: ConnIdentity | None, traceparent: bytes
+    def begin(self, conn: ConnIdentity | None, traceparent: bytes, tracestate: bytes = b""
               ) -> tuple[tuple[bytes, bytes, bytes, bytes | None] | None, bytes]:
         """The span context of a request (:attr:`Exchange.trace`; None: not traced) and the
-        ``traceparent`` header line the instance gets, given what the client sent."""
+        trace-context header lines the instance gets, given what the client sent: a workload's
+        ``traceparent`` and ``tracestate`` cross untouched; anyone else's are dropped (W3C: a
+        restarted trace drops the state too)."""
         cert = conn.cert if conn is not None else None
         ctx = parse_traceparent(traceparent) if traceparent and cert is not None \
             and cert.kind == "workload" else None
         if ctx is not None:  # a workload's call: its context crosses untouched
             line = b"traceparent: " + traceparent.strip() + b"\r\n"
-            if not self._admit():
+            if tracestate:
+                line += b"tracestate: " + tracestate + b"\r\n"
+            trace, parent, flags = ctx
+            if not int(flags, 16) & 1 or not self._admit():  # the caller does not record it
                 return None, line
-            trace, parent, _flags = ctx
-            return ((bytes.fromhex(trace.decode()), random.getrandbits(64).to_bytes(8, "big"),
-                     bytes.fromhex(parent.decode()), None), line)
+            return ((bytes.fromhex(trace.decode()), os.urandom(8), bytes.fromhex(parent.decode()), None),
+                    line)
         if not self._admit():
             return None, b""
-        bits = random.getrandbits(256).to_bytes(32, "big")
+        bits = os.urandom(32)
         trace_id, server_id, client_id = bits[:16], bits[16:24], bits[24:]
         return ((trace_id, server_id, b"", client_id),
                 b"traceparent: 00-" + trace_id.hex().encode() + b"-" + client_id.hex().encode() + b"-01\r\n")
@@ -159,8 +166,12 @@ class GatewaySpans:
     # -- export thread ----------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.wait(self.flush_s):
+            try:
+                self._flush()
+            except Exception:  # never let the thread die: spans would pile up unsent
+                log.exception("sending the gateway's spans failed")
+        with contextlib.suppress(Exception):
             self._flush()
-        self._flush()
 
     def _flush(self) -> None:
         while self._done:
@@ -179,8 +190,8 @@ class GatewaySpans:
         try:
             conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
             status = conn.getresponse().status
-        except OSError as exc:
-            self._warn(f"cannot reach the telemetry receiver at {self.socket_path}: {exc}")
+        except (OSError, http.client.HTTPException) as exc:
+            self._warn(f"cannot reach the telemetry receiver at {self.socket_path}: {exc!r}")
             return False
         finally:
             conn.close()
@@ -195,16 +206,16 @@ class GatewaySpans:
             log.warning("%s (spans are dropped until it answers)", message)
 
     def close(self) -> None:
-        """Send what is buffered and stop the thread."""
+        """Send what is buffered and stop the thread (waiting 5 s at most)."""
         self._stop.set()
-        self._thread.join(10.0)
+        self._thread.join(5.0)
 
 
 # -- OTLP protobuf, written directly -----------------------------------------------------------
 # Field numbers of opentelemetry/proto/trace/v1/trace.proto and common.proto. Everything that
 # repeats (a request's method, host, status and decision; paths; users) is encoded once and
-# cached: a span costs a few concatenations, so the export thread takes little of the CPU the
-# event loop needs (the tests decode the result with the official classes).
+# cached: a request's spans cost a few concatenations on the event loop (the tests decode the
+# result with the official classes).
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -230,7 +241,7 @@ def _attr(key: str, value: str | int) -> bytes:
     return _ld(9, _key_value(key, value))
 
 
-_ERROR_STATUS: Final = _ld(15, _varint(3 << 3) + _varint(Status.STATUS_CODE_ERROR))
+_ERROR_STATUS: Final = _ld(15, _varint(3 << 3) + _varint(_STATUS_ERROR))
 _FIXED64: Final = struct.Struct("<Q")
 
 
@@ -243,7 +254,7 @@ class _Encoder:
     (bounded)."""
 
     def __init__(self) -> None:
-        self._common: dict[tuple[str, str, int, bool, str, bool], tuple[bytes, bytes, bytes]] = {}
+        self._common: dict[tuple[str, str, int, str, str, bool], tuple[bytes, bytes, bytes]] = {}
         self._values: dict[tuple[str, str], bytes] = {}
 
     def _value(self, key: str, value: str) -> bytes:
@@ -254,14 +265,14 @@ class _Encoder:
             hit = self._values[key, value] = _attr(key, value)
         return hit
 
-    def _parts(self, key: tuple[str, str, int, bool, str, bool]) -> tuple[bytes, bytes, bytes]:
+    def _parts(self, key: tuple[str, str, int, str, str, bool]) -> tuple[bytes, bytes, bytes]:
         """(the first span's name, kind and fixed attributes; the client span's; the status
-        field) for (method, host, status, allowed, app, under a workload's span)."""
-        method, host, status, allowed, app, internal = key
+        field) for (method, host, status, decision, app, under a workload's span)."""
+        method, host, status, decision, app, internal = key
         server = (_ld(5, f"{method} {host}".encode()) + _varint(6 << 3)
                   + _varint(_INTERNAL if internal else _SERVER) + _attr("http.request.method", method)
                   + _attr("server.address", host) + _attr("http.response.status_code", status)
-                  + _attr("noops.gate.decision", "allow" if allowed else "deny")
+                  + _attr("noops.gate.decision", decision)
                   + (_attr("noops.app", app) if app else b""))
         client = (_ld(5, method.encode()) + _varint(6 << 3) + _varint(_CLIENT)
                   + _attr("http.request.method", method) + _attr("server.address", host)
@@ -278,7 +289,9 @@ class _Encoder:
         trace_id, span_id, parent_id, client_id = ex.trace
         verdict = ex.verdict
         app = ex.eps[0].app if ex.eps else ""
-        key = (ex.method, ex.host, status, verdict is None or verdict.allowed, app, bool(parent_id))
+        decision = ("allow" if verdict is None or verdict.allowed
+                    else "page" if ex.path.startswith(_PAGES) else "deny")  # sign-in pages are no refusal
+        key = (ex.method, ex.host, status, decision, app, bool(parent_id))
         parts = self._common.get(key) or self._parts(key)
         pack = _FIXED64.pack
         end = pack(t2)

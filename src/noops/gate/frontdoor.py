@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                     workload=(str(args.home / "run" / "gateway.sock"), serving.workload_context()),
                     on_started=lambda door: _started(door, serving, args.host), spans=spans)
     finally:
+        stop.set()
+        gate.close()  # the audit log first: a slow receiver must not hold it up
         if spans is not None:
             spans.close()
-        stop.set()
-        gate.close()
         if pid_file.exists() and pid_file.read_text() == str(os.getpid()):
             pid_file.unlink()
     return 0

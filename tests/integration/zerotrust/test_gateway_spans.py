@@ -6,6 +6,7 @@ its trace context and gets an internal span under the caller's."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -170,3 +171,52 @@ def test_past_its_budget_the_gateway_traces_nothing_and_continues_no_client_cont
         assert len(bursts) == len(traced)
     finally:
         gateway.stop()
+
+
+def test_trace_state_crosses_only_with_a_workload_context(gw: Gateway) -> None:
+    with gw.client() as c:
+        assert c.get(gw.url("echo", "/state-outside"),
+                     headers={"traceparent": FORGED, "tracestate": "ot=th:0"}).status_code == 200
+    seen = next(r for r in reversed(gw.apps["echo"].seen) if r["target"] == "/state-outside")
+    assert not [v for k, v in seen["headers"] if k.lower() == "tracestate"]
+    caller = "00-" + "12" * 16 + "-" + "34" * 8 + "-01"
+    assert workload_call(gw, gw.ca.issue_svid("other", "web"), "echo.localhost", "/private/state",
+                         {"traceparent": caller, "tracestate": "vendor=1"}).startswith(b"HTTP/1.1 200")
+    seen = next(r for r in reversed(gw.apps["echo"].seen) if r["target"] == "/private/state")
+    assert [v for k, v in seen["headers"] if k.lower() == "tracestate"] == ["vendor=1"]
+
+
+def test_a_workload_that_does_not_record_gets_no_gateway_span(gw: Gateway) -> None:
+    assert gw.otlp is not None
+    caller = "00-" + "56" * 16 + "-" + "78" * 8 + "-00"  # sampled flag off
+    assert workload_call(gw, gw.ca.issue_svid("other", "web"), "echo.localhost", "/private/quiet",
+                         {"traceparent": caller}).startswith(b"HTTP/1.1 200")
+    assert _received_traceparent(gw, "/private/quiet") == caller
+    with gw.client() as c:  # a later request's span arrives: the quiet one's would be there by now
+        assert c.get(gw.url("echo", "/after-quiet")).status_code == 200
+    spans = gw.otlp.wait_for(lambda s: any(_attrs(x).get("url.path") == "/after-quiet" for x in s))
+    assert not [x for x in spans if x.trace_id.hex() == "56" * 16]
+
+
+def test_unknown_hosts_are_not_traced_and_pages_are_not_refusals(gw: Gateway) -> None:
+    assert gw.otlp is not None
+    with gw.client() as c:
+        assert c.get(gw.url("nowhere", "/x")).status_code == 404
+        assert c.get(gw.url("echo", "/.noops/login")).status_code == 200
+        assert c.get(gw.url("echo", "/after-pages")).status_code == 200
+    spans = gw.otlp.wait_for(lambda s: any(_attrs(x).get("url.path") == "/after-pages" for x in s))
+    assert not [x for x in spans if _attrs(x).get("server.address") == "nowhere.localhost"]
+    (login,) = [x for x in spans if _attrs(x).get("url.path") == "/.noops/login"]
+    assert _attrs(login)["noops.gate.decision"] == "page"
+
+
+def test_a_request_the_client_gives_up_on_is_still_a_span(gw: Gateway) -> None:
+    assert gw.otlp is not None
+    head = (b"POST /gave-up HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock, \
+            gw.tls().wrap_socket(sock, server_hostname="echo.localhost") as tls:
+        tls.sendall(head)
+        time.sleep(0.3)  # forwarded: the app waits for the rest of the body
+    spans = gw.otlp.wait_for(lambda s: any(_attrs(x).get("url.path") == "/gave-up" for x in s))
+    (server,) = [x for x in spans if _attrs(x).get("url.path") == "/gave-up"]
+    assert _attrs(server)["http.response.status_code"] == 499
