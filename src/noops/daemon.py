@@ -523,7 +523,8 @@ def pid_path(settings: Settings) -> Path:
 
 
 async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
-    """Run the daemon until SIGTERM/SIGINT. Apps keep running after it stops."""
+    """Run the daemon until SIGTERM/SIGINT (apps keep running after it stops) or SIGUSR1 (the
+    daemon stops every instance first, while its receiver still takes their last telemetry)."""
     import signal
 
     import uvicorn
@@ -536,6 +537,17 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     # before the instances: their monitors forward telemetry to the receiver's socket
     await platform.telemetry.start()
     stop = asyncio.Event()
+    with_apps = False
+
+    def stop_with_apps() -> None:
+        nonlocal with_apps
+        with_apps = True
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, stop_with_apps)
     background: list[asyncio.Task[Any]] = []
     frontdoor: int | None = None
     try:
@@ -554,9 +566,6 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
         server = uvicorn.Server(config)
         # uvicorn must not take over SIGTERM/SIGINT: the daemon stops in its own order
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
@@ -575,6 +584,8 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
         for slot in list(platform.supervisor.slots.values()):
             if slot.task is not None:
                 slot.task.cancel()
+        if with_apps:  # unsupervised now, so nothing restarts them; the receiver still runs
+            await asyncio.to_thread(stop_instances, settings)
         await platform.telemetry.stop()
         pid_path(settings).unlink(missing_ok=True)
         if frontdoor is not None:
@@ -609,12 +620,11 @@ def start_frontdoor(settings: Settings) -> int | None:
     return proc.pid
 
 
-def stop_everything(settings: Settings) -> None:
-    """Stop every instance and the front door (``noops down --apps``).
+def stop_instances(settings: Settings) -> None:
+    """Stop every instance of this home.
 
     Instances stop concurrently: each gets its own grace period (``grace_s + 5`` s), so the
     whole stop takes about the longest grace period, not their sum."""
-    import signal
     from concurrent.futures import ThreadPoolExecutor
 
     manager = InstanceManager(settings.home, ImageStore(settings.home / "images"),
@@ -624,6 +634,14 @@ def stop_everything(settings: Settings) -> None:
         with ThreadPoolExecutor(max_workers=min(32, len(instances))) as pool:
             for _ in pool.map(lambda i: manager.stop(i, wait_s=i.spec.grace_s + 5), instances):
                 pass
+
+
+def stop_everything(settings: Settings) -> None:
+    """Stop every instance left (the daemon stops its own first) and the front door
+    (``noops down --apps``)."""
+    import signal
+
+    stop_instances(settings)
     pid_file = settings.home / "run" / "frontdoor.pid"
     if pid_file.exists():
         with contextlib.suppress(ValueError, ProcessLookupError):

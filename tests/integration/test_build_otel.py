@@ -68,7 +68,7 @@ def _stop(running: Any) -> str:
 @pytest.mark.parametrize("example", ["flask", "fastapi"])
 def test_python_example_sends_traces_and_correlated_logs(
         example: str, noops_settings: Settings, store: ImageStore, unique: str,
-        run_image: Any, otlp_server: Any) -> None:
+        otlp_server: Any, run_image: Any) -> None:
     report = build_image(noops_settings, EXAMPLES / example, tag=f"t-{unique}/{example}")
     layers = {layer["name"]: layer for layer in report.layers}
     assert list(layers).index(OTEL) == list(layers).index(VENV) + 1
@@ -110,7 +110,7 @@ def test_python_example_sends_traces_and_correlated_logs(
 
 
 def test_disabled_or_unconfigured_is_inert(noops_settings: Settings, unique: str,
-                                           run_image: Any, otlp_server: Any) -> None:
+                                           otlp_server: Any, run_image: Any) -> None:
     report = build_image(noops_settings, EXAMPLES / "flask", tag=f"t-{unique}/flask")
     assert OTEL in [layer["name"] for layer in report.layers]
     receiver = otlp_server()
@@ -146,8 +146,8 @@ def test_rebuild_reuses_the_otel_layer(noops_settings: Settings, tmp_path: Path,
 
 
 def test_app_pins_win_over_opentelemetry(noops_settings: Settings, store: ImageStore,
-                                         tmp_path: Path, unique: str, run_image: Any,
-                                         otlp_server: Any) -> None:
+                                         tmp_path: Path, unique: str, otlp_server: Any,
+                                         run_image: Any) -> None:
     # wrapt is shared with OpenTelemetry: the app's older pin is used by both.
     app = tmp_path / "flask"
     shutil.copytree(EXAMPLES / "flask", app)
@@ -178,8 +178,8 @@ def test_app_pins_win_over_opentelemetry(noops_settings: Settings, store: ImageS
 
 
 def test_express_example_sends_traces_and_opting_out_is_inert(
-        noops_settings: Settings, store: ImageStore, unique: str, run_image: Any,
-        otlp_server: Any) -> None:
+        noops_settings: Settings, store: ImageStore, unique: str, otlp_server: Any,
+        run_image: Any) -> None:
     report = build_image(noops_settings, EXAMPLES / "express", tag=f"t-{unique}/express")
     names = [layer["name"] for layer in report.layers]
     assert names.index("noops/node:otel") == names.index("noops/node:modules") + 1
@@ -213,8 +213,8 @@ def test_express_example_sends_traces_and_opting_out_is_inert(
         assert "OpenTelemetry" not in output and "Error" not in output, output
 
 
-def test_two_service_shop_is_one_trace(noops_settings: Settings, unique: str, run_image: Any,
-                                       otlp_server: Any) -> None:
+def test_two_service_shop_is_one_trace(noops_settings: Settings, unique: str, otlp_server: Any,
+                                       run_image: Any) -> None:
     inventory = build_image(noops_settings, EXAMPLES / "shop-inventory",
                             tag=f"t-{unique}/shop-inventory")
     frontend = build_image(noops_settings, EXAMPLES / "shop-frontend",

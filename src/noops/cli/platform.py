@@ -79,19 +79,24 @@ def up(ctx: Ctx, detach: bool) -> None:
 @pass_ctx
 def down(ctx: Ctx, stop_apps: bool) -> None:
     """Stop the daemon. Apps keep serving unless --apps is given."""
-    from noops.daemon import pid_path
+    from noops.daemon import pid_path, process_running
 
     pid_file = pid_path(ctx.settings)
     if not pid_file.exists() and not stop_apps:
         raise NoopsError("noops is not running")
     if pid_file.exists():
+        # With --apps the daemon stops the instances itself, before its telemetry receiver, so
+        # what the apps flush while shutting down is stored (and no exporter waits on a dead
+        # receiver for its whole grace period).
         try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGUSR1 if stop_apps else signal.SIGTERM)
         except (ValueError, ProcessLookupError):
             pid_file.unlink()
-        deadline = time.monotonic() + 30
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        else:
+            deadline = time.monotonic() + (120 if stop_apps else 30)
+            while pid_file.exists() and process_running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
     if stop_apps:
         from noops.daemon import stop_everything
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -294,3 +295,15 @@ def test_two_service_shop_is_one_trace_with_an_edge_and_markers(platform_with, t
     markers = daemon.api("GET", "/api/deployments").json()
     assert {(m["service"], m["version"], m["kind"]) for m in markers} >= {
         ("shop-frontend", "v1", "deploy"), ("shop-inventory", "v1", "deploy")}
+
+    # `noops down --apps`: the daemon stops the instances before its receiver, so what the apps
+    # flush on the way out (spans the SDK still batches, 5 s by default) is stored too
+    for n in range(3):
+        assert daemon.get("shop-frontend", f"/?last={n}").status_code == 200
+    daemon.down_with_apps()
+    with duckdb.connect(str(daemon.home / "telemetry" / "telemetry.duckdb"), read_only=True) as db:
+        [(last,)] = db.execute(
+            "SELECT count(*) FROM otel_traces WHERE ServiceName = 'shop-frontend' AND SpanKind = "
+            "'Server' AND coalesce(SpanAttributes['url.query'], SpanAttributes['http.target']) "
+            "LIKE '%last=%'").fetchall()
+    assert last == 3
