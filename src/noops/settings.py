@@ -105,6 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
         int,
     ),
     Setting(
+        "otlp_grpc_port",
+        lambda: 4317,
+        "Port of the OTLP/gRPC receiver on 127.0.0.1 (the same store and write-ahead log as "
+        "OTLP/HTTP, for SDKs and collectors that speak gRPC); 0 turns it off.",
+        int,
+    ),
+    Setting(
         "telemetry_store",
         lambda: "duckdb",
         "Where telemetry is stored: duckdb (one file under NOOPS_HOME/telemetry), chdb (embedded "

@@ -8,8 +8,10 @@
 * the OTLP/HTTP receiver with its write-ahead log (``$NOOPS_HOME/telemetry/wal``), served on
   ``$NOOPS_HOME/run/otlp.sock`` (mode 0600) — where each instance's monitor forwards its
   in-namespace ``127.0.0.1:4318`` — and on ``127.0.0.1:<otlp_port>`` (0 = off), which also
-  answers ``GET /metrics`` (the platform's own metrics, Prometheus text). A port already in use
-  is logged and skipped: apps still report through the socket;
+  answers ``GET /metrics`` (the platform's own metrics, Prometheus text); the same receiver
+  answers OTLP/gRPC on ``127.0.0.1:<otlp_grpc_port>`` (4317; 0 = off,
+  :mod:`noops.observe.otlp.grpc_server`). A port already in use is logged and skipped: apps
+  still report through the socket;
 * the collectors it is given: ``logs`` (new stdout/stderr rows, positions committed only after
   the store committed the rows) and ``usage`` (per-instance metric rows every
   ``metrics_interval_s``), each driven by its own loop;
@@ -234,6 +236,10 @@ class Telemetry:
         self.port = int(settings.get("otlp_port"))
         if not 0 <= self.port <= 65535:
             raise UsageError(f"otlp_port = {self.port}: use a port from 1 to 65535, or 0 for none")
+        self.grpc_port = int(settings.get("otlp_grpc_port"))
+        if not 0 <= self.grpc_port <= 65535:
+            raise UsageError(f"otlp_grpc_port = {self.grpc_port}: use a port from 1 to 65535, or 0 "
+                             "for none")
         self.interval_s = float(settings.get("metrics_interval_s"))
         if self.interval_s <= 0:
             raise UsageError("metrics_interval_s must be more than 0")
@@ -271,6 +277,7 @@ class Telemetry:
         self._registry.register(_PlatformCollector(self.samples))
         self.counters = {"log_rows": 0, "log_errors": 0, "usage_rows": 0, "usage_errors": 0}
         self._servers: list[Any] = []
+        self._grpc: Any = None  # grpc.aio.Server
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop_rules = asyncio.Event()
         self._rule_tasks: list[asyncio.Task[Any]] = []
@@ -293,8 +300,8 @@ class Telemetry:
                    "OTLP items rejected as invalid (partial success)", float(n), {"signal": signal})
         yield ("noops_otlp_throttled_requests", "counter", "OTLP requests answered 429/503",
                float(st["throttled"]), {})
-        yield ("noops_otlp_bad_requests", "counter", "OTLP requests answered 400",
-               float(st["bad_requests"]), {})
+        yield ("noops_otlp_bad_requests", "counter",
+               "OTLP requests answered 400 or 413 (gRPC: INVALID_ARGUMENT)", float(st["bad_requests"]), {})
         yield ("noops_otlp_queue_depth", "gauge", "Acknowledged requests waiting for the store",
                float(st["queue_depth"]), {})
         yield ("noops_otlp_queue_capacity", "gauge", "Requests the queue holds before 429",
@@ -344,6 +351,13 @@ class Telemetry:
                             self.port, exc, self.socket)
             else:
                 await self._serve(outer, tcp)
+        if self.grpc_port:
+            from noops.observe.otlp.grpc_server import start_grpc
+
+            try:
+                self._grpc, _ = await start_grpc(self.receiver, "127.0.0.1", self.grpc_port)
+            except OSError as exc:
+                log.warning("OTLP/gRPC receiver not on 127.0.0.1:%s (%s)", self.grpc_port, exc)
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self._compact_loop(), name="rollup-compaction"))
         self._stop_rules.clear()
@@ -375,6 +389,9 @@ class Telemetry:
 
     async def stop(self) -> None:
         """Stop serving, drain into the store (the rest stays in the WAL), close the store."""
+        if self._grpc is not None:
+            await self._grpc.stop(2.0)  # calls in flight get their answer
+            self._grpc = None
         for server, _, _ in self._servers:
             server.should_exit = True
         for _, task, sock in self._servers:

@@ -61,7 +61,8 @@ def platform(noops_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         (noops_home / shared).mkdir(parents=True, exist_ok=True)
         (home / shared).symlink_to(noops_home / shared)
     env = dict(os.environ, NOOPS_HOME=str(home), NOOPS_FRONTDOOR_PORT=str(free_port()),
-               NOOPS_RESTART_BACKOFF_S="1", NOOPS_OTLP_PORT=str(free_port()))
+               NOOPS_RESTART_BACKOFF_S="1", NOOPS_OTLP_PORT=str(free_port()),
+               NOOPS_OTLP_GRPC_PORT="0")
     env.pop("SOURCE_DATE_EPOCH", None)
     p = Platform(home, env)
     policy = home / "open-policy.toml"

@@ -33,7 +33,8 @@ def _rows_per_minute(store: DuckDBStore) -> dict[datetime, tuple[int, int]]:
 
 def test_compaction_pass_watermark_and_late_rows(tmp_path: Path) -> None:
     store = DuckDBStore(tmp_path / "telemetry.duckdb")
-    telemetry = Telemetry(Settings(environ={}, overrides={"home": tmp_path, "otlp_port": 0}),
+    telemetry = Telemetry(Settings(environ={}, overrides={"home": tmp_path, "otlp_port": 0,
+                                                             "otlp_grpc_port": 0}),
                           store=store)
     try:
         now = datetime.now(UTC).replace(second=30, microsecond=0)

@@ -23,6 +23,8 @@ from typing import Any
 
 from noops.observe.otlp.receiver import Receiver
 
+SpanContexts = dict[str, Any]  # span name -> its opentelemetry.trace.SpanContext
+
 
 class MemoryStore:
     """Thread-safe in-memory store; ``delay_s`` sleeps in every insert."""
@@ -55,6 +57,31 @@ class MemoryStore:
             if time.monotonic() > deadline:
                 raise AssertionError("store did not receive the expected rows in time")
             time.sleep(0.02)
+
+
+def emit_spans(tracer: Any, count: int = 20) -> SpanContexts:
+    """``count`` server spans ``op-<i>`` (attribute ``i``, one event ``tick``) from a real SDK
+    ``tracer``; their contexts by name."""
+    from opentelemetry.trace import SpanKind
+
+    contexts = {}
+    for i in range(count):
+        with tracer.start_as_current_span(f"op-{i}", kind=SpanKind.SERVER, attributes={"i": i}) as s:
+            s.add_event("tick", {"n": i})
+            contexts[f"op-{i}"] = s.get_span_context()
+    return contexts
+
+
+def check_spans(store: MemoryStore, contexts: SpanContexts, service: str) -> None:
+    """The spans of :func:`emit_spans` are stored with their ids, attributes, event, kind,
+    service, resource (``region=eu``) and scope (``it.tracer``)."""
+    spans = {r["SpanName"]: r for r in store.spans}
+    for name, ctx in contexts.items():
+        row = spans[name]
+        assert row["TraceId"] == format(ctx.trace_id, "032x") and row["SpanId"] == format(ctx.span_id, "016x")
+        assert row["SpanAttributes"] == {"i": name.split("-")[1]} and row["SpanKind"] == "Server"
+        assert row["Events.Name"] == ["tick"] and row["ServiceName"] == service
+        assert row["ResourceAttributes"]["region"] == "eu" and row["ScopeName"] == "it.tracer"
 
 
 @dataclass

@@ -24,7 +24,8 @@ class Daemon:
     port: int
     env: dict[str, str]
     otlp_port: int = 0
-    """The OTLP receiver's TCP port on 127.0.0.1 (also ``GET /metrics``)."""
+    """The OTLP receiver's TCP port on 127.0.0.1 (also ``GET /metrics``); its gRPC port is
+    ``env["NOOPS_OTLP_GRPC_PORT"]``."""
 
     def noops(self, *args: str, check: bool = True, timeout: float = 600,
               input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -105,7 +106,8 @@ def _platform(noops_home: Path, home: Path, **settings: str) -> Daemon:
         (home / shared).symlink_to(noops_home / shared)
     port = free_port()
     env = dict(os.environ, NOOPS_HOME=str(home), NOOPS_FRONTDOOR_PORT=str(port),
-               NOOPS_RESTART_BACKOFF_S="1", NOOPS_OTLP_PORT=str(free_port()))
+               NOOPS_RESTART_BACKOFF_S="1", NOOPS_OTLP_PORT=str(free_port()),
+               NOOPS_OTLP_GRPC_PORT=str(free_port()))
     env.update({f"NOOPS_{k.upper()}": v for k, v in settings.items()})
     env.pop("SOURCE_DATE_EPOCH", None)
     d = Daemon(home, port, env, int(env["NOOPS_OTLP_PORT"]))

@@ -20,6 +20,10 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import EXAMPLES, eventually
@@ -110,6 +114,16 @@ def test_an_app_is_observed_with_nothing_to_set_up(platform_with, tmp_path, uniq
         tcp = client.get(f"http://127.0.0.1:{daemon.otlp_port}/metrics")
     assert tcp.status_code == 200 and tcp.headers["content-type"].startswith("text/plain")
     assert "noops_store_insert_seconds_mean" in _metrics(tcp.text)
+    # OTLP/gRPC on the host, as a collector or an SDK's default exporter sends: the same store
+    grpc_port = daemon.env["NOOPS_OTLP_GRPC_PORT"]
+    provider = TracerProvider(resource=Resource.create({"service.name": f"grpc{unique}"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(
+        endpoint=f"127.0.0.1:{grpc_port}", insecure=True)))
+    with provider.get_tracer("t").start_as_current_span("by-grpc") as by_grpc:
+        grpc_trace = format(by_grpc.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    eventually("the span sent over OTLP/gRPC", lambda: "by-grpc" in daemon.api(
+        "GET", f"/api/traces/{grpc_trace}").text)
 
     # the APM and rules APIs are mounted: the trace, the log search, deploy markers, the probe
     trace = daemon.api("GET", f"/api/traces/{ids[0]['trace_id']}")

@@ -1,5 +1,6 @@
 """The daemon's telemetry service on its own (no containers): OTLP on the Unix socket the
-monitors forward to and on the TCP port, ``/metrics``, retention, a port already taken, stop."""
+monitors forward to, on the TCP port and over gRPC, ``/metrics``, retention, ports already
+taken, stop."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
+from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import free_port
+from noops.observe.otlp.grpc_server import SERVICES
 from noops.observe.service import Telemetry
 from noops.settings import Settings
 
@@ -48,13 +52,14 @@ def _span_protobuf(trace_id: str, service: str, version: str) -> bytes:
     ).SerializeToString()
 
 
-def _settings(home: Path, port: int, **extra: str) -> Settings:
-    return Settings(environ={}, overrides={"home": home, "otlp_port": port, **extra})
+def _settings(home: Path, port: int, **extra: str | int) -> Settings:
+    return Settings(environ={}, overrides={"home": home, "otlp_port": port, "otlp_grpc_port": 0,
+                                           **extra})
 
 
 def test_receiver_socket_port_metrics_retention_and_stop(tmp_path: Path) -> None:
-    port = free_port()
-    telemetry = Telemetry(_settings(tmp_path, port))
+    port, grpc_port = free_port(), free_port()
+    telemetry = Telemetry(_settings(tmp_path, port, otlp_grpc_port=grpc_port))
     old = int((datetime.now(UTC) - timedelta(days=8)).timestamp() * 1e9)
 
     async def scenario() -> None:
@@ -101,6 +106,10 @@ def test_receiver_socket_port_metrics_retention_and_stop(tmp_path: Path) -> None
             [marker] = telemetry.markers.list(service="by-protobuf")
             assert (marker.version, marker.kind) == ("v10", "version")
             assert telemetry.store.trace("3" * 32)
+            # OTLP/gRPC: the same receiver, write-ahead log and store
+            async with aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                export = channel.unary_unary(f"/{SERVICES['traces']}/Export")
+                assert await export(_span_protobuf("4" * 32, "by-grpc", "v11"), timeout=10) == b""
             # retention: an 8-day-old log record goes, a fresh one stays (logs keep 7 days)
             telemetry.store.insert_logs([{"Timestamp": old, "ServiceName": "a", "Body": "old"},
                                          {"Timestamp": time.time_ns(), "ServiceName": "a",
@@ -112,21 +121,25 @@ def test_receiver_socket_port_metrics_retention_and_stop(tmp_path: Path) -> None
 
     asyncio.run(scenario())
     assert not telemetry.socket.exists()
-    with socket.socket() as probe:  # the port is free again
-        probe.bind(("127.0.0.1", port))
+    for free in (port, grpc_port):  # the ports are free again
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", free))
     # what was acknowledged is in the store after a restart
     again = Telemetry(_settings(tmp_path, 0))
     try:
         assert len(again.store.trace("1" * 32)) == 1 and len(again.store.trace("2" * 32)) == 1
+        assert [s["ServiceName"] for s in again.store.trace("4" * 32)] == ["by-grpc"]
     finally:
         again.close()
 
 
-def test_a_taken_port_leaves_the_socket_serving(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        telemetry = Telemetry(_settings(tmp_path, taken.getsockname()[1]))
+def test_taken_ports_leave_the_socket_serving(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken, socket.socket() as taken_grpc:
+        for sock in (taken, taken_grpc):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+        telemetry = Telemetry(_settings(tmp_path, taken.getsockname()[1],
+                                        otlp_grpc_port=taken_grpc.getsockname()[1]))
 
         async def scenario() -> int:
             await telemetry.start()
@@ -139,12 +152,13 @@ def test_a_taken_port_leaves_the_socket_serving(tmp_path: Path) -> None:
             finally:
                 await telemetry.stop()
 
-        assert asyncio.run(scenario()) == 200
+        with caplog.at_level("WARNING", logger="noops"):
+            assert asyncio.run(scenario()) == 200
+        for sock, what in ((taken, "OTLP receiver"), (taken_grpc, "OTLP/gRPC receiver")):
+            assert f"{what} not on 127.0.0.1:{sock.getsockname()[1]}" in caplog.text
 
 
 def test_bad_telemetry_settings_say_what_to_use(tmp_path: Path) -> None:
-    import pytest
-
     from noops.errors import UsageError
 
     with pytest.raises(UsageError, match="use duckdb, chdb or clickhouse://"):
@@ -156,13 +170,13 @@ def test_bad_telemetry_settings_say_what_to_use(tmp_path: Path) -> None:
     assert "telemetry_store = 'clickhouse:/telemetry'" in str(refused.value)
     with pytest.raises(UsageError, match="otlp_port"):
         Telemetry(_settings(tmp_path, 70000))
+    with pytest.raises(UsageError, match="otlp_grpc_port"):
+        Telemetry(_settings(tmp_path, 0, otlp_grpc_port=-1))
     with pytest.raises(UsageError, match="retention_logs_days must be more than 0"):
         Telemetry(_settings(tmp_path, 0, retention_logs_days="0"))
 
 
 def test_a_failure_half_way_through_opening_closes_what_was_opened(tmp_path: Path) -> None:
-    import pytest
-
     from noops.errors import NoopsError
 
     (tmp_path / "telemetry").mkdir()
@@ -174,7 +188,8 @@ def test_a_failure_half_way_through_opening_closes_what_was_opened(tmp_path: Pat
     # still holds the half-built object), so another process can open it right away
     script = ("import sys; from noops.observe.service import Telemetry; "
               "from noops.settings import Settings; "
-              "t = Telemetry(Settings(environ={}, overrides={'home': sys.argv[1], 'otlp_port': 0}));"
+              "t = Telemetry(Settings(environ={}, overrides={'home': sys.argv[1], 'otlp_port': 0,"
+              " 'otlp_grpc_port': 0}));"
               " t.close()")
     import subprocess
     import sys

@@ -1,7 +1,7 @@
-"""OTLP/HTTP ingestion: decode export requests into ClickHouse-exporter-shaped rows
-(:mod:`.decode`; protobuf traces straight to an Arrow table by :mod:`.native`), make them
-durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`), with what the platform knows
-about the sender written over its claims (:mod:`.identity`)."""
+"""OTLP/HTTP and OTLP/gRPC (:mod:`.grpc_server`) ingestion: decode export requests into
+ClickHouse-exporter-shaped rows (:mod:`.decode`; protobuf traces straight to an Arrow table by
+:mod:`.native`), make them durable (:mod:`.wal`) and hand them to a store (:mod:`.receiver`),
+with what the platform knows about the sender written over its claims (:mod:`.identity`)."""
 
 from noops.observe.otlp.decode import (
     DecodeResult,

@@ -15,6 +15,9 @@ Answers (the body always in the request's encoding, protobuf or JSON):
   items that repeat too much resource data (``decode.MAX_SHARED_CHARS``);
 * ``429`` + ``Retry-After`` when the queue is full (never accept-and-drop), ``503`` +
   ``Retry-After`` when the WAL cannot be written.
+
+:meth:`Receiver.accept` is that path without HTTP (an :class:`Outcome`); OTLP/gRPC
+(:mod:`.grpc_server`) answers through it too.
 """
 
 from __future__ import annotations
@@ -127,6 +130,20 @@ _TAGS = {CONTENT_TYPE_PROTOBUF: b"p", CONTENT_TYPE_JSON: b"j"}
 _TAG_TYPES = {v: k for k, v in _TAGS.items()}
 # google.rpc.Code values for the Status body
 _GRPC_INVALID_ARGUMENT, _GRPC_RESOURCE_EXHAUSTED, _GRPC_UNAVAILABLE = 3, 8, 14
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one export request, whatever carried it (HTTP here, gRPC in
+    :mod:`.grpc_server`): ``status`` is the HTTP answer (200, 400, 413, 429 or 503),
+    ``grpc_code`` the ``google.rpc.Code`` it maps to, ``retry_after_s`` set when the sender
+    should retry (429/503), ``result`` the decoded request when it was accepted."""
+
+    status: int
+    grpc_code: int = 0
+    message: str = ""
+    retry_after_s: int | None = None
+    result: DecodeResult | None = None
 
 
 @dataclass
@@ -312,8 +329,6 @@ class Receiver:
         return endpoint
 
     def _error(self, media: str, status: int, grpc_code: int, message: str, **headers: str) -> Response:
-        if status == 400:
-            self._stats.bad_requests += 1
         return Response(_status_body(media, grpc_code, message), status, headers=headers, media_type=media)
 
     async def _read_body(self, request: Request) -> bytes | None:
@@ -355,28 +370,46 @@ class Receiver:
                 media, 415, _GRPC_INVALID_ARGUMENT, f"unsupported Content-Encoding {encoding!r}"
             )
         cfg = self.settings
-        too_big = f"body over {cfg.max_body_bytes} bytes sent or {cfg.max_decompressed_bytes} decompressed"
         body = await self._read_body(request)
         if body is None:
-            return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
+            self._stats.bad_requests += 1
+            return self._error(media, 413, _GRPC_INVALID_ARGUMENT,
+                               f"body over {cfg.max_body_bytes} bytes sent")  # fmt: skip
         pid = request.scope.get("state", {}).get(PEER_PID)
         verified = self.senders(pid) if self.senders is not None and pid else None
+        outcome = await self.accept(signal, body, media, encoding, verified)
+        if outcome.result is None:
+            retry = {} if outcome.retry_after_s is None else {"Retry-After": str(outcome.retry_after_s)}
+            return self._error(media, outcome.status, outcome.grpc_code, outcome.message, **retry)
+        return Response(self.response_body(media, signal, outcome.result), 200, media_type=media)
+
+    async def accept(self, signal: str, body: bytes, media: str = CONTENT_TYPE_PROTOBUF,
+                     encoding: str = "identity", verified: Mapping[str, str] | None = None,
+                     ) -> Outcome:
+        """Inflate, decode, make durable and queue one export request's ``body``; the
+        answer, whatever protocol carried the request. ``verified``: what the platform vouches
+        for about the sender (:mod:`.identity`)."""
+        cfg = self.settings
+        too_big = f"body over {cfg.max_decompressed_bytes} bytes decompressed"
         try:
             if encoding in _WBITS:
-                body = await anyio.to_thread.run_sync(self._inflate, body, encoding)
-                if body is None:
-                    return self._error(media, 413, _GRPC_INVALID_ARGUMENT, too_big)
+                inflated = await anyio.to_thread.run_sync(self._inflate, body, encoding)
+                if inflated is None:
+                    self._stats.bad_requests += 1
+                    return Outcome(413, _GRPC_INVALID_ARGUMENT, too_big)
+                body = inflated
             stored, result = await anyio.to_thread.run_sync(self._decode, signal, body, media,
                                                             verified)
         except OtlpDecodeError as exc:  # 400, or 413 for a batch that expands too far
-            return self._error(media, exc.http_status, _GRPC_INVALID_ARGUMENT, str(exc))
+            self._stats.bad_requests += 1
+            return Outcome(exc.http_status, _GRPC_INVALID_ARGUMENT, str(exc))
         if result.count:
-            throttled = await self._enqueue(signal, media, stored, result)
-            if throttled is not None:
-                return throttled
+            refused = await self._enqueue(signal, media, stored, result)
+            if refused is not None:
+                return refused
         self._stats.accepted[signal] += result.count
         self._stats.rejected[signal] += result.rejected
-        return self._success(media, signal, result)
+        return Outcome(200, result=result)
 
     def _decode(self, signal: str, body: bytes, media: str, verified: Mapping[str, str] | None
                 ) -> tuple[bytes, DecodeResult]:
@@ -389,19 +422,20 @@ class Receiver:
                                         "once the sender's identity is added")
         return body, self._decoders[signal](body, media)
 
-    async def _enqueue(self, signal: str, media: str, body: bytes, result: DecodeResult) -> Response | None:
+    async def _enqueue(self, signal: str, media: str, body: bytes, result: DecodeResult) -> Outcome | None:
         assert self._queue is not None and self._wal_lock is not None, "receiver not started"
-        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        retry = self.settings.retry_after_s
         if self._queue.qsize() + self._reserved >= self.settings.queue_requests:
             self._stats.throttled += 1
-            return self._error(media, 429, _GRPC_RESOURCE_EXHAUSTED,
-                               "the telemetry store is behind; retry later", **retry)  # fmt: skip
+            return Outcome(429, _GRPC_RESOURCE_EXHAUSTED, "the telemetry store is behind; retry later",
+                           retry)  # fmt: skip
         self._reserved += 1  # a slot is ours before we await, so the queue can never overflow
         try:
             seq = await self._wal_append(signal, _TAGS[media] + body)
         except (WalError, OSError):
             log.exception("WAL append failed")
-            return self._error(media, 503, _GRPC_UNAVAILABLE, "cannot persist telemetry right now", **retry)
+            self._stats.throttled += 1
+            return Outcome(503, _GRPC_UNAVAILABLE, "cannot persist telemetry right now", retry)
         finally:
             self._reserved -= 1
         self._queue.put_nowait(_Item(seq, signal, result))
@@ -446,7 +480,9 @@ class Receiver:
             f.set_result(seq)
         self._last_seq = max(self._last_seq, seqs[-1])
 
-    def _success(self, media: str, signal: str, result: DecodeResult) -> Response:
+    @staticmethod
+    def response_body(media: str, signal: str, result: DecodeResult) -> bytes:
+        """The ``Export…ServiceResponse`` for an accepted request, with its partial success."""
         cls, field_name = _RESPONSES[signal]
         msg = cls()
         if result.rejected or result.errors:
@@ -454,10 +490,8 @@ class Receiver:
             setattr(ps, field_name, result.rejected)
             ps.error_message = "; ".join(result.errors)
         if media == CONTENT_TYPE_JSON:
-            body = json_format.MessageToJson(msg, indent=None).encode()
-        else:
-            body = msg.SerializeToString()
-        return Response(body, 200, media_type=media)
+            return json_format.MessageToJson(msg, indent=None).encode()
+        return msg.SerializeToString()
 
     # -- introspection --------------------------------------------------------------------------
 
