@@ -82,6 +82,25 @@ class TestIdP:
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)  # the forms received
     jwks_requests: int = 0
+    # refresh tokens that still work (one use each: a refresh rotates it); deprovision() or
+    # mode "down" (503 on the token endpoint) change how a refresh is answered
+    refresh_tokens: set[str] = field(default_factory=set)
+    login_refresh_tokens: list[str] = field(default_factory=list)  # issued with a code, in order
+    rotated: dict[str, str] = field(default_factory=dict)  # a used refresh token -> its successor
+
+    def refresh_chain(self, first: str) -> list[str]:
+        """The refresh tokens of one sign-in, from the one its login got, in order of use."""
+        chain = [first]
+        while chain[-1] in self.rotated:
+            chain.append(self.rotated[chain[-1]])
+        return chain
+
+    def deprovision(self) -> None:
+        """The user is removed at the provider: every refresh token stops working."""
+        self.refresh_tokens.clear()
+
+    def refreshes(self) -> list[dict[str, str]]:
+        return [f for f in self.token_requests if f.get("grant_type") == "refresh_token"]
 
     def jwks(self) -> dict[str, Any]:
         rsa_pub = self.rsa_key.public_key().public_numbers()
@@ -101,7 +120,7 @@ class TestIdP:
                 "code_challenge_methods_supported": ["S256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic"]}
 
-    def id_token(self, nonce: str, access_token: str) -> str:
+    def id_token(self, nonce: str | None, access_token: str) -> str:
         now = int(time.time())
         mode = self.mode
         claims: dict[str, Any] = {
@@ -109,6 +128,8 @@ class TestIdP:
             "nonce": nonce, "email": "ada@example.test", "email_verified": True,
             "groups": ["ops", "dev"], "amr": self.amr,
             "at_hash": b64url(hashlib.sha256(access_token.encode()).digest()[:16])}
+        if nonce is None:  # a refresh: no login to bind it to
+            del claims["nonce"]
         if self.acr is not None:
             claims["acr"] = self.acr
         header: dict[str, Any] = {"alg": "RS256", "kid": self.rsa_kid, "typ": "JWT"}
@@ -210,6 +231,9 @@ def make_handler(idp: TestIdP) -> type[BaseHTTPRequestHandler]:
             if auth != f"Basic {expected}":
                 self.send_json(401, {"error": "invalid_client"})
                 return
+            if form.get("grant_type") == "refresh_token":
+                self.refresh(form)
+                return
             grant = idp.codes.pop(form.get("code", ""), None)  # single use
             verifier = form.get("code_verifier", "")
             if (grant is None or form.get("grant_type") != "authorization_code"
@@ -217,9 +241,28 @@ def make_handler(idp: TestIdP) -> type[BaseHTTPRequestHandler]:
                     or b64url(hashlib.sha256(verifier.encode()).digest()) != grant["challenge"]):
                 self.send_json(400, {"error": "invalid_grant"})
                 return
-            access = secrets.token_urlsafe(24)
+            access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            idp.refresh_tokens.add(refresh)
+            idp.login_refresh_tokens.append(refresh)
             self.send_json(200, {"access_token": access, "token_type": "Bearer", "expires_in": 300,
-                                 "id_token": idp.id_token(grant["nonce"], access)})
+                                 "id_token": idp.id_token(grant["nonce"], access),
+                                 "refresh_token": refresh})
+
+        def refresh(self, form: dict[str, str]) -> None:
+            if idp.mode == "down":
+                self.send_json(503, {"error": "temporarily_unavailable"})
+                return
+            used = form.get("refresh_token", "")
+            try:
+                idp.refresh_tokens.remove(used)
+            except KeyError:
+                self.send_json(400, {"error": "invalid_grant"})
+                return
+            access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            idp.refresh_tokens.add(refresh)
+            idp.rotated[used] = refresh
+            self.send_json(200, {"access_token": access, "token_type": "Bearer", "expires_in": 300,
+                                 "id_token": idp.id_token(None, access), "refresh_token": refresh})
 
     return Handler
 

@@ -532,10 +532,6 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
     from noops.api import make_app
 
     platform = Platform(settings, backoff_s=backoff_s)
-    pid_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    pid_path(settings).write_text(str(os.getpid()))
-    # before the instances: their monitors forward telemetry to the receiver's socket
-    await platform.telemetry.start()
     stop = asyncio.Event()
     with_apps = False
 
@@ -544,15 +540,23 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
         with_apps = True
         stop.set()
 
+    # before the pid file names this process: a stop asked for while starting is noted, and
+    # acted on as soon as the step under way ends
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, stop_with_apps)
+    pid_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    pid_path(settings).write_text(str(os.getpid()))
     background: list[asyncio.Task[Any]] = []
     frontdoor: int | None = None
     try:
+        # before the instances: their monitors forward telemetry to the receiver's socket
+        await platform.telemetry.start()
         summary = await platform.recover()
         log.info("recovered: %s", summary)
+        if stop.is_set():
+            return  # asked to stop while starting: no front door, console or API
         background += [asyncio.create_task(platform.gc_forever(), name="gc"),
                        asyncio.create_task(platform.rotate_forever(), name="svid-rotation")]
         frontdoor = start_frontdoor(settings)
@@ -584,7 +588,10 @@ async def serve(settings: Settings, *, backoff_s: float = 10.0) -> None:
         for slot in list(platform.supervisor.slots.values()):
             if slot.task is not None:
                 slot.task.cancel()
-        if with_apps:  # unsupervised now, so nothing restarts them; the receiver still runs
+        if with_apps:
+            # Unsupervised now, so nothing restarts them; the receiver still runs. (A start
+            # already under way in a worker thread may finish after this list is taken: the
+            # CLI's own stop_instances then stops it.)
             await asyncio.to_thread(stop_instances, settings)
         await platform.telemetry.stop()
         pid_path(settings).unlink(missing_ok=True)
@@ -620,6 +627,11 @@ def start_frontdoor(settings: Settings) -> int | None:
     return proc.pid
 
 
+def instance_manager(settings: Settings) -> InstanceManager:
+    """The instances of this home, as the daemon sees them."""
+    return InstanceManager(settings.home, ImageStore(settings.home / "images"), Runc(settings.get("runc")))
+
+
 def stop_instances(settings: Settings) -> None:
     """Stop every instance of this home.
 
@@ -627,8 +639,7 @@ def stop_instances(settings: Settings) -> None:
     whole stop takes about the longest grace period, not their sum."""
     from concurrent.futures import ThreadPoolExecutor
 
-    manager = InstanceManager(settings.home, ImageStore(settings.home / "images"),
-                              Runc(settings.get("runc")))
+    manager = instance_manager(settings)
     instances = manager.existing()
     if instances:
         with ThreadPoolExecutor(max_workers=min(32, len(instances))) as pool:

@@ -1,4 +1,5 @@
-"""Zero-trust administration: the CA, users, devices, the policy and the audit log.
+"""Zero-trust administration: the CA, users, devices, the identity provider, the policy and the
+audit log.
 
 The front door enforces what these commands set, on its next request: a locked user's sessions
 and websockets end, a revoked device is refused, an applied policy is in force within a quarter
@@ -204,6 +205,92 @@ def policy_history(ctx: Ctx) -> None:
             con.print(f"{r['time']:.0f} {r['actor']} {r['version']}")
 
     emit(ctx, rows, show)
+
+
+@cli.group()
+def oidc() -> None:
+    """The identity provider browsers may sign in with (OpenID Connect, code flow with PKCE)."""
+
+
+@oidc.command("set")
+@click.argument("issuer")
+@click.option("--client-id", required=True, help="The client registered at the provider.")
+@click.option("--client-secret-stdin", is_flag=True, help="Read the client secret from stdin.")
+@click.option("--name", default="your identity provider", show_default=True,
+              help='What the sign-in page calls it ("Sign in with NAME").')
+@click.option("--scope", "scopes", multiple=True,
+              help="Scopes to ask for; repeatable (default: openid email profile).")
+@click.option("--refresh-every", "refresh_s", type=click.FloatRange(min=1), default=300.0,
+              show_default=True, help="Seconds between checks of each sign-in with the provider "
+              "(its refresh token); a refused check ends the sign-in's sessions.")
+@click.option("--no-check", is_flag=True, help="Do not fetch the provider's discovery document.")
+@output_options
+@pass_ctx
+def oidc_set(ctx: Ctx, issuer: str, client_id: str, client_secret_stdin: bool, name: str,
+             scopes: tuple[str, ...], refresh_s: float, no_check: bool) -> None:
+    """Sign browsers in with the provider ISSUER; the front door takes it on its next sign-in.
+
+    Register https://auth.localhost:PORT/.noops/oidc/callback (and each app host's, for sign-ins
+    on an app's own page) as redirect URIs at the provider. The client secret is stored sealed
+    with the gateway's key (gate/secret.key), never in clear. When the provider issues refresh
+    tokens (some want the scope offline_access), each sign-in is checked with it every
+    --refresh-every seconds and ends when the provider refuses."""
+    from noops.gate._identity_db import OIDCError
+    from noops.gate._oidc_config import DEFAULT_SCOPES, OidcConfig, save_oidc
+    from noops.gate.identity import OIDCProvider
+
+    secret = _secret("Client secret", client_secret_stdin)
+    if not secret:
+        raise UsageError("the client secret is empty: give the one the provider issued")
+    config = OidcConfig(issuer, client_id, secret, name, tuple(dict.fromkeys(("openid", *scopes)))
+                        if scopes else DEFAULT_SCOPES, refresh_s)
+    try:
+        provider = OIDCProvider(issuer, client_id, secret, "https://auth.localhost/.noops/oidc/callback")
+        try:
+            if not no_check:
+                provider.discover()
+        finally:
+            provider.close()
+    except OIDCError as exc:
+        raise UsageError(f"{exc} (--no-check stores it anyway)") from exc
+    save_oidc(_gate_dir(ctx) / "oidc.toml", config)
+    emit(ctx, {"issuer": issuer, "client_id": client_id, "name": name, "scopes": list(config.scopes),
+               "refresh_s": refresh_s},
+         lambda con: con.print(f"browsers sign in with {name} ({issuer}); the client secret is sealed"))
+
+
+@oidc.command("show")
+@output_options
+@pass_ctx
+def oidc_show(ctx: Ctx) -> None:
+    """The configured provider (without its secret)."""
+    from noops.gate._oidc_config import load_oidc
+
+    config = load_oidc(_gate_dir(ctx) / "oidc.toml")
+    data: dict[str, Any] | None = None if config is None else {
+        "issuer": config.issuer, "client_id": config.client_id, "name": config.name,
+        "scopes": list(config.scopes), "refresh_s": config.refresh_s,
+        "client_secret": "sealed" if config.sealed else "in clear"}
+
+    def show(con: Console) -> None:
+        if data is None:
+            con.print("no identity provider: browsers sign in with noops users only")
+            return
+        for key, value in data.items():
+            con.print(f"{key}: {' '.join(value) if isinstance(value, list) else value}")
+
+    emit(ctx, data, show)
+
+
+@oidc.command("remove")
+@pass_ctx
+def oidc_remove(ctx: Ctx) -> None:
+    """Stop offering the provider (sessions it started stay until they end or are revoked)."""
+    path = _gate_dir(ctx) / "oidc.toml"
+    if not path.exists():
+        raise UsageError("no identity provider is configured")
+    path.unlink()
+    ctx.console.print("the identity provider is removed; browsers sign in with noops users only")
 
 
 @cli.command()

@@ -90,19 +90,37 @@ def down(ctx: Ctx, stop_apps: bool) -> None:
         # receiver for its whole grace period).
         try:
             pid = int(pid_file.read_text())
+            if b"noops" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                raise ProcessLookupError  # a stale pid file: that number is another process now
             os.kill(pid, signal.SIGUSR1 if stop_apps else signal.SIGTERM)
-        except (ValueError, ProcessLookupError):
-            pid_file.unlink()
+        except (ValueError, OSError):
+            pid_file.unlink(missing_ok=True)
         else:
-            deadline = time.monotonic() + (120 if stop_apps else 30)
+            wait_s = _stop_wait_s(ctx, stop_apps)
+            deadline = time.monotonic() + wait_s
             while pid_file.exists() and process_running(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
+            if pid_file.exists() and process_running(pid):
+                raise NoopsError(f"the daemon (pid {pid}) did not stop within {wait_s:.0f} s: see "
+                                 f"{ctx.settings.home / 'logs'}, then `kill -9 {pid}` and run "
+                                 f"`noops down{' --apps' if stop_apps else ''}` again")
     if stop_apps:
         from noops.daemon import stop_everything
 
         stop_everything(ctx.settings)
     ctx.console.print("noops is down" + (" (apps stopped)" if stop_apps else
                                          "; apps keep serving"))
+
+
+def _stop_wait_s(ctx: Ctx, with_apps: bool) -> float:
+    """How long the daemon may take to stop: its own drain, plus with ``--apps`` the longest
+    grace period of the instances it stops (they stop side by side)."""
+    if not with_apps:
+        return 30.0
+    from noops.daemon import instance_manager
+
+    manager = instance_manager(ctx.settings)
+    return 30.0 + max((i.spec.grace_s + 5 for i in manager.existing()), default=0.0)
 
 
 @cli.group()

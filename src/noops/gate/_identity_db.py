@@ -84,6 +84,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     auth_at       REAL   -- when its strongest factor was last shown (login, step-up)
 );
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user);
+-- the identity provider's refresh token of an OIDC sign-in (sealed by the gateway, never in
+-- clear), asked again at next_at; ok_at: when the provider last said the sign-in holds
+CREATE TABLE IF NOT EXISTS idp_tokens (
+    family   TEXT PRIMARY KEY,
+    user     TEXT NOT NULL,
+    sub      TEXT NOT NULL,
+    sealed   BLOB NOT NULL,
+    next_at  REAL NOT NULL,
+    ok_at    REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS revocations (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id TEXT NOT NULL,

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ import httpx
 from noops.gate._identity_db import OIDCError
 from noops.gate._identity_jose import SUPPORTED_ALGS, Jwk, parse_jwks, token_header, verify_jws
 
-__all__ = ["OIDCIdentity", "OIDCProvider"]
+__all__ = ["OIDCIdentity", "OIDCProvider", "OIDCRefused"]
 
 _MFA_AMR = frozenset({"mfa", "otp"})
 # acr values that commonly mean "multi-factor" (OpenID PAPE and REFEDS MFA profiles).
@@ -44,6 +44,11 @@ class OIDCIdentity:
     groups: tuple[str, ...]
     mfa: bool  # the IdP says it did MFA (amr has mfa/otp, or acr is an MFA level)
     claims: Mapping[str, Any] = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)  # when the provider issued one
+
+
+class OIDCRefused(OIDCError):
+    """The provider refused a refresh token: the sign-in it came from has ended there."""
 
 
 @dataclass(frozen=True)
@@ -200,12 +205,34 @@ class OIDCProvider:
         claims = self.validate_id_token(id_token, nonce=pending.nonce,
                                         access_token=access if isinstance(access, str) else None,
                                         now=now)
-        return self._identity(claims)
+        refresh = tokens.get("refresh_token")
+        return replace(self._identity(claims),
+                       refresh_token=refresh if isinstance(refresh, str) and refresh else None)
+
+    def refresh(self, refresh_token: str, sub: str, *, now: float | None = None) -> str:
+        """Ask the provider whether the sign-in behind ``refresh_token`` still holds (RFC 6749
+        section 6); returns the refresh token to use next time (rotated or the same). Raises
+        :class:`OIDCRefused` when the provider refuses it (the user was signed out, disabled or
+        deprovisioned there), :class:`OIDCError` when it cannot be asked (try again later)."""
+        tokens = self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token},
+                                     "refresh token")
+        id_token = tokens.get("id_token")
+        if isinstance(id_token, str):  # OIDC Core 12.2: same subject, no nonce to check
+            access = tokens.get("access_token")
+            claims = self.validate_id_token(id_token, nonce=None, now=now,
+                                            access_token=access if isinstance(access, str) else None)
+            if claims["sub"] != sub:
+                raise OIDCRefused("the provider answered for another subject")
+        new = tokens.get("refresh_token")
+        return new if isinstance(new, str) and new else refresh_token
 
     def _exchange(self, code: str, verifier: str) -> dict[str, Any]:
+        return self._token_request({"grant_type": "authorization_code", "code": code,
+                                    "redirect_uri": self.redirect_uri, "code_verifier": verifier},
+                                   "code")
+
+    def _token_request(self, form: dict[str, str], what: str) -> dict[str, Any]:
         config = self.discover()
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
-                "code_verifier": verifier}
         headers = {"Accept": "application/json"}
         methods = config.get("token_endpoint_auth_methods_supported", ["client_secret_basic"])
         if "client_secret_basic" in methods:
@@ -222,12 +249,16 @@ class OIDCProvider:
             raise OIDCError(f"the token request failed: {exc}") from exc
         if resp.status_code != 200 or not isinstance(doc, dict):
             error = doc.get("error") if isinstance(doc, dict) else None
-            raise OIDCError(f"the provider refused the code (HTTP {resp.status_code}, {error!r})")
+            message = f"the provider refused the {what} (HTTP {resp.status_code}, {error!r})"
+            # RFC 6749 5.2: 400 (invalid_grant...) and 401 (invalid_client) are answers; a 5xx
+            # or anything else says nothing about the sign-in
+            raise (OIDCRefused if resp.status_code in (400, 401) else OIDCError)(message)
         return doc
 
-    def validate_id_token(self, id_token: str, *, nonce: str, access_token: str | None = None,
+    def validate_id_token(self, id_token: str, *, nonce: str | None, access_token: str | None = None,
                           now: float | None = None) -> dict[str, Any]:
-        """Verify an ID token and return its claims; raises OIDCError."""
+        """Verify an ID token and return its claims; raises OIDCError. ``nonce``: the login's
+        (``None`` for a token from a refresh, which has none to match)."""
         now = time.time() if now is None else now
         algs = self._allowed_algs()
         kid = token_header(id_token).get("kid")
@@ -257,8 +288,8 @@ class OIDCProvider:
         if now - iat > self.max_token_age_s + skew:
             raise OIDCError("the ID token was issued too long ago")
         token_nonce = claims.get("nonce")
-        if not isinstance(token_nonce, str) or not hmac.compare_digest(token_nonce.encode(),
-                                                                       nonce.encode()):
+        if nonce is not None and (not isinstance(token_nonce, str) or not hmac.compare_digest(
+                token_nonce.encode(), nonce.encode())):
             raise OIDCError("the ID token's nonce does not match this login")
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise OIDCError("the ID token has no subject")

@@ -279,6 +279,13 @@ class SessionsMixin:
             self._revoke_where(conn, _FAMILY_OF.format("secret_hash=?"), (digest,), now, reason)
             return live
 
+    def revoke_family(self, family: str, *, now: float | None = None, reason: str = "logout") -> int:
+        """Revoke every session of a sign-in (its family), whichever of them are still live;
+        returns how many were."""
+        now = time.time() if now is None else now
+        with self._db.write() as conn:
+            return self._revoke_where(conn, "family=?", (family,), now, reason)
+
     def revoke_user_sessions(self, user: str, *, now: float | None = None,
                              reason: str = "logout everywhere") -> int:
         """Revoke every session of ``user``; returns how many were live."""

@@ -30,12 +30,10 @@ import html
 import json
 import secrets
 import time
-import tomllib
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from noops.gate._errors import GateError
 from noops.gate._pep_types import ConnIdentity, Reply, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH
 from noops.gate.identity import OIDCProvider, Session, clear_session_cookie, session_cookie
@@ -140,8 +138,9 @@ class Pages:
 
     def __init__(self, gate: Gatekeeper) -> None:
         self.gate = gate
-        self._oidc_config: dict[str, Any] | None = self._read_oidc()
+        self._oidc = gate.oidc
         self._providers: dict[str, OIDCProvider] = {}
+        self._providers_of = self._oidc.changes
 
     # -- dispatch -------------------------------------------------------------------------------
     def route(self, conn: ConnIdentity, req: Request) -> Verdict:
@@ -235,11 +234,12 @@ class Pages:
         rd = safe_redirect(dict(urllib.parse.parse_qsl(req.query)).get("rd", "/")) or "/"
         token, headers = self._csrf(req)
         oidc = ""
-        if self._oidc_config is not None:
+        config = self._oidc.current()
+        if config is not None:
             # a link, not a form: the provider is another origin, which form-action 'self' forbids
             start = html.escape("/.noops/oidc/start?" + urllib.parse.urlencode({"rd": rd}))
             oidc = (f'<p><a class="button alt" href="{start}">Sign in with '
-                    f'{html.escape(self._oidc_config.get("name", "your identity provider"))}</a></p>')
+                    f'{html.escape(config.name)}</a></p>')
         err = f"<p class='err'>{html.escape(error)}</p>" if error else ""
         inner = (f"<h1>Sign in</h1><p class='sub'>to {html.escape(req.host)}</p>{err}"
                  f'<form method="post" action="/.noops/login">'
@@ -363,27 +363,21 @@ class Pages:
         return _redirect("/.noops/login", [("Set-Cookie", clear_session_cookie())])
 
     # -- OIDC ---------------------------------------------------------------------------------------
-    def _read_oidc(self) -> dict[str, Any] | None:
-        try:
-            data = tomllib.loads(self.gate.files.oidc.read_text())
-        except FileNotFoundError:
-            return None
-        for key in ("issuer", "client_id", "client_secret"):
-            if not isinstance(data.get(key), str):
-                raise GateError(f"{self.gate.files.oidc}: {key} is required (a string); fix the file")
-        return data
-
     def _provider(self, host: str) -> OIDCProvider | None:
-        config = self._oidc_config
+        config = self._oidc.current()
         if config is None:
             return None
+        if self._providers_of != self._oidc.changes:  # `noops oidc set` changed the provider
+            # (not closed: a login thread may still use one; sign-ins begun before the change
+            # are refused at the callback and start again)
+            self._providers, self._providers_of = {}, self._oidc.changes
         provider = self._providers.get(host)
         if provider is None:
             # The redirect URI is built from the routed host (a configured app host, never a
             # client header) and the configured port.
             redirect = f"https://{host}:{self.gate.port}/.noops/oidc/callback"
             provider = self._providers[host] = OIDCProvider(
-                config["issuer"], config["client_id"], config["client_secret"], redirect)
+                config.issuer, config.client_id, config.client_secret, redirect, scopes=config.scopes)
         return provider
 
     async def _oidc_start(self, req: Request, _body: bytes) -> Answer:
@@ -420,7 +414,8 @@ class Pages:
         else:
             gate.identities.set_groups(name, list(who.groups))
         method = "oidc_mfa" if who.mfa else "oidc"
-        _sid, secret = gate.identities.create_session(name, auth_methods={method}, client_ip=req.client_ip)
+        sid, secret = gate.identities.create_session(name, auth_methods={method}, client_ip=req.client_ip)
+        gate.refresher.keep(sid, name, who)  # the provider is asked again every refresh_s
         if who.mfa:
             gate.known.learn(name, req.client_ip, None)
         gate.record_event(req, name, "login", [method])

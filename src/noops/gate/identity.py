@@ -15,7 +15,8 @@
 Storage is one SQLite file owned by this module (0600, WAL, a connection per thread), separate
 from the platform state store. Implementation lives in ``_identity_*`` modules:
 ``_identity_users`` (passwords, lockout, TOTP), ``_identity_sessions`` (sessions and cookies),
-``_identity_totp`` (RFC 6238), ``_identity_jose`` (ID token signatures), ``_identity_oidc``.
+``_identity_totp`` (RFC 6238), ``_identity_jose`` (ID token signatures), ``_identity_oidc``,
+``_identity_idp`` (the provider's refresh tokens of OIDC sign-ins, stored sealed).
 
 Errors: :class:`IdentityError` (a :class:`noops.gate.GateError`) for misuse, its subclasses
 :class:`SessionError` (HTTP 401: log in again) and :class:`OIDCError` (HTTP 401: restart the
@@ -30,7 +31,8 @@ import time
 from argon2 import PasswordHasher
 
 from noops.gate._identity_db import IdentityDb, IdentityError, OIDCError, SessionError
-from noops.gate._identity_oidc import OIDCIdentity, OIDCProvider
+from noops.gate._identity_idp import IdpToken, IdpTokensMixin
+from noops.gate._identity_oidc import OIDCIdentity, OIDCProvider, OIDCRefused
 from noops.gate._identity_sessions import (
     AUTH_METHODS,
     COOKIE_NAME,
@@ -61,10 +63,12 @@ __all__ = [
     "AuthResult",
     "IdentityError",
     "IdentityStore",
+    "IdpToken",
     "LoginPolicy",
     "OIDCError",
     "OIDCIdentity",
     "OIDCProvider",
+    "OIDCRefused",
     "Revocation",
     "Session",
     "SessionError",
@@ -79,7 +83,7 @@ __all__ = [
 ]
 
 
-class IdentityStore(UsersMixin, SessionsMixin):
+class IdentityStore(UsersMixin, SessionsMixin, IdpTokensMixin):
     """Users, their second factors and their sessions, in the SQLite file at ``path``.
 
     Every method taking ``now`` (Unix seconds) defaults it to ``time.time()``; tests pass it.

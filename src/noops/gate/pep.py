@@ -37,8 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from noops.gate._oidc_config import OidcWatcher
 from noops.gate._pep_known import KnownPlaces
 from noops.gate._pep_pages import Pages
+from noops.gate._pep_refresh import IdpRefresher
 from noops.gate._pep_sso import SingleSignOn
 from noops.gate._pep_types import ConnIdentity, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH, AssertionSigner
@@ -227,6 +229,9 @@ class Gatekeeper:
         self.known = KnownPlaces(files.known)
         self.close_tunnels: Callable[[Callable[[Any], bool]], int] = lambda _pred: 0
         self.knows_host: Callable[[str], bool] = lambda _host: False  # the front door's registry
+        self.oidc = OidcWatcher(files.oidc)
+        self.refresher = IdpRefresher(identities, self.oidc, lambda record: self._audit_q.put(
+            ("r", {**record, "policy_version": self._policy.version})))
         self.pages = Pages(self)
         self.sso = SingleSignOn(self, sso_host) if sso_host else None
 
@@ -274,6 +279,7 @@ class Gatekeeper:
         return self._policy
 
     def close(self) -> None:
+        self.refresher.close()
         self._audit_q.put(None)
         self._audit_thread.join(timeout=5)
         self.audit.close()
@@ -293,6 +299,7 @@ class Gatekeeper:
             closed = self.close_tunnels(lambda info: info.session_id in gone_sids)
             if closed:
                 log.info("closed %d websocket(s) of revoked sessions", closed)
+        self.refresher.poll(moment)
         revoked = self.ca.revoked_serials()
         if revoked is not self._revoked_serials:
             fresh = revoked - self._revoked_serials

@@ -107,13 +107,15 @@ def _span_request(*names: str, bad_id: bool = False) -> bytes:
 
 
 def _retry_delay_s(err: grpc.RpcError) -> int:
-    """The ``RetryInfo`` delay in the error's ``google.rpc.Status`` details."""
-    [raw] = [v for k, v in err.trailing_metadata() if k == "grpc-status-details-bin"]
-    status = status_pb2.Status.FromString(raw)
+    """The ``RetryInfo`` delay in the error's ``google.rpc.Status`` details, which must equal
+    the bare ``RetryInfo`` the Python SDK reads."""
+    trailers = dict(err.trailing_metadata())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
     assert status.code == err.code().value[0] and status.message == err.details()
     [detail] = status.details
     info = error_details_pb2.RetryInfo()
     assert detail.Unpack(info)
+    assert error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]) == info
     return int(info.retry_delay.seconds)
 
 

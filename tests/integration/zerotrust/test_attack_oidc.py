@@ -1,4 +1,4 @@
-"""Attack checklist §8, OIDC items, against a running front door configured (``gate/oidc.toml``)
+"""Attack checklist §8, OIDC items, against a running front door configured (``noops oidc set``)
 with a small OpenID provider run by the test on 127.0.0.1:
 
 * ``state`` enforced: a tampered state, a callback without the login cookie (login CSRF) and a
@@ -8,21 +8,25 @@ with a small OpenID provider run by the test on 127.0.0.1:
   code from another login (code injection) cannot be redeemed;
 * the redirect URI is built from configuration and the routed host, never X-Forwarded-Host;
   an unsafe ``rd`` is refused before the provider is contacted;
-* "IdP refresh failure deletes the session": the gateway keeps no IdP refresh token, so the
-  equivalent guarantee is tested: deprovisioning the user (revoking the sessions) cuts access at
-  once.
+* "IdP refresh failure deletes the session": every sign-in is checked with the provider (its
+  refresh token, sealed at rest, rotated each time) every second here; the provider's refusal
+  ends the sign-in's sessions and closes its websockets, and so does a provider that cannot be
+  asked for three periods. Revoking the user's sessions by hand cuts access at once too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from zt_harness import Gateway, RawConnection, header_values, raw_get, wait_for
+from zt_harness import Gateway, RawConnection, header_values, open_ws, raw_get, wait_for, ws_closed_within
 
 from oidc_idp import TestIdP, b64url, serve
 
@@ -40,15 +44,23 @@ def idp() -> Iterator[TestIdP]:
         yield state
 
 
+def _noops(gw: Gateway, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "noops", "--home", str(gw.home), *args],
+                          input=stdin, capture_output=True, text=True, timeout=60)
+
+
 @pytest.fixture(scope="module")
-def gw(idp: TestIdP) -> Iterator[Gateway]:  # this module's own gateway: oidc.toml is read at start
+def gw(idp: TestIdP) -> Iterator[Gateway]:
     gateway = Gateway()
-    (gateway.gate / "oidc.toml").write_text(
-        f'issuer = "{idp.issuer}"\nclient_id = "{idp.client_id}"\n'
-        f'client_secret = "{idp.client_secret}"\nname = "Test IdP"\n'
-    )
     gateway.add_app("echo")
     gateway.start()
+    # configured while the front door runs (it reads the file again when it changes), the
+    # client secret sealed: never on disk in clear
+    done = _noops(gateway, "oidc", "set", idp.issuer, "--client-id", idp.client_id,
+                  "--client-secret-stdin", "--name", "Test IdP", "--refresh-every", "1",
+                  stdin=idp.client_secret + "\n")
+    assert done.returncode == 0, done.stderr
+    assert idp.client_secret not in (gateway.gate / "oidc.toml").read_text()
     idp.redirect_uri = f"https://echo.localhost:{gateway.port}/.noops/oidc/callback"
     gateway.apply_policy(POLICY)
     try:
@@ -191,3 +203,78 @@ def test_deprovisioned_oidc_user_loses_access_at_once(gw: Gateway, idp: TestIdP)
     gw.identities.revoke_user_sessions("ada@example.test", reason="idp_deprovisioned")
     took = wait_for(lambda: status() == 401, 3)
     assert took is not None and took < 1.0, took
+
+
+def _oidc_sign_in(gw: Gateway, idp: TestIdP) -> tuple[str, str]:
+    """A fresh OIDC sign-in: its session cookie and the refresh token its login got."""
+    url, login_cookie = _start(gw)
+    session = _session(_callback(gw, _authorize(url), login_cookie))
+    assert session is not None
+    return session, idp.login_refresh_tokens[-1]
+
+
+def _status(gw: Gateway, session: str) -> int:
+    with RawConnection(gw) as c:
+        r = c.request(raw_get("/x", cookie=session, headers=[("Accept", "application/json")]))
+    assert r is not None
+    return r.status
+
+
+def _ended(gw: Gateway, reason: str) -> bool:
+    return any(r.get("outcome") == "session_ended" and r.get("reasons") == [reason]
+               and r.get("user") == "ada@example.test" for r in gw.audit_records())
+
+
+def test_the_provider_is_asked_again_and_its_refusal_ends_the_sign_in(gw: Gateway, idp: TestIdP) -> None:
+    session, first = _oidc_sign_in(gw, idp)
+    # asked every second: each answer rotates the refresh token, and the sign-in holds
+    assert wait_for(lambda: len(idp.refresh_chain(first)) >= 3, 15) is not None
+    assert _status(gw, session) == 200
+    chain = idp.refresh_chain(first)
+    used = [f["refresh_token"] for f in idp.refreshes()]
+    assert chain[0] in used and chain[1] in used and used.count(chain[0]) == 1  # never reused
+    stored = b"".join(p.read_bytes() for p in gw.gate.glob("identity.db*"))
+    assert not any(token.encode() in stored for token in chain)  # sealed at rest
+    ws = open_ws(gw, session)
+    try:
+        idp.deprovision()  # the user is gone at the provider: the next refresh is refused
+        closed = ws_closed_within(ws, 10)
+    finally:
+        ws.close()
+    assert closed is not None
+    assert _status(gw, session) == 401
+    assert wait_for(lambda: _ended(gw, "idp_refresh_refused"), 5) is not None
+
+
+def test_a_provider_that_cannot_be_asked_ends_the_sign_in_after_three_periods(
+        gw: Gateway, idp: TestIdP) -> None:
+    session, first = _oidc_sign_in(gw, idp)
+    assert wait_for(lambda: len(idp.refresh_chain(first)) >= 2, 15) is not None
+    idp.mode = "down"  # 503 from the token endpoint: no answer about the sign-in
+    assert wait_for(lambda: _status(gw, session) == 401, 15) is not None
+    assert _ended(gw, "idp_unreachable")
+
+
+def test_oidc_show_remove_and_a_provider_that_does_not_answer(gw: Gateway, idp: TestIdP) -> None:
+    shown = _noops(gw, "oidc", "show", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout) == {
+        "issuer": idp.issuer, "client_id": idp.client_id, "name": "Test IdP",
+        "scopes": ["openid", "email", "profile"], "refresh_s": 1.0, "client_secret": "sealed"}
+    assert idp.client_secret not in shown.stdout + shown.stderr
+    dead = _noops(gw, "oidc", "set", "http://127.0.0.1:9/", "--client-id", "x",
+                  "--client-secret-stdin", stdin="s\n")
+    assert dead.returncode != 0 and "discovery document" in dead.stderr and "--no-check" in dead.stderr
+    assert json.loads(_noops(gw, "oidc", "show", "--json").stdout)["issuer"] == idp.issuer  # kept
+
+    def offered() -> bool:
+        with RawConnection(gw) as c:
+            r = c.request(raw_get("/.noops/login"))
+        assert r is not None and r.status == 200
+        return "Sign in with Test IdP" in r.body.decode()
+
+    assert offered()
+    assert _noops(gw, "oidc", "remove").returncode == 0
+    assert wait_for(lambda: not offered(), 3) is not None  # the running front door follows
+    with RawConnection(gw) as c:
+        r = c.request(raw_get("/.noops/oidc/start?rd=/"))
+    assert r is not None and r.status == 404

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 
 import pytest
-from zt_harness import PASSWORD, Gateway, RawConnection, raw_get, wait_for, ws_frame, ws_handshake
+from zt_harness import PASSWORD, Gateway, RawConnection, open_ws, raw_get, wait_for, ws_closed_within
 
 from noops.gate._identity_totp import totp_at
 
@@ -169,47 +169,16 @@ def test_logout_without_csrf_does_nothing(gw: Gateway) -> None:
     assert _status(gw, session) == 200  # a cross-site logout cannot sign the user out
 
 
-def _open_ws(gw: Gateway, cookie: str, cert: tuple | None = None) -> RawConnection:
-    c = RawConnection(gw, cert=cert, timeout=5)
-    c.send(ws_handshake(cookie=cookie))
-    r = c.read_response()
-    assert r is not None and r.status == 101, r
-    c.send(ws_frame(b"ping"))
-    assert wait_for(lambda: b"ping" in c.buf or (c._fill() and b"ping" in c.buf), 3) is not None
-    c.buf = b""
-    return c
-
-
-def _ws_closed_within(c: RawConnection, limit_s: float) -> float | None:
-    """Seconds until the gateway closes the tunnel (messages sent meanwhile get no echo)."""
-    c.sock.settimeout(0.05)
-    started = time.monotonic()
-    while time.monotonic() - started < limit_s:
-        try:
-            c.send(ws_frame(b"still"))
-        except OSError:
-            return time.monotonic() - started
-        try:
-            data = c.sock.recv(65536)
-        except TimeoutError:
-            continue
-        except OSError:
-            return time.monotonic() - started
-        if not data:
-            return time.monotonic() - started
-    return None
-
-
 def test_revocation_closes_http_and_websockets_with_measured_latency(gw: Gateway) -> None:
     gw.add_user("wes")
     cookie = gw.session("wes", {"password"})
-    ws = _open_ws(gw, cookie)
+    ws = open_ws(gw, cookie)
     try:
         assert _status(gw, cookie) == 200
         started = time.monotonic()
         gw.identities.revoke_user_sessions("wes", reason="test")  # as `noops user revoke` would
         http_s = wait_for(lambda: _status(gw, cookie) == 401, 5)
-        ws_s = _ws_closed_within(ws, 5)
+        ws_s = ws_closed_within(ws, 5)
     finally:
         ws.close()
     total = time.monotonic() - started
@@ -221,7 +190,7 @@ def test_revocation_closes_http_and_websockets_with_measured_latency(gw: Gateway
 def test_logout_closes_the_users_websocket(gw: Gateway) -> None:
     gw.add_user("wanda")
     session, _ = _login(gw, "wanda")
-    ws = _open_ws(gw, session)
+    ws = open_ws(gw, session)
     try:
         with RawConnection(gw) as c:
             page = c.request(raw_get("/.noops/logout", cookie=session))
@@ -233,7 +202,7 @@ def test_logout_closes_the_users_websocket(gw: Gateway) -> None:
                 {"csrf": csrf},
                 f"__Host-noops_session={session}; __Host-noops_csrf={csrf}",
             )
-        closed = _ws_closed_within(ws, 3)
+        closed = ws_closed_within(ws, 3)
     finally:
         ws.close()
     assert closed is not None and closed < MAX_REVOCATION_S, closed
@@ -243,10 +212,10 @@ def test_device_revocation_closes_its_websocket(gw: Gateway) -> None:
     gw.add_user("devin")
     cookie = gw.session("devin", {"password"})
     cert, key, serial = gw.device("tablet", "devin")
-    ws = _open_ws(gw, cookie, cert=(cert, key))
+    ws = open_ws(gw, cookie, cert=(cert, key))
     try:
         gw.ca.revoke(serial, "key_compromise")
-        closed = _ws_closed_within(ws, 3)
+        closed = ws_closed_within(ws, 3)
     finally:
         ws.close()
     assert closed is not None and closed < MAX_REVOCATION_S, closed

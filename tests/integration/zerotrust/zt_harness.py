@@ -584,6 +584,38 @@ def ws_frame(text: bytes) -> bytes:
     return bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
 
 
+def open_ws(gw: Gateway, cookie: str, cert: tuple | None = None) -> RawConnection:
+    """A websocket through the gateway to the echo app, checked to echo."""
+    c = RawConnection(gw, cert=cert, timeout=5)
+    c.send(ws_handshake(cookie=cookie))
+    r = c.read_response()
+    assert r is not None and r.status == 101, r
+    c.send(ws_frame(b"ping"))
+    assert wait_for(lambda: b"ping" in c.buf or (c._fill() and b"ping" in c.buf), 3) is not None
+    c.buf = b""
+    return c
+
+
+def ws_closed_within(c: RawConnection, limit_s: float) -> float | None:
+    """Seconds until the gateway closes the tunnel (messages sent meanwhile get no echo)."""
+    c.sock.settimeout(0.05)
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        try:
+            c.send(ws_frame(b"still"))
+        except OSError:
+            return time.monotonic() - started
+        try:
+            data = c.sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+        if not data:
+            return time.monotonic() - started
+    return None
+
+
 def write_trust(gw: Gateway, text: str) -> None:
     """Replace ``gate/trust.toml`` and wait for the gateway's reload tick."""
     path = gw.gate / "trust.toml"

@@ -9,8 +9,9 @@ Answers follow the OTLP specification ("OTLP/gRPC Response"):
 * accepted: the ``Export…ServiceResponse``, with ``partial_success`` when items were rejected;
 * undecodable, or too much data once decoded: ``INVALID_ARGUMENT`` (not retryable) saying why;
 * queue full: ``RESOURCE_EXHAUSTED``, write-ahead log unwritable: ``UNAVAILABLE``; both carry a
-  ``google.rpc.RetryInfo`` in the status details (``grpc-status-details-bin``) with the delay
-  an HTTP sender gets in ``Retry-After``, which tells the SDKs to retry after it.
+  ``google.rpc.RetryInfo`` with the delay an HTTP sender gets in ``Retry-After``, in the status
+  details (``grpc-status-details-bin``) and on its own (``google.rpc.retryinfo-bin``, which
+  the Python SDK reads), so senders wait that long before retrying.
 
 Senders on the port are not identified (as on the TCP port of OTLP/HTTP): apps in the
 platform's namespaces report over OTLP/HTTP through their monitor.
@@ -40,11 +41,14 @@ def _field(number: int, payload: bytes) -> bytes:
     return bytes(((number << 3) | 2,)) + _varint(len(payload)) + payload
 
 
+def retry_info(outcome: Outcome) -> bytes:
+    """``google.rpc.RetryInfo`` {retry_delay: Duration {seconds}} as protobuf."""
+    return _field(1, b"\x08" + _varint(outcome.retry_after_s or 0))
+
+
 def status_details(outcome: Outcome) -> bytes:
-    """``google.rpc.Status`` {code, message, details: [RetryInfo {retry_delay}]} as protobuf."""
-    delay = b"\x08" + _varint(outcome.retry_after_s or 0)  # Duration.seconds
-    retry_info = _field(1, delay)  # RetryInfo.retry_delay
-    details = _field(1, _RETRY_INFO) + _field(2, retry_info)  # Any
+    """``google.rpc.Status`` {code, message, details: [Any(RetryInfo)]} as protobuf."""
+    details = _field(1, _RETRY_INFO) + _field(2, retry_info(outcome))  # Any
     return (b"\x08" + _varint(outcome.grpc_code) + _field(2, outcome.message.encode())
             + _field(3, details))
 
@@ -56,7 +60,10 @@ def _export(receiver: Receiver, signal: str) -> grpc.RpcMethodHandler[bytes, byt
             return receiver.response_body(CONTENT_TYPE_PROTOBUF, signal, outcome.result)
         metadata: tuple[tuple[str, bytes], ...] = ()
         if outcome.retry_after_s is not None:
-            metadata = (("grpc-status-details-bin", status_details(outcome)),)
+            # the rich status (what the Go and Java SDKs read) and the bare RetryInfo (what
+            # the Python SDK reads)
+            metadata = (("grpc-status-details-bin", status_details(outcome)),
+                        ("google.rpc.retryinfo-bin", retry_info(outcome)))
         await context.abort(_CODES[outcome.grpc_code], outcome.message, trailing_metadata=metadata)
         raise AssertionError("abort returned")  # pragma: no cover - abort always raises
 

@@ -1,0 +1,158 @@
+"""Continuous verification of OIDC sign-ins: the identity provider is asked again, in the
+background, whether each sign-in still holds.
+
+An OIDC sign-in whose provider issued a refresh token keeps it, sealed with the gateway's key
+(``gate/secret.key``, bound to the sign-in's session family) in the identity store. Every
+``refresh_s`` (``noops oidc set --refresh-every``, 300 s by default) the token is redeemed at
+the provider's token endpoint (RFC 6749 section 6) on a worker thread:
+
+* the provider answers with tokens (the ID token, if any, verified and of the same subject):
+  the sign-in holds; a rotated refresh token replaces the old one;
+* the provider refuses (HTTP 400/401, e.g. ``invalid_grant`` for a user signed out, disabled or
+  deprovisioned there): every session of the sign-in ends (on every host, websockets closed on
+  the next tick) and the audit log says why (``idp_refresh_refused``);
+* the provider cannot be asked (down, unreachable, 5xx): asked again in ``min(refresh_s, 30)``
+  seconds; once it has not confirmed the sign-in for ``3 * refresh_s`` (15 minutes by default)
+  the sessions end (``idp_unreachable``): a sign-in nobody can vouch for does not go on.
+
+Sign-ins whose provider issued no refresh token (or made before this) are not re-checked; their
+sessions end at their own limits or on revocation. Removing the provider (``noops oidc
+remove``) stops the checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from noops.gate._errors import GateError
+from noops.gate._oidc_config import OidcWatcher, secret_key_path
+from noops.gate.identity import IdentityStore, IdpToken, OIDCError, OIDCIdentity, OIDCProvider, OIDCRefused
+from noops.state.errors import StateError
+from noops.state.secrets import SecretBox
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["IdpRefresher"]
+
+log = logging.getLogger("noops.gate")
+
+POLL_S: Final = 1.0  # how often the loop looks for due sign-ins
+RETRY_S: Final = 30.0  # at most this long between attempts while the provider cannot be asked
+_SEAL_APP: Final = "gate"
+
+
+def _seal_key(family: str) -> str:
+    return f"idp.refresh:{family}"
+
+
+class IdpRefresher:
+    """See the module docstring. :meth:`poll` is called on the loop; the work runs on one
+    worker thread. ``audit`` takes an audit record (a dict) from that thread."""
+
+    def __init__(self, identities: IdentityStore, oidc: OidcWatcher,
+                 audit: Callable[[dict[str, Any]], None]) -> None:
+        self.identities = identities
+        self.oidc = oidc
+        self.audit = audit
+        self._box: SecretBox | None = None
+        self._provider: tuple[int, OIDCProvider] | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idp-refresh")
+        self._running: Future[None] | None = None
+        self._polled = 0.0
+
+    def _sealer(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox(secret_key_path(self.oidc.path))
+        return self._box
+
+    def keep(self, family: str, user: str, who: OIDCIdentity, *, now: float | None = None) -> None:
+        """After an OIDC sign-in: keep its refresh token (sealed) to ask the provider again."""
+        config = self.oidc.current()
+        if who.refresh_token is None or config is None:
+            return
+        now = time.time() if now is None else now
+        sealed = self._sealer().seal(_SEAL_APP, _seal_key(family), who.refresh_token)
+        self.identities.keep_idp_token(family, user, who.sub, sealed, next_at=now + config.refresh_s,
+                                       now=now)
+
+    def poll(self, now: float) -> None:
+        """Start a round on the worker thread if one is due and none is running."""
+        if now - self._polled < POLL_S or (self._running is not None and not self._running.done()):
+            return
+        self._polled = now
+        self._running = self._pool.submit(self.run_due)
+
+    def run_due(self, now: float | None = None) -> None:
+        """Check every sign-in that is due (blocking: HTTP to the provider)."""
+        config = self.oidc.current()
+        if config is None:
+            return
+        provider = self._current_provider()
+        try:
+            due = self.identities.due_idp_tokens(now=now)
+        except Exception:
+            log.exception("cannot read the sign-ins to check with the identity provider")
+            return
+        for token in due:
+            try:
+                self._check(token, provider, config.refresh_s, now)
+            except Exception:  # one bad row must not stop the others
+                log.exception("checking a sign-in of %s with the identity provider failed", token.user)
+
+    def _current_provider(self) -> OIDCProvider:
+        config = self.oidc.current()
+        assert config is not None
+        with self._lock:
+            if self._provider is None or self._provider[0] != self.oidc.changes:
+                # the redirect URI is only used by logins, never by a refresh
+                self._provider = (self.oidc.changes, OIDCProvider(
+                    config.issuer, config.client_id, config.client_secret, "", scopes=config.scopes))
+            return self._provider[1]
+
+    def _check(self, token: IdpToken, provider: OIDCProvider, refresh_s: float,
+               now: float | None) -> None:
+        moment = time.time() if now is None else now
+        box = self._sealer()
+        try:
+            current = box.open(_SEAL_APP, _seal_key(token.family), token.sealed)
+        except StateError:
+            self._end(token, "idp_token_unreadable", "its stored refresh token cannot be opened")
+            return
+        try:
+            fresh = provider.refresh(current, token.sub, now=moment)
+        except OIDCRefused as exc:
+            self._end(token, "idp_refresh_refused", str(exc))
+            return
+        except (OIDCError, GateError) as exc:
+            if moment - token.ok_at > 3 * refresh_s:
+                self._end(token, "idp_unreachable", str(exc))
+            else:
+                log.warning("identity provider not asked about %s's sign-in (%s); trying again",
+                            token.user, exc)
+                self.identities.idp_token_checked(token.family, next_at=moment + min(refresh_s, RETRY_S),
+                                                  now=moment)
+            return
+        self.identities.idp_token_checked(
+            token.family, sealed=box.seal(_SEAL_APP, _seal_key(token.family), fresh),
+            next_at=moment + refresh_s, now=moment)
+
+    def _end(self, token: IdpToken, reason: str, detail: str) -> None:
+        """End every session of the sign-in (websockets close on the gateway's next tick)."""
+        log.warning("ending the sign-in of %s: %s (%s)", token.user, reason, detail)
+        self.identities.revoke_family(token.family, reason=reason)
+        self.identities.forget_idp_token(token.family)
+        self.audit({"time": datetime.now(UTC), "outcome": "session_ended", "user": token.user,
+                    "reasons": [reason]})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            if self._provider is not None:
+                self._provider[1].close()
