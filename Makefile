@@ -46,6 +46,7 @@ bench: deps
 	$(PY) bench/gateway.py
 	$(PY) bench/console.py
 	$(PY) bench/telemetry.py
+	$(PY) bench/duckdb_floor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
