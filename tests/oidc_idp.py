@@ -85,6 +85,7 @@ class TestIdP:
     # refresh tokens that still work (one use each: a refresh rotates it); deprovision() or
     # mode "down" (503 on the token endpoint) change how a refresh is answered
     refresh_tokens: set[str] = field(default_factory=set)
+    deprovisioned: bool = False
     login_refresh_tokens: list[str] = field(default_factory=list)  # issued with a code, in order
     rotated: dict[str, str] = field(default_factory=dict)  # a used refresh token -> its successor
 
@@ -96,8 +97,9 @@ class TestIdP:
         return chain
 
     def deprovision(self) -> None:
-        """The user is removed at the provider: every refresh token stops working."""
-        self.refresh_tokens.clear()
+        """The user is removed at the provider: every refresh token stops working (also one
+        being redeemed right now)."""
+        self.deprovisioned = True
 
     def refreshes(self) -> list[dict[str, str]]:
         return [f for f in self.token_requests if f.get("grant_type") == "refresh_token"]
@@ -140,6 +142,8 @@ class TestIdP:
             claims["aud"] = [self.client_id, "someone-else"]
         elif mode == "wrong_iss":
             claims["iss"] = "https://evil.example.test"
+        elif mode == "other_sub":
+            claims["sub"] = "user-43"
         elif mode == "bad_nonce":
             claims["nonce"] = "not-the-nonce"
         elif mode == "no_nonce":
@@ -256,6 +260,9 @@ def make_handler(idp: TestIdP) -> type[BaseHTTPRequestHandler]:
             try:
                 idp.refresh_tokens.remove(used)
             except KeyError:
+                self.send_json(400, {"error": "invalid_grant"})
+                return
+            if idp.deprovisioned:
                 self.send_json(400, {"error": "invalid_grant"})
                 return
             access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)

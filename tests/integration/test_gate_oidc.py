@@ -221,3 +221,28 @@ def test_discovery_issuer_mismatch(idp: TestIdP) -> None:
 def test_plain_http_only_for_loopback() -> None:
     with pytest.raises(OIDCError, match="https"):
         OIDCProvider("http://idp.example.test", CLIENT_ID, CLIENT_SECRET, REDIRECT_URI)
+
+
+def test_refresh_rotates_and_tells_a_refusal_from_an_outage(provider: OIDCProvider, idp: TestIdP) -> None:
+    from noops.gate.identity import OIDCRefused
+
+    who = login(provider)
+    assert who.refresh_token is not None and who.refresh_token in idp.refresh_tokens
+    nxt = provider.refresh(who.refresh_token, who.sub)  # its ID token: no nonce, same sub
+    assert nxt != who.refresh_token and idp.rotated[who.refresh_token] == nxt
+    with pytest.raises(OIDCRefused, match="invalid_grant"):
+        provider.refresh(who.refresh_token, who.sub)  # used already
+    idp.mode = "down"
+    with pytest.raises(OIDCError, match="HTTP 503") as down:
+        provider.refresh(nxt, who.sub)
+    assert not isinstance(down.value, OIDCRefused)
+    idp.mode = "other_sub"
+    with pytest.raises(OIDCRefused, match="another subject"):
+        provider.refresh(nxt, who.sub)
+    wrong = OIDCProvider(idp.issuer, CLIENT_ID, "not-the-secret", REDIRECT_URI)
+    try:
+        with pytest.raises(OIDCError, match="invalid_client") as bad_client:
+            wrong.refresh("whatever", "user-42")
+        assert not isinstance(bad_client.value, OIDCRefused)  # about noops, not the user
+    finally:
+        wrong.close()

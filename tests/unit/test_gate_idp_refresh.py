@@ -44,7 +44,7 @@ def setup(tmp_path: Path) -> tuple[IdpRefresher, IdentityStore, FakeProvider, li
     audit: list[dict[str, Any]] = []
     refresher = IdpRefresher(store, OidcWatcher(tmp_path / "oidc.toml"), audit.append)
     fake = FakeProvider()
-    refresher._current_provider = lambda: fake  # type: ignore[method-assign,assignment,return-value]
+    refresher._current_provider = lambda config: fake  # type: ignore[method-assign,assignment,return-value]
     return refresher, store, fake, audit
 
 
@@ -125,6 +125,17 @@ def test_a_sealed_token_moved_to_another_sign_in_is_not_used(setup: Any, tmp_pat
     refresher.run_due(now=T0 + REFRESH_S)
     assert ("rt-a", "user-42") in fake.calls and len(fake.calls) == 1  # b's row was not opened
     assert store.get_session(cookie_b, now=T0 + REFRESH_S) is None
+    assert [r["reasons"] for r in audit] == [["idp_token_unreadable"]]
+
+
+def test_a_token_is_never_sent_to_another_provider(setup: Any, tmp_path: Path) -> None:
+    refresher, store, fake, audit = setup
+    cookie = _sign_in(refresher, store)
+    save_oidc(tmp_path / "oidc.toml", OidcConfig("https://other-idp.example", "noops", "cs",
+                                                 refresh_s=REFRESH_S))  # `noops oidc set` again
+    refresher.run_due(now=T0 + REFRESH_S)
+    assert fake.calls == []  # it cannot be opened for the new provider: never sent there
+    assert store.get_session(cookie, now=T0 + REFRESH_S) is None
     assert [r["reasons"] for r in audit] == [["idp_token_unreadable"]]
 
 

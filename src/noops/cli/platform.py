@@ -90,7 +90,8 @@ def down(ctx: Ctx, stop_apps: bool) -> None:
         # receiver for its whole grace period).
         try:
             pid = int(pid_file.read_text())
-            if b"noops" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"up" not in argv or not any(a == b"noops" or a.endswith(b"/noops") for a in argv):
                 raise ProcessLookupError  # a stale pid file: that number is another process now
             os.kill(pid, signal.SIGUSR1 if stop_apps else signal.SIGTERM)
         except (ValueError, OSError):

@@ -250,9 +250,9 @@ class OIDCProvider:
         if resp.status_code != 200 or not isinstance(doc, dict):
             error = doc.get("error") if isinstance(doc, dict) else None
             message = f"the provider refused the {what} (HTTP {resp.status_code}, {error!r})"
-            # RFC 6749 5.2: 400 (invalid_grant...) and 401 (invalid_client) are answers; a 5xx
-            # or anything else says nothing about the sign-in
-            raise (OIDCRefused if resp.status_code in (400, 401) else OIDCError)(message)
+            # RFC 6749 5.2: only invalid_grant is about the grant (the sign-in); invalid_client
+            # and the rest are about noops' own registration, a 5xx about nothing at all
+            raise (OIDCRefused if error == "invalid_grant" else OIDCError)(message)
         return doc
 
     def validate_id_token(self, id_token: str, *, nonce: str | None, access_token: str | None = None,

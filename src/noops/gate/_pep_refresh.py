@@ -2,7 +2,8 @@
 background, whether each sign-in still holds.
 
 An OIDC sign-in whose provider issued a refresh token keeps it, sealed with the gateway's key
-(``gate/secret.key``, bound to the sign-in's session family) in the identity store. Every
+(``gate/secret.key``, bound to the sign-in's session family and to the provider's issuer and
+client id) in the identity store. Every
 ``refresh_s`` (``noops oidc set --refresh-every``, 300 s by default) the token is redeemed at
 the provider's token endpoint (RFC 6749 section 6) on a worker thread:
 
@@ -14,6 +15,18 @@ the provider's token endpoint (RFC 6749 section 6) on a worker thread:
 * the provider cannot be asked (down, unreachable, 5xx): asked again in ``min(refresh_s, 30)``
   seconds; once it has not confirmed the sign-in for ``3 * refresh_s`` (15 minutes by default)
   the sessions end (``idp_unreachable``): a sign-in nobody can vouch for does not go on.
+  Only ``invalid_grant`` is a refusal: ``invalid_client`` and other errors are about noops'
+  registration at the provider, not the user, and are logged as errors and retried like an
+  unreachable provider;
+* the provider was replaced (``noops oidc set`` with another issuer or client): the token is
+  never sent to the new one (it cannot be opened for it) and the sign-in ends
+  (``idp_token_unreadable``).
+
+A round handles at most 20 due sign-ins; each HTTP step to the provider has a 10 s timeout.
+A new refresh token the provider sent is lost if the gateway dies before storing it: the next
+check sends the old one, providers that detect reuse refuse it, and the sign-in ends (fail
+closed). Groups and e-mail stay those of the sign-in; the provider's refresh token is not
+revoked there on logout (RFC 7009).
 
 Sign-ins whose provider issued no refresh token (or made before this) are not re-checked; their
 sessions end at their own limits or on revocation. Removing the provider (``noops oidc
@@ -30,7 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from noops.gate._errors import GateError
-from noops.gate._oidc_config import OidcWatcher, secret_key_path
+from noops.gate._oidc_config import OidcConfig, OidcWatcher, secret_key_path
 from noops.gate.identity import IdentityStore, IdpToken, OIDCError, OIDCIdentity, OIDCProvider, OIDCRefused
 from noops.state.errors import StateError
 from noops.state.secrets import SecretBox
@@ -47,8 +60,10 @@ RETRY_S: Final = 30.0  # at most this long between attempts while the provider c
 _SEAL_APP: Final = "gate"
 
 
-def _seal_key(family: str) -> str:
-    return f"idp.refresh:{family}"
+def _log_failure(done: Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("checking sign-ins with the identity provider failed",
+                  exc_info=done.exception())
 
 
 class IdpRefresher:
@@ -66,6 +81,12 @@ class IdpRefresher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idp-refresh")
         self._running: Future[None] | None = None
         self._polled = 0.0
+        self._closing = False
+        self._warned_no_token = False
+
+    @staticmethod
+    def _seal_key(config: OidcConfig, family: str) -> str:
+        return f"idp.refresh:{config.issuer}|{config.client_id}|{family}"
 
     def _sealer(self) -> SecretBox:
         if self._box is None:
@@ -75,55 +96,66 @@ class IdpRefresher:
     def keep(self, family: str, user: str, who: OIDCIdentity, *, now: float | None = None) -> None:
         """After an OIDC sign-in: keep its refresh token (sealed) to ask the provider again."""
         config = self.oidc.current()
-        if who.refresh_token is None or config is None:
+        if config is None:
+            return
+        if who.refresh_token is None:
+            if not self._warned_no_token:
+                self._warned_no_token = True
+                log.warning("the identity provider issued no refresh token: its sign-ins are not "
+                            "checked again (some want the scope offline_access: noops oidc set "
+                            "--scope offline_access)")
             return
         now = time.time() if now is None else now
-        sealed = self._sealer().seal(_SEAL_APP, _seal_key(family), who.refresh_token)
+        sealed = self._sealer().seal(_SEAL_APP, self._seal_key(config, family), who.refresh_token)
         self.identities.keep_idp_token(family, user, who.sub, sealed, next_at=now + config.refresh_s,
                                        now=now)
 
     def poll(self, now: float) -> None:
         """Start a round on the worker thread if one is due and none is running."""
-        if now - self._polled < POLL_S or (self._running is not None and not self._running.done()):
+        if self._closing or now - self._polled < POLL_S or (
+                self._running is not None and not self._running.done()):
             return
         self._polled = now
         self._running = self._pool.submit(self.run_due)
+        self._running.add_done_callback(_log_failure)
 
     def run_due(self, now: float | None = None) -> None:
         """Check every sign-in that is due (blocking: HTTP to the provider)."""
         config = self.oidc.current()
         if config is None:
             return
-        provider = self._current_provider()
-        try:
-            due = self.identities.due_idp_tokens(now=now)
-        except Exception:
-            log.exception("cannot read the sign-ins to check with the identity provider")
-            return
-        for token in due:
+        provider = self._current_provider(config)
+        for token in self.identities.due_idp_tokens(now=now):
+            if self._closing:
+                return
             try:
-                self._check(token, provider, config.refresh_s, now)
-            except Exception:  # one bad row must not stop the others
+                self._check(token, provider, config, now)
+            except Exception:  # one bad row must not stop the others, nor come back every second
                 log.exception("checking a sign-in of %s with the identity provider failed", token.user)
+                moment = time.time() if now is None else now
+                self.identities.idp_token_checked(token.family, next_at=moment + RETRY_S, now=moment)
 
-    def _current_provider(self) -> OIDCProvider:
-        config = self.oidc.current()
-        assert config is not None
+    def _current_provider(self, config: OidcConfig) -> OIDCProvider:
         with self._lock:
             if self._provider is None or self._provider[0] != self.oidc.changes:
+                if self._provider is not None:
+                    self._provider[1].close()  # only this thread uses it
                 # the redirect URI is only used by logins, never by a refresh
                 self._provider = (self.oidc.changes, OIDCProvider(
                     config.issuer, config.client_id, config.client_secret, "", scopes=config.scopes))
             return self._provider[1]
 
-    def _check(self, token: IdpToken, provider: OIDCProvider, refresh_s: float,
+    def _check(self, token: IdpToken, provider: OIDCProvider, config: OidcConfig,
                now: float | None) -> None:
         moment = time.time() if now is None else now
+        refresh_s = config.refresh_s
         box = self._sealer()
+        key = self._seal_key(config, token.family)
         try:
-            current = box.open(_SEAL_APP, _seal_key(token.family), token.sealed)
-        except StateError:
-            self._end(token, "idp_token_unreadable", "its stored refresh token cannot be opened")
+            current = box.open(_SEAL_APP, key, token.sealed)
+        except StateError:  # tampered, another key, or a token of another provider
+            self._end(token, "idp_token_unreadable", "its stored refresh token cannot be opened "
+                      "for the configured provider")
             return
         try:
             fresh = provider.refresh(current, token.sub, now=moment)
@@ -134,14 +166,13 @@ class IdpRefresher:
             if moment - token.ok_at > 3 * refresh_s:
                 self._end(token, "idp_unreachable", str(exc))
             else:
-                log.warning("identity provider not asked about %s's sign-in (%s); trying again",
-                            token.user, exc)
+                log.error("identity provider not asked about %s's sign-in (%s); trying again",  # noqa: TRY400
+                          token.user, exc)  # the reason is the message: no traceback
                 self.identities.idp_token_checked(token.family, next_at=moment + min(refresh_s, RETRY_S),
                                                   now=moment)
             return
-        self.identities.idp_token_checked(
-            token.family, sealed=box.seal(_SEAL_APP, _seal_key(token.family), fresh),
-            next_at=moment + refresh_s, now=moment)
+        self.identities.idp_token_checked(token.family, sealed=box.seal(_SEAL_APP, key, fresh),
+                                          next_at=moment + refresh_s, now=moment)
 
     def _end(self, token: IdpToken, reason: str, detail: str) -> None:
         """End every session of the sign-in (websockets close on the gateway's next tick)."""
@@ -152,7 +183,7 @@ class IdpRefresher:
                     "reasons": [reason]})
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            if self._provider is not None:
-                self._provider[1].close()
+        """Stop: a round under way ends after its current sign-in (not waited for, so a slow
+        provider never holds the gateway's shutdown)."""
+        self._closing = True
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -72,6 +72,7 @@ def gw(idp: TestIdP) -> Iterator[Gateway]:
 @pytest.fixture(autouse=True)
 def _reset(idp: TestIdP) -> None:
     idp.mode = "ok"
+    idp.deprovisioned = False
 
 
 def _start(gw: Gateway, rd: str = "/dest", headers: list[tuple[str, str]] | None = None) -> tuple[str, str]:
