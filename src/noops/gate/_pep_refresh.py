@@ -3,15 +3,15 @@ background, whether each sign-in still holds.
 
 An OIDC sign-in whose provider issued a refresh token keeps it, sealed with the gateway's key
 (``gate/secret.key``, bound to the sign-in's session family and to the provider's issuer and
-client id) in the identity store. Every
-``refresh_s`` (``noops oidc set --refresh-every``, 300 s by default) the token is redeemed at
-the provider's token endpoint (RFC 6749 section 6) on a worker thread:
+client id) in the identity store. Every ``refresh_s`` (``noops oidc set --refresh-every``,
+300 s by default) the token is redeemed at the provider's token endpoint (RFC 6749 section 6)
+on a worker thread:
 
 * the provider answers with tokens (the ID token, if any, verified and of the same subject):
   the sign-in holds; a rotated refresh token replaces the old one;
-* the provider refuses (HTTP 400/401, e.g. ``invalid_grant`` for a user signed out, disabled or
-  deprovisioned there): every session of the sign-in ends (on every host, websockets closed on
-  the next tick) and the audit log says why (``idp_refresh_refused``);
+* the provider refuses (``invalid_grant``: a user signed out, disabled or deprovisioned there):
+  every session of the sign-in ends (on every host, websockets closed on the next tick) and
+  the audit log says why (``idp_refresh_refused``);
 * the provider cannot be asked (down, unreachable, 5xx): asked again in ``min(refresh_s, 30)``
   seconds; once it has not confirmed the sign-in for ``3 * refresh_s`` (15 minutes by default)
   the sessions end (``idp_unreachable``): a sign-in nobody can vouch for does not go on.
