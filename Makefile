@@ -44,6 +44,7 @@ bench: deps
 	$(PY) bench/deploy.py
 	$(PY) bench/proxy.py
 	$(PY) bench/gateway.py
+	$(PY) bench/gateway_floor.py
 	$(PY) bench/console.py
 	$(PY) bench/telemetry.py
 	$(PY) bench/duckdb_floor.py
