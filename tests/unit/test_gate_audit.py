@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -203,3 +204,52 @@ def test_any_single_byte_change_is_detected(count: int, data: st.DataObject) -> 
         result = verify(path)
         assert not result.ok
         assert result.first_bad_index == index
+
+
+def test_the_recorder_writes_a_loop_iterations_records_together_then_syncs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an event loop, records wait for the end of the loop iteration, are written in one go
+    (the same lines as whole records) and synced by the recorder's thread; close() writes what
+    is pending; records from other threads go through that thread."""
+    import asyncio
+    import os
+    import threading
+
+    from noops.gate._pep_audit import DecisionRecorder
+    from noops.gate.audit import RecordTemplate
+
+    synced: list[str] = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(threading.current_thread().name),
+                                                     real_sync(fd))[1])
+    path = tmp_path / "audit.jsonl"
+    recorder = DecisionRecorder(AuditLog(path))
+    start = (T0 + timedelta(seconds=1)).timestamp()
+
+    async def decide() -> list[dict[str, object]]:
+        template = RecordTemplate(recorder.record(record(0)), ("time", "request_id"))
+        for i in range(1, 4):
+            recorder.repeat(template, start + i - 1 + 0.25, f"r{i}")
+        assert not path.exists() or path.read_text() == ""  # not before the iteration ends
+        await asyncio.sleep(0)
+        return lines(path)
+
+    written = asyncio.run(decide())
+    assert [(r["request_id"], r["time"]) for r in written] == [
+        ("r0", "2026-05-06T10:00:00.000000+00:00"), ("r1", "2026-05-06T10:00:01.250000+00:00"),
+        ("r2", "2026-05-06T10:00:02.250000+00:00"), ("r3", "2026-05-06T10:00:03.250000+00:00")]
+    whole = AuditLog(tmp_path / "whole.jsonl")
+    for i in range(4):
+        whole.append({**record(0), "request_id": f"r{i}",
+                      "time": T0 + timedelta(seconds=i, milliseconds=250 if i else 0)})
+    whole.close()
+    assert path.read_text() == (tmp_path / "whole.jsonl").read_text()
+    deadline = time.monotonic() + 5
+    while "audit" not in synced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "audit" in synced  # the loop never waited for the disk
+    recorder.from_thread(record(4))
+    recorder.record(record(5))  # no event loop here: written and synced at once
+    recorder.close()
+    assert [r["request_id"] for r in lines(path)][4:] in (["r5", "r4"], ["r4", "r5"])
+    assert verify(path).ok and verify(path).records == 6

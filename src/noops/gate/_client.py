@@ -22,11 +22,11 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from noops.gate._client_gate import FORM_LIMIT, GateSide
 from noops.gate._core import Core
-from noops.gate._exchange import GATEWAY_BEARER, Exchange, normal_path, without_gateway_cookies
+from noops.gate._exchange import GATEWAY_BEARER, Exchange, RequestHead, normal_path, without_gateway_cookies
 from noops.gate._http import BadRequest, error_response, scan_request, scan_response, status_line
 from noops.gate._pep_types import ConnIdentity, Verdict
 from noops.gate._tunnel import Tunnel, TunnelInfo
-from noops.gate._upstream import HeadDone, Pool, Upstream
+from noops.gate._upstream import HeadDone, Pool, RepeatableResponse, Upstream
 from noops.gate.serving import sni_of
 
 __all__ = ["ClientConnection"]
@@ -79,6 +79,10 @@ class ClientConnection(GateSide, asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.conn_id: ConnIdentity | None = None
+        self.heads = 0  # request heads read
+        self.last_head: RequestHead | None = None
+        # The last read that was exactly one whole bodiless request, and that request's head.
+        self.repeat: tuple[bytes, RequestHead] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,8 +117,14 @@ class ClientConnection(GateSide, asyncio.Protocol):
             return
         if self.closed:
             return
+        boundary = False
         if self.parsing is None:
             if self.active is None and not self.in_head:  # these bytes start a request head
+                repeat = self.repeat
+                if repeat is not None and data == repeat[0]:
+                    self._serve_again(repeat[1])
+                    return
+                boundary = True
                 self.in_head = True
                 if self.dkind == _D_IDLE:
                     self.dkind = _D_HEAD
@@ -122,6 +132,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
         elif self.dkind == _D_BODY:
             self.deadline = self.core.clock + self.t_client
         was_in_head = self.in_head
+        heads = self.heads
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -142,9 +153,28 @@ class ClientConnection(GateSide, asyncio.Protocol):
             if self.fed > self.cfg.max_header_bytes:
                 self._reject(400)
                 return
+        if boundary and self.heads == heads + 1 and self.parsing is None and data[-4:] == b"\r\n\r\n":
+            # This read was one whole bodiless request and nothing more (a second head, even
+            # partly read, would have left bytes in the parser or counted a second head).
+            head = self.last_head
+            if head is not None and head.repeatable and not self.url and not self.headers:
+                self.repeat = (data, head)
         ex = self.active
         if ex is not None and ex.up is not None and ex.pending:
             self._send_pending(ex, ex.up)
+        if self.out:
+            self.flush()
+
+    def _serve_again(self, head: RequestHead) -> None:
+        """The client sent its previous request again, byte for byte: serve it without parsing
+        (parsing is a function of the bytes; the decision, trace and exchange are new)."""
+        self.core.repeated_requests += 1
+        try:
+            self._serve(head, complete=True)
+        except Exception:
+            log.exception("front door: unexpected error on a request")
+            self._reject(500)
+            return
         if self.out:
             self.flush()
 
@@ -209,6 +239,12 @@ class ClientConnection(GateSide, asyncio.Protocol):
         self.fed = 0
         if self.closed:
             return
+        head = self.last_head = self._read_head(headers, target)
+        self.heads += 1
+        self._serve(head, complete=False)
+
+    def _read_head(self, headers: list[tuple[bytes, bytes]], target: bytes) -> RequestHead:
+        """Check the head the parser read and rebuild what crosses of it (raises BadRequest)."""
         parser = self.parser
         version = parser.get_http_version()
         http10 = version == "1.0"
@@ -218,10 +254,10 @@ class ClientConnection(GateSide, asyncio.Protocol):
         if method == b"CONNECT":
             raise BadRequest
         out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [2]: path, [4]: Host
-        t0 = time.time_ns() if self.core.spans is not None else 0
+        core = self.core
+        gated = core.gate is not None
         (host_raw, length, chunked, close, upgrade, _expect, accept, cookie,
-         authorization, traceparent, tracestate) = scan_request(headers, http10, out,
-                                                               self.core.gate is not None)
+         authorization, traceparent, tracestate) = scan_request(headers, http10, out, gated)
         out[4] = host_raw
         # Origin-form only: absolute-form (a proxy request), "*" and CONNECT are refused. The path
         # is normalised once; the gateway decides on that string and forwards exactly it.
@@ -234,7 +270,6 @@ class ClientConnection(GateSide, asyncio.Protocol):
             raise BadRequest
         if path != raw_path:
             out[2] = path if query_at < 0 else path + target[query_at:]
-        core = self.core
         host = core.hosts.get(host_raw) or core.route_key(host_raw)
         if host is None:
             raise BadRequest
@@ -255,53 +290,75 @@ class ClientConnection(GateSide, asyncio.Protocol):
             out += (b"Content-Length: ", length, b"\r\n")
         if websocket:
             out += (b"Connection: upgrade\r\nUpgrade: ", upgrade or b"", b"\r\n")
+        h = RequestHead(method, target, query_at, path, host, host_raw, b"".join(out))
+        if gated:
+            h.cookie, h.authorization = cookie, authorization
+            h.raw = (cookie, authorization, host, path, method, websocket)
+            kept = without_gateway_cookies(cookie)
+            crossing = [b"Cookie: ", kept, b"\r\n"] if kept else []
+            if authorization and not GATEWAY_BEARER.fullmatch(authorization):
+                crossing += (b"Authorization: ", authorization, b"\r\n")
+            h.credentials = b"".join(crossing)
+        h.traceparent, h.tracestate = traceparent, tracestate
+        if traceparent or tracestate:  # not ours to judge: as it came, unless the gateway traces
+            h.trace_lines = b"".join([*((b"traceparent: ", traceparent, b"\r\n") if traceparent else ()),
+                                      *((b"tracestate: ", tracestate, b"\r\n") if tracestate else ())])
+        if accept:
+            h.accept = accept
+        h.has_body, h.chunked, h.http10 = has_body, chunked, http10
+        h.is_head = method == b"HEAD"
+        # A refused upgrade leaves the parser in upgrade mode: close after that response.
+        h.keep_alive = not (close or websocket or not parser.should_keep_alive())
+        h.websocket = websocket
+        h.repeatable = h.keep_alive and not has_body and not http10 and upgrade is None
+        return h
+
+    def _serve(self, h: RequestHead, complete: bool) -> None:
+        """Decide on the request ``h`` and start its exchange (``complete``: its whole message
+        has been read, else the parser goes on with its body)."""
+        core = self.core
+        t0 = time.time_ns() if core.spans is not None else 0
         rid = core.request_id()
+        out = [h.forward]
         verdict: Verdict | None = None
         gate = core.gate
         if gate is not None:
-            verdict = self._decide(gate, method, host, path, target, query_at, cookie, authorization,
-                                   accept, rid, websocket)
+            verdict = self._decide(gate, h, rid)
             if verdict.allowed:
-                kept = without_gateway_cookies(cookie)
-                if kept:
-                    out += (b"Cookie: ", kept, b"\r\n")
-                if authorization and not GATEWAY_BEARER.fullmatch(authorization):
-                    out += (b"Authorization: ", authorization, b"\r\n")
-                out.append(verdict.extra)
+                out += (h.credentials, verdict.extra)
         spans = core.spans
         trace = None
-        if spans is not None and core.registry.knows(host):  # a 404 for any name is not traced
-            trace, line = spans.begin(self.conn_id, traceparent, tracestate)
+        if spans is not None and core.registry.knows(h.host):  # a 404 for any name is not traced
+            trace, line = spans.begin(self.conn_id, h.traceparent, h.tracestate)
             out.append(line)
-        elif traceparent or tracestate:  # not ours to judge: as it came
-            if traceparent:
-                out += (b"traceparent: ", traceparent, b"\r\n")
-            if tracestate:
-                out += (b"tracestate: ", tracestate, b"\r\n")
-        out += (self.fwd, b"X-Forwarded-Host: ", host_raw, b"\r\nX-Request-Id: ", rid, b"\r\n\r\n")
-        ex = Exchange(b"".join(out), host, rid)
+        elif h.trace_lines:
+            out.append(h.trace_lines)
+        out += (self.fwd, h.forwarded_host, rid, b"\r\n\r\n")
+        ex = Exchange(b"".join(out), h.host, rid)
         if trace is not None:
-            ex.trace, ex.t0, ex.method, ex.path = trace, t0, method.decode(), path.decode()
+            ex.trace, ex.t0, ex.method, ex.path = trace, t0, h.method.decode(), h.path.decode()
         if verdict is not None:
             ex.verdict = verdict
             if verdict.handler is not None:
                 ex.form = []
-        if accept:
-            ex.accept = accept
-        if has_body:
+        if h.accept:
+            ex.accept = h.accept
+        if h.has_body:
             ex.has_body = True
-            ex.chunked = chunked
+            ex.chunked = h.chunked
         else:
-            ex.retry_safe = method in _RETRY_SAFE
-        if http10:
+            ex.retry_safe = h.method in _RETRY_SAFE
+        if h.http10:
             ex.http10 = True
-        if method == b"HEAD":
+        if h.is_head:
             ex.is_head = True
-        # A refused upgrade leaves the parser in upgrade mode: close after that response.
-        if close or websocket or not parser.should_keep_alive():
+        if not h.keep_alive:
             ex.keep_alive = False
-        self.parsing = ex
-        if websocket:
+        if complete:
+            ex.complete = True
+        else:
+            self.parsing = ex
+        if h.websocket:
             ex.websocket = True
             self.ws_pending = ex
         if self.active is None:
@@ -507,11 +564,36 @@ class ClientConnection(GateSide, asyncio.Protocol):
                     out += (b"Transfer-Encoding: ", te, b", chunked\r\n")
                 else:
                     out += (b"Transfer-Encoding: ", te, b"\r\n")
-        out.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
-        self.out.append(b"".join(out))
+        if (length is not None and te is None and ex.up_keep
+                and status != 204 and status != 304 and not ex.is_head and not ex.websocket):
+            head = b"".join(out)
+            up.last = RepeatableResponse(status, int(length), head)
+            self.out.append(head + (b"\r\n" if keep else b"Connection: close\r\n\r\n"))
+        else:
+            out.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
+            self.out.append(b"".join(out))
         ex.client_keep = keep
         if ex.is_head:
             raise HeadDone
+
+    def repeated_response(self, up: Upstream, r: RepeatableResponse, body: bytes) -> bool:
+        """Relay a whole response whose head is byte for byte the previous one on ``up`` (see
+        :meth:`response_head`) with ``body``; False when this exchange needs the parser."""
+        ex = self.active
+        if ex is None or ex.up is not up or ex.is_head or ex.websocket:
+            return False
+        self.core.repeated_responses += 1
+        ex.response_started = True
+        ex.status = r.status
+        ex.up_keep = True
+        keep = ex.client_keep = ex.keep_alive and ex.complete and not self.core.draining and not self.eof
+        end = b"\r\n" if keep else b"Connection: close\r\n\r\n"
+        if len(body) < 4096:
+            self.out.append(r.head + end + body)
+        else:
+            self.out += (r.head + end, body)
+        self.response_end(up, reusable=True)
+        return True
 
     def response_body(self, body: bytes) -> None:
         ex = self.active

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from noops.gate._exchange import Exchange
+from noops.gate._exchange import Exchange, RequestHead
 from noops.gate._http import answer
 from noops.gate._pep_types import ConnIdentity, Reply, Request, Verdict
 from noops.gate.pep import Gatekeeper
@@ -39,25 +39,25 @@ class GateSide:
     if TYPE_CHECKING:  # provided by ClientConnection
         def _finish(self, ex: Exchange, close: bool) -> None: ...
 
-    def _decide(self, gate: Gatekeeper, method: bytes, host: str, path: bytes, target: bytes,
-                query_at: int, cookie: bytes, authorization: bytes, accept: bytes, rid: bytes,
-                websocket: bool) -> Verdict:
-        eps = self.core.registry.endpoints(host)
+    def _decide(self, gate: Gatekeeper, h: RequestHead, rid: bytes) -> Verdict:
+        eps = self.core.registry.endpoints(h.host)
         sso = gate.sso
-        if not eps and (sso is None or host != sso.host):
+        if not eps and (sso is None or h.host != sso.host):
             return Verdict(True)  # no app here: answered 404/503 by _begin, nothing is forwarded
         conn = self.conn_id or _NO_TLS
-        raw = (cookie, authorization, host, path, method, websocket)
-        reused = gate.reuse(conn, self.peer, raw, rid.decode("ascii"))
+        request_id = rid.decode("ascii")
+        reused = gate.reuse(conn, self.peer, h.raw, request_id)
         if reused is not None:
             return reused
-        req = Request(method=method.decode("ascii"), host=host, app=eps[0].app if eps else "",
-                      path=path.decode("ascii"),
+        query_at, target = h.query_at, h.target
+        req = Request(method=h.method.decode("ascii"), host=h.host, app=eps[0].app if eps else "",
+                      path=h.path.decode("ascii"),
                       query=target[query_at + 1:].decode("latin-1") if query_at >= 0 else "",
-                      cookie_header=cookie.decode("latin-1"), authorization=authorization.decode("latin-1"),
-                      client_ip=self.peer, request_id=rid.decode("ascii"),
-                      browser=method == b"GET" and b"text/html" in accept, websocket=websocket)
-        return gate.check(conn, req, raw)
+                      cookie_header=h.cookie.decode("latin-1"),
+                      authorization=h.authorization.decode("latin-1"), client_ip=self.peer,
+                      request_id=request_id, browser=h.method == b"GET" and b"text/html" in h.accept,
+                      websocket=h.websocket)
+        return gate.check(conn, req, h.raw)
 
     def _answer_later(self, ex: Exchange, reply: Reply) -> None:
         if not ex.complete and not ex.has_body:

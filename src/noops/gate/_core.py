@@ -94,6 +94,8 @@ class Core:
         self.connect_failures = 0
         self.retries = 0
         self.tunnels_total = 0
+        self.repeated_requests = 0  # served without parsing: the connection's previous head again
+        self.repeated_responses = 0  # relayed without parsing: the upstream's previous head again
 
     def request_id(self) -> bytes:
         self._rid += 1

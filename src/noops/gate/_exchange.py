@@ -14,7 +14,37 @@ if TYPE_CHECKING:
     from noops.gate._upstream import Pool, Upstream
     from noops.gate.endpoints import Endpoint
 
-__all__ = ["GATEWAY_BEARER", "Exchange", "normal_path", "without_gateway_cookies"]
+__all__ = ["GATEWAY_BEARER", "Exchange", "RequestHead", "normal_path", "without_gateway_cookies"]
+
+class RequestHead:
+    """One request head as the front door read it: what it forwards of it, and what the
+    decision, the trace and the exchange need from it. Nothing here depends on the request's
+    time or on the gateway's state, only on the head's bytes and its connection (TLS name,
+    whether a gateway enforces), so a connection that sends the same head again reuses it
+    (see ``ClientConnection.data_received``)."""
+
+    __slots__ = ("accept", "authorization", "chunked", "cookie", "credentials", "forward",
+                 "forwarded_host", "has_body", "host", "http10", "is_head", "keep_alive",
+                 "method", "path", "query_at", "raw", "repeatable", "target", "trace_lines",
+                 "traceparent", "tracestate", "websocket")
+
+    def __init__(self, method: bytes, target: bytes, query_at: int, path: bytes, host: str,
+                 host_raw: bytes, forward: bytes) -> None:
+        self.method = method
+        self.target = target  # as received (the query is split off at query_at, -1: none)
+        self.query_at = query_at
+        self.path = path  # normalised: what the gateway decides on and forwards
+        self.host = host  # the routing key
+        self.forward = forward  # request line, Host and every header that crosses as it came
+        self.forwarded_host = b"X-Forwarded-Host: " + host_raw + b"\r\nX-Request-Id: "
+        self.credentials = b""  # the Cookie/Authorization lines that cross when a gateway allows
+        self.trace_lines = b""  # the client's trace context, forwarded when the gateway traces none
+        self.accept = self.cookie = self.authorization = self.traceparent = self.tracestate = b""
+        self.raw: tuple[bytes, bytes, str, bytes, bytes, bool] = (b"", b"", host, path, method, False)
+        self.chunked = self.has_body = self.http10 = self.is_head = self.websocket = False
+        self.keep_alive = True
+        self.repeatable = False  # a bodiless HTTP/1.1 keep-alive request: worth remembering
+
 
 class Exchange:
     """One request and its response.

@@ -20,11 +20,24 @@ if TYPE_CHECKING:
     from noops.gate._client import ClientConnection
     from noops.gate._tunnel import Tunnel
 
-__all__ = ["HeadDone", "Pool", "Upstream"]
+__all__ = ["HeadDone", "Pool", "RepeatableResponse", "Upstream"]
 
 
 class HeadDone(Exception):
     """Raised from the header callback of a response to HEAD (llhttp would wait for a body)."""
+
+
+class RepeatableResponse:
+    """A response head that can be relayed again without parsing: a final status (not 204 or
+    304), a body framed by ``Content-Length`` only, and a connection the app keeps open.
+    ``head`` is what the client gets of it, without the line that ends the head."""
+
+    __slots__ = ("head", "length", "status")
+
+    def __init__(self, status: int, length: int, head: bytes) -> None:
+        self.status = status
+        self.length = length
+        self.head = head
 
 
 class Pool:
@@ -74,8 +87,8 @@ class Pool:
 class Upstream(asyncio.Protocol):
     """One connection to an app instance."""
 
-    __slots__ = ("client", "closed", "got_bytes", "headers", "idle_since", "in_head", "interim",
-                 "parser", "pool", "reading_paused", "transport", "tunnel")
+    __slots__ = ("client", "closed", "ended", "got_bytes", "headers", "idle_since", "in_head", "interim",
+                 "last", "parser", "pool", "reading_paused", "repeat", "transport", "tunnel")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -92,6 +105,11 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.idle_since = 0.0
+        self.ended = 0  # responses read
+        # What the last response head meant, when it can be repeated (see ClientConnection.
+        # response_head), and the last read that was exactly one such response with that meaning.
+        self.last: RepeatableResponse | None = None
+        self.repeat: tuple[bytes, int, RepeatableResponse] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,8 +124,19 @@ class Upstream(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        boundary = self.in_head and not self.interim
+        if boundary:
+            repeat = self.repeat
+            # The app sent its previous response head again, with a body of the same length:
+            # this read is one whole response that means what the last one meant.
+            if repeat is not None and len(data) == repeat[1] and data.startswith(repeat[0]) \
+                    and client.repeated_response(self, repeat[2], data[len(repeat[0]):]):
+                client.flush()
+                return
+            self.last = None
         if client.dkind == 4:  # waiting on the app (_D_UPSTREAM): it is alive
             client.deadline = client.core.clock + client.t_up
+        ended = self.ended
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -122,6 +151,12 @@ class Upstream(asyncio.Protocol):
                 client.upstream_failed(self, exc.__context__)
         except HttpParserError as exc:
             client.upstream_failed(self, exc)
+        else:
+            last = self.last
+            if boundary and last is not None and self.ended == ended + 1 and self.in_head:
+                head_end = data.find(b"\r\n\r\n") + 4
+                if head_end > 3 and len(data) - head_end == last.length:
+                    self.repeat = (data[:head_end], len(data), last)
         client.flush()
 
     def eof_received(self) -> bool:
@@ -166,6 +201,7 @@ class Upstream(asyncio.Protocol):
         if self.interim:  # a 1xx: the final response follows on the same connection
             self.interim = False
             return
+        self.ended += 1
         assert self.client is not None
         self.client.response_end(self, reusable=True)
 

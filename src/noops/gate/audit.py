@@ -37,6 +37,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -103,13 +104,15 @@ class RecordTemplate:
     from :meth:`AuditLog.fragments` by :meth:`AuditLog.template`.
 
     Both texts a record needs (the hashed one without ``hash``, and the written line) are
-    ``%``-format strings whose fixed parts are the canonical JSON fragments in sorted key
+    ``%``-format byte strings whose fixed parts are the canonical JSON fragments in sorted key
     order, so filling them gives byte for byte what :func:`canonical_json` makes of the whole
-    record. ``variable`` values are passed to :meth:`AuditLog.append_fragments` as canonical
-    JSON text of already sanitised values, in the order given here.
+    record. The hashed text's fixed start (every field sorted before the first variable one,
+    usually most of the record) is hashed once here; each record hashes only the rest, on a
+    copy of that state. ``variable`` values are passed to :meth:`AuditLog.append_fragments` as
+    canonical JSON text of already sanitised values, in the order given here.
     """
 
-    __slots__ = ("hashed", "hashed_order", "line", "line_order", "variable")
+    __slots__ = ("_head", "_line", "_line_slots", "_rest", "_rest_slots", "variable")
 
     def __init__(self, fields: Mapping[str, str], variable: Sequence[str]) -> None:
         self.variable = tuple(variable)
@@ -119,12 +122,16 @@ class RecordTemplate:
                              "and no chain field")
         # slot numbers: 0 seq, 1 prev_hash, 2 hash, 3.. the variable fields
         slots = {"seq": 0, "prev_hash": 1, "hash": 2} | {n: 3 + i for i, n in enumerate(self.variable)}
-        self.hashed, self.hashed_order = self._layout(fields, slots, with_hash=False)
-        self.line, self.line_order = self._layout(fields, slots, with_hash=True)
+        hashed, order = self._layout(fields, slots, with_hash=False)
+        cut = _first_slot(hashed)
+        self._head = hashlib.sha256(hashed[:cut].replace(b"%%", b"%"))
+        self._rest, self._rest_slots = hashed[cut:], itemgetter(*order)  # >= 2 slots: a tuple
+        line, order = self._layout(fields, slots, with_hash=True)
+        self._line, self._line_slots = line, itemgetter(*order)
 
     @staticmethod
     def _layout(fields: Mapping[str, str], slots: dict[str, int],
-                with_hash: bool) -> tuple[str, tuple[int, ...]]:
+                with_hash: bool) -> tuple[bytes, tuple[int, ...]]:
         keys = sorted({*fields, "seq", "prev_hash", *(("hash",) if with_hash else ())})
         parts: list[str] = []
         order: list[int] = []
@@ -134,7 +141,29 @@ class RecordTemplate:
                 order.append(slots[key])
             else:
                 parts.append(f'"{key}":' + fields[key].replace("%", "%%"))
-        return "{" + ",".join(parts) + "}", tuple(order)
+        return ("{" + ",".join(parts) + "}").encode(), tuple(order)
+
+    def fill(self, seq: int, prev_hash: str, values: Sequence[str]) -> tuple[bytes, str]:
+        """The line (with its newline) of record ``seq`` after ``prev_hash``, and its hash."""
+        if len(values) != len(self.variable):
+            raise AuditError(f"a record template takes {len(self.variable)} values "
+                             f"({', '.join(self.variable)}), got {len(values)}")
+        slot = [b"%d" % seq, b'"' + prev_hash.encode() + b'"', b"", *[v.encode() for v in values]]
+        h = self._head.copy()
+        h.update(self._rest % self._rest_slots(slot))
+        digest = h.hexdigest()
+        slot[2] = b'"' + digest.encode() + b'"'
+        return self._line % self._line_slots(slot) + b"\n", digest
+
+
+def _first_slot(fmt: bytes) -> int:
+    """Where the first ``%s`` of ``fmt`` starts (``%%`` is a literal percent sign)."""
+    at = 0
+    while True:
+        at = fmt.index(b"%", at)
+        if fmt[at + 1:at + 2] == b"s":
+            return at
+        at += 2
 
 
 def canonical_json(value: object) -> str:
@@ -351,11 +380,12 @@ class AuditLog:
         return RecordTemplate(fields, variable)
 
     def append_fragments(self, items: Sequence[Mapping[str, str] | tuple[RecordTemplate, Sequence[str]]],
-                         ) -> list[tuple[int, str, str]]:
+                         sync: bool = True) -> list[tuple[int, str, str]]:
         """Chain, write and fsync records given as :meth:`fragments` (field -> canonical JSON of
         an already sanitised value), or as ``(template, values)``: a :class:`RecordTemplate` and
-        the canonical JSON of its variable fields, in its order. One fsync for all. Returns
-        ``(seq, prev_hash, hash)`` each.
+        the canonical JSON of its variable fields, in its order. One fsync for all; without
+        ``sync`` none (the caller calls :meth:`sync` later). Returns ``(seq, prev_hash, hash)``
+        each.
 
         The line is assembled from the fragments in sorted key order, which is byte for byte
         what :func:`canonical_json` makes of the whole record, so :func:`verify` is unchanged.
@@ -370,15 +400,7 @@ class AuditLog:
             try:
                 for item in items:
                     if isinstance(item, tuple):
-                        tpl, values = item
-                        if len(values) != len(tpl.variable):
-                            raise AuditError(f"a record template takes {len(tpl.variable)} values "
-                                             f"({', '.join(tpl.variable)}), got {len(values)}")
-                        slot = [str(seq), f'"{head}"', "", *values]
-                        text = tpl.hashed % tuple([slot[i] for i in tpl.hashed_order])
-                        digest = sha256(text.encode()).hexdigest()
-                        slot[2] = f'"{digest}"'
-                        line = (tpl.line % tuple([slot[i] for i in tpl.line_order]) + "\n").encode()
+                        line, digest = item[0].fill(seq, head, item[1])
                     else:
                         body = {**item, "seq": str(seq), "prev_hash": f'"{head}"'}
                         text = "{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}"
@@ -387,7 +409,7 @@ class AuditLog:
                         line = ("{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}\n").encode()
                     if size and size + len(line) > self.max_bytes:
                         self._write(lines)
-                        os.fsync(self._fd)
+                        os.fdatasync(self._fd)
                         lines = []
                         self._rotate()
                         size = 0
@@ -396,11 +418,26 @@ class AuditLog:
                     out.append((seq, head, digest))
                     seq, head = seq + 1, digest
                 self._write(lines)
-                os.fsync(self._fd)
+                if sync:
+                    os.fdatasync(self._fd)  # the data and the file size: all a reader needs
             except OSError as exc:
                 raise AuditError(f"cannot write the audit log {self.path} ({exc}); check free space") from exc
             self._seq, self._head, self._size = seq, head, size
         return out
+
+    def sync(self) -> None:
+        """Make what was written durable (for :meth:`append_fragments` without ``sync``). Other
+        threads may append meanwhile: the lock is held only to take the file."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise AuditError(f"cannot sync the audit log {self.path} ({exc}); check the disk") from exc
+        finally:
+            os.close(fd)
 
     def _write(self, lines: list[bytes]) -> None:
         if lines:

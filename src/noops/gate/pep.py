@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,13 +35,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from noops.gate._oidc_config import OidcWatcher
+from noops.gate._pep_audit import DecisionRecorder
 from noops.gate._pep_known import KnownPlaces
 from noops.gate._pep_pages import Pages
 from noops.gate._pep_refresh import IdpRefresher
 from noops.gate._pep_sso import SingleSignOn
 from noops.gate._pep_types import ConnIdentity, Request, Verdict, session_secret
 from noops.gate.assertion import JWKS_PATH, AssertionSigner
-from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
+from noops.gate.audit import AuditLog, RecordTemplate
 from noops.gate.identity import IdentityStore, Session
 from noops.gate.pki import CertificateAuthority, CertificateRejected, VerifiedIdentity
 from noops.gate.policy import Decision, Identity, Policy, PolicyError, PolicyStore, RequestFacts
@@ -95,11 +93,6 @@ decision at once, and a revoked device is checked on every request regardless.""
 _RAW: Final = "raw"  # marks a decision key made of the raw request (Gatekeeper.reuse)
 _SESSION_TTL_S: Final = 2.0      # a cached session is re-read after this (slides its idle timer)
 _ASSERTION_REUSE_S: Final = 60.0  # an assertion is re-signed after this (it lives 300 s)
-_AUDIT_GATHER_S: Final = 0.002
-"""After writing a batch the audit writer sleeps this long instead of blocking on the queue, as
-long as records keep coming: a put() on the event loop then never has to wake it (a futex call
-and a GIL hand-over per record otherwise). Records wait at most this long, plus the fsync of the
-batch before, to be written; when a sleep finds nothing the writer blocks again until the next."""
 _MFA_ORDER: Final = ("oidc_mfa", "totp", "oidc", "password")
 _LOCAL_PREFIX: Final = "/.noops/"
 
@@ -172,30 +165,6 @@ class _Behaviour:
     failed: list[float] = field(default_factory=list)
 
 
-class _JsonTime:
-    """Unix times as the audit log writes them (canonical JSON of an ISO 8601 UTC string with
-    microseconds), the date and time of day formatted once per second. One per thread."""
-
-    __slots__ = ("prefix", "second")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def __call__(self, now: float) -> str:
-        second = int(now // 1)
-        micro = round((now - second) * 1e6)  # as datetime.fromtimestamp rounds (half even)
-        if micro >= 1_000_000:
-            second, micro = second + 1, micro - 1_000_000
-        if second != self.second:
-            self.second = second
-            self.prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        return f'{self.prefix}{micro:06d}+00:00"'
-
-
-_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z._-]*")
-
-
 class Gatekeeper:
     """Authenticates, scores, decides and audits; one per front door process."""
 
@@ -207,8 +176,7 @@ class Gatekeeper:
         self.identities = identities
         self.port = port
         self._decisions: dict[tuple[Any, ...], tuple[Verdict, RecordTemplate, float, str]] = {}
-        # ("r", record) or ("t", template, time, request id): a reused decision's record
-        self._audit_q: queue.SimpleQueue[tuple[Any, ...] | threading.Event | None] = queue.SimpleQueue()
+        self.recorder = DecisionRecorder(AuditLog(files.audit))
         self.policy_store = policy_store or PolicyStore(files.policy)
         self._policy = self._load_policy()
         self._policy_checked = 0.0
@@ -217,9 +185,6 @@ class Gatekeeper:
         self._trust_fixed = trust_config is not None
         self._reload_trust()
         self.signer = AssertionSigner(files.assertion_key)
-        self.audit = AuditLog(files.audit)
-        self._audit_thread = threading.Thread(target=self._audit_writer, name="audit", daemon=True)
-        self._audit_thread.start()
         self._sessions: dict[str, _CachedSession] = {}
         self._by_sid: dict[str, str] = {}
         self._assertions: dict[tuple[Any, ...], tuple[bytes, float]] = {}
@@ -230,8 +195,8 @@ class Gatekeeper:
         self.close_tunnels: Callable[[Callable[[Any], bool]], int] = lambda _pred: 0
         self.knows_host: Callable[[str], bool] = lambda _host: False  # the front door's registry
         self.oidc = OidcWatcher(files.oidc)
-        self.refresher = IdpRefresher(identities, self.oidc, lambda record: self._audit_q.put(
-            ("r", {**record, "policy_version": self._policy.version})))
+        self.refresher = IdpRefresher(identities, self.oidc, lambda record: self.recorder.from_thread(
+            {**record, "policy_version": self._policy.version}))
         self.pages = Pages(self)
         self.sso = SingleSignOn(self, sso_host) if sso_host else None
 
@@ -263,8 +228,8 @@ class Gatekeeper:
                 log.exception("trust config %s rejected; keeping the previous one", self.files.trust)
                 outcome = "trust_config_rejected"
             self._trust_stamp = stamp
-            self._audit_q.put(("r", {"time": datetime.now(UTC), "outcome": outcome, "reasons": [digest],
-                                     "policy_version": self._policy.version}))
+            self.recorder.record({"time": datetime.now(UTC), "outcome": outcome, "reasons": [digest],
+                                  "policy_version": self._policy.version})
 
     def _latest_revocation(self) -> int:
         cursor = 0
@@ -280,9 +245,7 @@ class Gatekeeper:
 
     def close(self) -> None:
         self.refresher.close()
-        self._audit_q.put(None)
-        self._audit_thread.join(timeout=5)
-        self.audit.close()
+        self.recorder.close()
 
     # -- housekeeping (the front door calls tick() every ~50 ms on its loop) -------------------
     def tick(self, now: float | None = None) -> None:
@@ -313,9 +276,9 @@ class Gatekeeper:
                 current = self.policy_store.refresh()
                 if current.version != self._policy.version:
                     log.info("policy %s applied", current.version)
-                    self._audit_q.put(("r", {"time": datetime.now(UTC), "outcome": "policy_applied",
-                                             "policy_version": current.version,
-                                             "reasons": [f"previous={self._policy.version}"]}))
+                    self.recorder.record({"time": datetime.now(UTC), "outcome": "policy_applied",
+                                          "policy_version": current.version,
+                                          "reasons": [f"previous={self._policy.version}"]})
                     self._decisions.clear()
                 self._policy = current
             except PolicyError:
@@ -379,7 +342,7 @@ class Gatekeeper:
         # The same caller, request and signals within the last second: the same decision,
         # audited again as its own record (see _DECISION_TTL_S).
         self._seen(hit[3], now)
-        self._audit_q.put(("t", hit[1], now, request_id))  # the writer fills the template
+        self.recorder.repeat(hit[1], now, request_id)
         return hit[0]
 
     def _check(self, conn: ConnIdentity, req: Request, raw: tuple[Any, ...] | None = None) -> Verdict:
@@ -403,8 +366,8 @@ class Gatekeeper:
                                user_message=decision.user_message + "; live connections need full access")
         device = f"{cert.user}/{cert.device}" if cert is not None and cert.kind == "device" else None
         who = user or spiffe_id
-        record = self._record(req, who, device, trust, decision, decision.outcome, decision.reasons,
-                              decision.shadow_outcome)
+        fragments = self._record(req, who, device, trust, decision, decision.outcome, decision.reasons,
+                                 decision.shadow_outcome)
         serial = cert.serial if cert is not None else None
         sid = session.session.session_id if session is not None else None
         if decision.outcome in ("allow", "read_only"):
@@ -414,7 +377,7 @@ class Gatekeeper:
             if len(self._decisions) > 50_000:
                 self._decisions.clear()
             rate_key = user if user is not None else "ip:" + req.client_ip
-            template = self.audit.template(self.audit.fragments(record), ("time", "request_id"))
+            template = RecordTemplate(fragments, ("time", "request_id"))
             entry = self._decisions[key] = (verdict, template, now + _DECISION_TTL_S, rate_key)
             if raw is not None:
                 self._decisions[(_RAW, *raw, key[1], conn.rejected, req.client_ip)] = entry
@@ -532,7 +495,7 @@ class Gatekeeper:
     # -- audit ----------------------------------------------------------------------------------
     def _record(self, req: Request, who: str | None, device: str | None, trust: TrustResult | None,
                 decision: Decision | None, outcome: str, reasons: list[str],
-                shadow: str | None) -> dict[str, Any]:
+                shadow: str | None) -> dict[str, str]:
         record = {
             "time": datetime.now(UTC), "request_id": req.request_id, "user": who, "device": device,
             "route": decision.route_id if decision is not None else None, "host": req.host,
@@ -544,47 +507,8 @@ class Gatekeeper:
             "outcome": outcome, "shadow_outcome": shadow, "reasons": list(reasons),
             "client_ip": req.client_ip,
         }
-        self._audit_q.put(("r", record))
-        return record
+        return self.recorder.record(record)
 
     def record_event(self, req: Request, who: str | None, outcome: str, reasons: list[str]) -> None:
         """Audit a gateway page event (login, step-up, logout) with the decision fields."""
         self._record(req, who, None, None, None, outcome, reasons, None)
-
-    def _audit_writer(self) -> None:
-        stop = False
-        json_time = _JsonTime()
-        plain_id = _PLAIN_ID.fullmatch
-        busy = False
-        while not stop:
-            if busy:  # see _AUDIT_GATHER_S: no blocking get() while records keep coming
-                time.sleep(_AUDIT_GATHER_S)
-                items: list[tuple[Any, ...] | threading.Event | None] = []
-            else:
-                items = [self._audit_q.get()]
-            while len(items) < 4096:
-                try:
-                    items.append(self._audit_q.get_nowait())
-                except queue.Empty:
-                    break
-            busy = bool(items)
-            batch: list[dict[str, str] | tuple[RecordTemplate, tuple[str, str]]] = []
-            try:
-                for item in items:
-                    if not isinstance(item, tuple):
-                        continue
-                    if item[0] == "r":
-                        batch.append(self.audit.fragments(item[1]))
-                    else:
-                        rid = item[3]
-                        batch.append((item[1], (json_time(item[2]), f'"{rid}"' if plain_id(rid)
-                                                else json_fragment(rid))))
-                if batch:
-                    self.audit.append_fragments(batch)
-            except Exception:
-                    log.exception("audit write failed; %d record(s) lost", len(batch))
-            for item in items:
-                if isinstance(item, threading.Event):
-                    item.set()
-                elif item is None:
-                    stop = True

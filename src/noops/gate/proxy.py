@@ -164,7 +164,8 @@ class FrontDoor:
     def stats(self) -> dict[str, int]:
         """Counters since start: connections, requests, responses, errors (5xx the proxy sent or
         responses cut short), rejected (malformed requests), timeouts, upstream connects/reuses,
-        connect failures, retries, tunnels."""
+        connect failures, retries, tunnels, and the requests and responses that repeated the
+        previous head on their connection byte for byte (handled without parsing it again)."""
         core = self._core
         if core is None:
             return {}
@@ -183,6 +184,8 @@ class FrontDoor:
             "retries": core.retries,
             "tunnels_open": len(core.tunnels),
             "tunnels_total": core.tunnels_total,
+            "repeated_requests": core.repeated_requests,
+            "repeated_responses": core.repeated_responses,
         }
 
     def in_flight(self, socket_path: str) -> int:

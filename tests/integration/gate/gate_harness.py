@@ -5,7 +5,8 @@ uvloop thread, and small blocking HTTP clients.
   (it shares no parser with the proxy). Paths: ``/`` (who am I), ``/echo-head`` (the raw request
   head as the body), ``/sink`` (reads the body, answers its length and sha256; ``?delay_ms=`` per
   64 KiB read), ``/stream?n=`` (a chunked body of ``n`` bytes; ``sent`` tracks progress),
-  ``/slow?ms=``, ``/crash`` (closes without answering), ``/crash-mid`` (closes mid-body),
+  ``/slow?ms=``, ``/split?n=`` (the head and an ``n``-byte body in two writes), ``/crash``
+  (closes without answering), ``/crash-mid`` (closes mid-body),
   ``/close-delimited``. It counts connections, requests and requests in flight.
 * :class:`WsUpstream` -- a ``websockets`` echo server on a Unix socket.
 * :class:`ProxyThread` -- a :class:`FrontDoor` on 127.0.0.1:free port, in a thread with uvloop.
@@ -114,6 +115,16 @@ class _Handler(socketserver.StreamRequestHandler):
             time.sleep(int(query.get("ms", "500")) / 1000)
         if path == "/stream":
             return self._stream(method, int(query.get("n", "0")), keep)
+        if path == "/split":  # the head, then (in another write) a body of ?n= bytes
+            n = int(query.get("n", "0"))
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n"
+                    f"X-Upstream: {srv.name}\r\n\r\n").encode()
+            self.wfile.write(head)
+            self.wfile.flush()
+            time.sleep(0.02)
+            self.wfile.write(b"s" * n)
+            self.wfile.flush()
+            return keep
         if path == "/crash-mid":
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
             self.wfile.flush()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
-from zt_harness import Gateway, _resolve_localhost
+from zt_harness import Gateway, RawConnection, _resolve_localhost, decisions, header_values, raw_get
 
 SIGNED_IN = '''
 [[route]]
@@ -79,6 +79,42 @@ def test_logout_ends_the_session_and_its_websockets(gw: Gateway) -> None:
         _closed_within(ws, 2.0)
     with gw.client(cookie=cookie) as c:
         assert c.get(gw.url("echo", "/"), headers={"Accept": "application/json"}).status_code == 401
+
+
+def test_a_request_sent_again_byte_for_byte_is_decided_again(gw: Gateway) -> None:
+    """The front door reads a repeated head once (see ClientConnection.data_received), never
+    its decision: every request is decided, audited and stripped of the gateway's credentials,
+    and the same bytes are refused once the session is revoked."""
+    gw.apply_policy(SIGNED_IN)
+    gw.add_user("repeater")
+    cookie = gw.session("repeater", {"password"})
+    data = raw_get("/again", headers=[("Cookie", f"__Host-noops_session={cookie}; theme=dark"),
+                                      ("Accept", "application/json")])
+    app = gw.apps["echo"]
+    before = len(app.seen)
+    with RawConnection(gw) as c:
+        for _ in range(5):
+            r = c.request(data)
+            assert r is not None and r.status == 200
+        seen = app.seen[before:]
+        assert [header_values(rec, "Cookie") for rec in seen] == [["theme=dark"]] * 5
+        assert all(len(header_values(rec, "X-Noops-Assertion")) == 1 for rec in seen)
+        assert cookie not in repr(seen)
+        ids = [header_values(rec, "X-Request-Id")[0] for rec in seen]
+        assert len(set(ids)) == 5
+        gw.identities.revoke_user_sessions("repeater")
+        allowed = 5
+        deadline = time.monotonic() + 3
+        while r is not None and r.status == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the front door's next look at revocations (~50 ms)
+            r = c.request(data)
+            allowed += r is not None and r.status == 200
+        assert r is not None and r.status == 401
+        refused_id = r.header("X-Request-Id")
+    assert len(app.seen) - before == allowed  # the refused request never reached the app
+    outcomes = {rec["request_id"]: rec["outcome"] for rec in decisions(gw)}
+    assert [outcomes.get(rid) for rid in ids] == ["allow"] * 5
+    assert refused_id and outcomes.get(refused_id) not in (None, "allow")
 
 
 def test_tls_below_1_2_is_refused(gw: Gateway) -> None:

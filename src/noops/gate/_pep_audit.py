@@ -1,0 +1,153 @@
+"""How the gatekeeper's records reach the audit log (:mod:`noops.gate.audit`).
+
+On the front door's event loop, records are chained and written (to the page cache) by the
+loop itself, once per loop iteration for all the records of that iteration; a thread only makes
+them durable (``fdatasync``), at most once every :data:`SYNC_GATHER_S`. The loop never waits
+for the disk, and no second thread competes with it for the interpreter while requests flow:
+with the lines built on a writer thread instead, the two threads handing the GIL to each other
+cost the front door about three times the writer's own CPU per request. Records made on other
+threads (the IdP refresher's) go to that thread, which writes them itself.
+
+Outside an event loop (set-up, tests), a record is written and synced at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
+
+__all__ = ["SYNC_GATHER_S", "DecisionRecorder"]
+
+log = logging.getLogger("noops.gate")
+
+SYNC_GATHER_S: Final = 0.005
+"""After a sync the thread waits this long before the next, so a busy gateway syncs at most
+~200 times a second whatever its request rate. A written record is durable within about this
+long plus one sync."""
+_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z._-]*")
+_SYNC: Final = "sync"
+
+
+class JsonTime:
+    """Unix times as the audit log writes them (canonical JSON of an ISO 8601 UTC string with
+    microseconds), the date and time of day formatted once per second. One per thread."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now // 1)
+        micro = round((now - second) * 1e6)  # as datetime.fromtimestamp rounds (half even)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self.second:
+            self.second = second
+            self.prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f'{self.prefix}{micro:06d}+00:00"'
+
+
+class DecisionRecorder:
+    """The gatekeeper's way into its :class:`AuditLog`. :meth:`record` and :meth:`repeat`
+    belong to one thread, the front door's event loop (or a caller without one);
+    :meth:`from_thread` to any other."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        # what this loop iteration recorded: fragments, or (template, time, request id)
+        self._pending: list[Mapping[str, str] | tuple[RecordTemplate, float, str]] = []
+        self._time = JsonTime()
+        self._plain_id = _PLAIN_ID.fullmatch
+        self._sync_asked = False
+        self._q: queue.SimpleQueue[tuple[str, Mapping[str, Any]] | str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
+        self._thread.start()
+
+    def record(self, record: Mapping[str, Any]) -> dict[str, str]:
+        """Record ``record``; returns its fragments (:meth:`AuditLog.fragments`)."""
+        fragments = self.audit.fragments(record)
+        self._pending.append(fragments)
+        if len(self._pending) == 1:
+            self._schedule()
+        return fragments
+
+    def repeat(self, template: RecordTemplate, now: float, request_id: str) -> None:
+        """Record a reused decision: ``template`` with this request's time and id."""
+        pending = self._pending
+        pending.append((template, now, request_id))
+        if len(pending) == 1:
+            self._schedule()
+
+    def from_thread(self, record: Mapping[str, Any]) -> None:
+        """Record ``record`` from a thread other than the loop's."""
+        self._q.put(("r", record))
+
+    def close(self) -> None:
+        """Write what is pending, sync, and stop the thread."""
+        self.flush(sync=True)
+        self._q.put(None)
+        self._thread.join(timeout=5)
+        self.audit.close()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush(sync=True)
+            return
+        loop.call_soon(self.flush)
+
+    def flush(self, sync: bool = False) -> None:
+        """Chain and write the pending records; ``sync`` before returning, else soon after."""
+        items, self._pending = self._pending, []
+        if not items:
+            return
+        json_time, plain_id = self._time, self._plain_id
+        batch: list[Mapping[str, str] | tuple[RecordTemplate, tuple[str, str]]] = []
+        for item in items:
+            if isinstance(item, tuple):
+                template, now, rid = item
+                rid_json = f'"{rid}"' if plain_id(rid) else json_fragment(rid)
+                batch.append((template, (json_time(now), rid_json)))
+            else:
+                batch.append(item)
+        try:
+            self.audit.append_fragments(batch, sync=sync)
+        except Exception:
+            log.exception("audit write failed; %d record(s) lost", len(batch))
+            return
+        if not sync and not self._sync_asked:
+            self._sync_asked = True
+            self._q.put(_SYNC)
+
+    def _run(self) -> None:
+        while True:
+            items = [self._q.get()]
+            while True:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            records = [item[1] for item in items if isinstance(item, tuple)]
+            try:
+                if records:
+                    self.audit.append_fragments([self.audit.fragments(r) for r in records])
+                if _SYNC in items:
+                    self._sync_asked = False  # before the sync: later writes ask for another
+                    self.audit.sync()
+            except Exception:
+                log.exception("audit write failed; %d record(s) lost", len(records))
+            if None in items:
+                return
+            time.sleep(SYNC_GATHER_S)
