@@ -81,6 +81,7 @@ class ClientConnection(GateSide, asyncio.Protocol):
         self.conn_id: ConnIdentity | None = None
         self.heads = 0  # request heads read
         self.last_head: RequestHead | None = None
+        self.clean = True  # the parser holds no bytes of a message it has not finished
         # The last read that was exactly one whole bodiless request, and that request's head.
         self.repeat: tuple[bytes, RequestHead] | None = None
 
@@ -118,13 +119,15 @@ class ClientConnection(GateSide, asyncio.Protocol):
         if self.closed:
             return
         boundary = False
+        clean = self.clean
         if self.parsing is None:
             if self.active is None and not self.in_head:  # these bytes start a request head
-                repeat = self.repeat
-                if repeat is not None and data == repeat[0]:
-                    self._serve_again(repeat[1])
-                    return
-                boundary = True
+                if clean:
+                    repeat = self.repeat
+                    if repeat is not None and data == repeat[0]:
+                        self._serve_again(repeat[1])
+                        return
+                    boundary = True
                 self.in_head = True
                 if self.dkind == _D_IDLE:
                     self.dkind = _D_HEAD
@@ -133,9 +136,11 @@ class ClientConnection(GateSide, asyncio.Protocol):
             self.deadline = self.core.clock + self.t_client
         was_in_head = self.in_head
         heads = self.heads
+        self.clean = upgraded = False
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
+            upgraded = True  # a tunnel, or a new parser for the rest (it keeps .clean up to date)
             self._parser_upgrade(data[exc.args[0]:])
         except HttpParserCallbackError as exc:
             err = exc.__context__
@@ -153,12 +158,13 @@ class ClientConnection(GateSide, asyncio.Protocol):
             if self.fed > self.cfg.max_header_bytes:
                 self._reject(400)
                 return
-        if boundary and self.heads == heads + 1 and self.parsing is None and data[-4:] == b"\r\n\r\n":
-            # This read was one whole bodiless request and nothing more (a second head, even
-            # partly read, would have left bytes in the parser or counted a second head).
+        elif not upgraded and self.parsing is None and data[-4:] == b"\r\n\r\n":
+            # The parser holds nothing: this read ended a message (no body is being read) with
+            # CRLF CRLF, and bytes of a next head ending so would have completed that head.
+            self.clean = True
             head = self.last_head
-            if head is not None and head.repeatable and not self.url and not self.headers:
-                self.repeat = (data, head)
+            if boundary and self.heads == heads + 1 and head is not None and head.repeatable:
+                self.repeat = (data, head)  # this read was one whole bodiless request
         ex = self.active
         if ex is not None and ex.up is not None and ex.pending:
             self._send_pending(ex, ex.up)

@@ -1,8 +1,9 @@
 """How the gatekeeper's records reach the audit log (:mod:`noops.gate.audit`).
 
 On the front door's event loop, records are chained and written (to the page cache) by the
-loop itself, once per loop iteration for all the records of that iteration; a thread only makes
-them durable (``fdatasync``), at most once every :data:`SYNC_GATHER_S`. The loop never waits
+loop itself, in batches: :data:`WRITE_GATHER_S` after the first record of a batch (one ``write``
+for all); a thread only makes them durable (``fdatasync``), at most once every
+:data:`SYNC_GATHER_S`. The loop never waits
 for the disk, and no second thread competes with it for the interpreter while requests flow:
 with the lines built on a writer thread instead, the two threads handing the GIL to each other
 cost the front door about three times the writer's own CPU per request. Records made on other
@@ -25,10 +26,14 @@ from typing import Any, Final
 
 from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
 
-__all__ = ["SYNC_GATHER_S", "DecisionRecorder"]
+__all__ = ["SYNC_GATHER_S", "WRITE_GATHER_S", "DecisionRecorder"]
 
 log = logging.getLogger("noops.gate")
 
+WRITE_GATHER_S: Final = 0.002
+"""Records wait this long on the loop to be written together (a ``write`` costs as much as
+formatting a few records); a batch of :data:`_WRITE_AT_MOST` is written at once."""
+_WRITE_AT_MOST: Final = 512
 SYNC_GATHER_S: Final = 0.005
 """After a sync the thread waits this long before the next, so a busy gateway syncs at most
 ~200 times a second whatever its request rate. A written record is durable within about this
@@ -65,7 +70,7 @@ class DecisionRecorder:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
-        # what this loop iteration recorded: fragments, or (template, time, request id)
+        # records not written yet: fragments, or (template, time, request id)
         self._pending: list[Mapping[str, str] | tuple[RecordTemplate, float, str]] = []
         self._time = JsonTime()
         self._plain_id = _PLAIN_ID.fullmatch
@@ -77,17 +82,12 @@ class DecisionRecorder:
     def record(self, record: Mapping[str, Any]) -> dict[str, str]:
         """Record ``record``; returns its fragments (:meth:`AuditLog.fragments`)."""
         fragments = self.audit.fragments(record)
-        self._pending.append(fragments)
-        if len(self._pending) == 1:
-            self._schedule()
+        self._add(fragments)
         return fragments
 
     def repeat(self, template: RecordTemplate, now: float, request_id: str) -> None:
         """Record a reused decision: ``template`` with this request's time and id."""
-        pending = self._pending
-        pending.append((template, now, request_id))
-        if len(pending) == 1:
-            self._schedule()
+        self._add((template, now, request_id))
 
     def from_thread(self, record: Mapping[str, Any]) -> None:
         """Record ``record`` from a thread other than the loop's."""
@@ -100,13 +100,18 @@ class DecisionRecorder:
         self._thread.join(timeout=5)
         self.audit.close()
 
-    def _schedule(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush(sync=True)
-            return
-        loop.call_soon(self.flush)
+    def _add(self, item: Mapping[str, str] | tuple[RecordTemplate, float, str]) -> None:
+        pending = self._pending
+        pending.append(item)
+        if len(pending) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush(sync=True)
+                return
+            loop.call_later(WRITE_GATHER_S, self.flush)
+        elif len(pending) >= _WRITE_AT_MOST:
+            self.flush()  # the timer then finds nothing to write
 
     def flush(self, sync: bool = False) -> None:
         """Chain and write the pending records; ``sync`` before returning, else soon after."""

@@ -87,8 +87,8 @@ class Pool:
 class Upstream(asyncio.Protocol):
     """One connection to an app instance."""
 
-    __slots__ = ("client", "closed", "ended", "got_bytes", "headers", "idle_since", "in_head", "interim",
-                 "last", "parser", "pool", "reading_paused", "repeat", "transport", "tunnel")
+    __slots__ = ("clean", "client", "closed", "ended", "got_bytes", "headers", "idle_since", "in_head",
+                 "interim", "last", "parser", "pool", "reading_paused", "repeat", "transport", "tunnel")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -106,6 +106,7 @@ class Upstream(asyncio.Protocol):
         self.reading_paused = False
         self.idle_since = 0.0
         self.ended = 0  # responses read
+        self.clean = True  # the parser holds no bytes of a response it has not finished
         # What the last response head meant, when it can be repeated (see ClientConnection.
         # response_head), and the last read that was exactly one such response with that meaning.
         self.last: RepeatableResponse | None = None
@@ -124,7 +125,7 @@ class Upstream(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        boundary = self.in_head and not self.interim
+        boundary = self.clean and self.in_head and not self.interim
         if boundary:
             repeat = self.repeat
             # The app sent its previous response head again, with a body of the same length:
@@ -137,6 +138,7 @@ class Upstream(asyncio.Protocol):
         if client.dkind == 4:  # waiting on the app (_D_UPSTREAM): it is alive
             client.deadline = client.core.clock + client.t_up
         ended = self.ended
+        self.clean = False
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -145,18 +147,25 @@ class Upstream(asyncio.Protocol):
             if isinstance(exc.__context__, HeadDone):
                 # Reuse only if the head ended exactly at the end of this read.
                 self.parser = HttpResponseParser(self)
-                self.in_head = True
+                self.in_head = self.clean = True
                 client.response_end(self, reusable=data.endswith(b"\r\n\r\n"))
             else:
                 client.upstream_failed(self, exc.__context__)
         except HttpParserError as exc:
             client.upstream_failed(self, exc)
         else:
+            # Whether the parser holds nothing now: proven when this read was exactly one whole
+            # response (its head and Content-Length body), or ended a response with CRLF CRLF
+            # (bytes of a next head ending so would have completed that head).
             last = self.last
-            if boundary and last is not None and self.ended == ended + 1 and self.in_head:
+            if self.in_head and not self.interim and self.ended > ended:
                 head_end = data.find(b"\r\n\r\n") + 4
-                if head_end > 3 and len(data) - head_end == last.length:
+                if (boundary and last is not None and self.ended == ended + 1 and head_end > 3
+                        and len(data) - head_end == last.length):
                     self.repeat = (data[:head_end], len(data), last)
+                    self.clean = True
+                else:
+                    self.clean = data[-4:] == b"\r\n\r\n"
         client.flush()
 
     def eof_received(self) -> bool:

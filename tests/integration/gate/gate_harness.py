@@ -5,7 +5,8 @@ uvloop thread, and small blocking HTTP clients.
   (it shares no parser with the proxy). Paths: ``/`` (who am I), ``/echo-head`` (the raw request
   head as the body), ``/sink`` (reads the body, answers its length and sha256; ``?delay_ms=`` per
   64 KiB read), ``/stream?n=`` (a chunked body of ``n`` bytes; ``sent`` tracks progress),
-  ``/slow?ms=``, ``/split?n=`` (the head and an ``n``-byte body in two writes), ``/crash``
+  ``/slow?ms=``, ``/split?n=`` (the head and an ``n``-byte body in two writes), ``/overrun``
+  (the response to ``/``, then the start of another in the same write), ``/crash``
   (closes without answering), ``/crash-mid`` (closes mid-body),
   ``/close-delimited``. It counts connections, requests and requests in flight.
 * :class:`WsUpstream` -- a ``websockets`` echo server on a Unix socket.
@@ -125,6 +126,10 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.write(b"s" * n)
             self.wfile.flush()
             return keep
+        if path == "/overrun":  # a whole response, then the start of one nobody asked for
+            body = json.dumps({"app": srv.name, "path": "/", "method": method}).encode()
+            self._reply(method, 200, body, keep, "application/json", b"", tail=b"HTTP/1.1 200 OK\r\nX-Bro")
+            return keep
         if path == "/crash-mid":
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
             self.wfile.flush()
@@ -172,12 +177,12 @@ class _Handler(socketserver.StreamRequestHandler):
                 yield chunk
 
     def _reply(self, method: str, status: int, body: bytes, keep: bool, ctype: str,
-               extra: bytes = b"") -> bool:
+               extra: bytes = b"", tail: bytes = b"") -> bool:
         head = (f"HTTP/1.1 {status} OK\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 f"X-Upstream: {self.server.name}\r\n").encode() + extra
         if not keep:
             head += b"Connection: close\r\n"
-        self.wfile.write(head + b"\r\n" + (b"" if method == "HEAD" else body))
+        self.wfile.write(head + b"\r\n" + (b"" if method == "HEAD" else body) + tail)
         self.wfile.flush()
         return keep
 
