@@ -340,17 +340,18 @@ class Platform:
         return await asyncio.to_thread(self.manager.renew_svids, live)
 
     async def rotate_forever(self) -> None:
-        """Every ``rotate_every_s``: :meth:`rotate_svids`. An instance whose SVID expires is
+        """:meth:`rotate_svids` at once (instances re-adopted after a restart may be near their
+        certificate's end), then every ``rotate_every_s``. An instance whose SVID expires is
         refused by its own monitor, so this loop must outlive every failure."""
         while True:
-            await asyncio.sleep(self.rotate_every_s)
             try:
                 renewed = await self.rotate_svids()
             except (NoopsError, OSError):
                 log.exception("SVID rotation failed; retrying in %ss", self.rotate_every_s)
-                continue
+                renewed = 0
             if renewed:
                 log.info("renewed %d instance certificates", renewed)
+            await asyncio.sleep(self.rotate_every_s)
 
     async def release_image(self, app: str, image: str, *, spec: AppSpec | None = None,
                             description: str = "", formation: dict[str, int] | None = None,
