@@ -74,6 +74,7 @@ class TestIdP:
     rsa_kid: str = "rsa1"
     mode: str = "ok"
     amr: list[str] = field(default_factory=lambda: ["pwd"])
+    groups: list[str] = field(default_factory=lambda: ["ops", "dev"])  # the user's, in each ID token
     acr: str | None = None
     client_id: str = CLIENT_ID
     client_secret: str = CLIENT_SECRET
@@ -128,7 +129,7 @@ class TestIdP:
         claims: dict[str, Any] = {
             "iss": self.issuer, "sub": "user-42", "aud": self.client_id, "iat": now, "exp": now + 300,
             "nonce": nonce, "email": "ada@example.test", "email_verified": True,
-            "groups": ["ops", "dev"], "amr": self.amr,
+            "groups": list(self.groups), "amr": self.amr,
             "at_hash": b64url(hashlib.sha256(access_token.encode()).digest()[:16])}
         if nonce is None:  # a refresh: no login to bind it to
             del claims["nonce"]

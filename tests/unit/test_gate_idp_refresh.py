@@ -12,7 +12,7 @@ import pytest
 
 from noops.gate._oidc_config import OidcConfig, OidcWatcher, save_oidc
 from noops.gate._pep_refresh import IdpRefresher
-from noops.gate.identity import IdentityStore, OIDCError, OIDCIdentity, OIDCRefused
+from noops.gate.identity import IdentityStore, OIDCError, OIDCIdentity, OIDCRefused, Refreshed
 
 T0 = 1_800_000_000.0
 REFRESH_S = 60.0
@@ -23,17 +23,18 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.answer = "ok"  # or "refuse", "down"
+        self.groups: tuple[str, ...] | None = None  # what the refreshed ID token says (None: no claim)
         self.calls: list[tuple[str, str]] = []
         self.n = 0
 
-    def refresh(self, token: str, sub: str, *, now: float | None = None) -> str:
+    def refresh(self, token: str, sub: str, *, now: float | None = None) -> Refreshed:
         self.calls.append((token, sub))
         if self.answer == "refuse":
             raise OIDCRefused("the provider refused the refresh token (HTTP 400, 'invalid_grant')")
         if self.answer == "down":
             raise OIDCError("the token request failed: connection refused")
         self.n += 1
-        return f"rt-{self.n}"
+        return Refreshed(f"rt-{self.n}", self.groups)
 
 
 @pytest.fixture
@@ -147,3 +148,20 @@ def test_sign_ins_without_a_token_or_live_session_are_not_asked(setup: Any) -> N
     store.revoke_cookie(cookie, now=T0 + 1)  # logout
     refresher.run_due(now=T0 + REFRESH_S)
     assert fake.calls == []
+
+
+def test_the_providers_groups_become_the_users_groups(setup: Any) -> None:
+    refresher, store, fake, audit = setup
+    store.add_user("ada", "pw-unused-here", ["ops", "dev"])
+    _sign_in(refresher, store)
+    refresher.run_due(now=T0 + REFRESH_S)  # no groups claim: nothing changes
+    assert store.get_user("ada").groups == ("dev", "ops") and audit == []  # type: ignore[union-attr]
+    fake.groups = ("dev", "ops")  # the same, in another order
+    refresher.run_due(now=T0 + 2 * REFRESH_S)
+    assert audit == []
+    fake.groups = ("dev", "qa")  # removed from ops, added to qa at the provider
+    refresher.run_due(now=T0 + 3 * REFRESH_S)
+    assert store.get_user("ada").groups == ("dev", "qa")  # type: ignore[union-attr]
+    [record] = audit
+    assert (record["outcome"], record["user"], record["reasons"]) == ("groups_changed", "ada", ["idp_refresh"])
+    assert (record["groups_added"], record["groups_removed"]) == (["qa"], ["ops"])

@@ -27,7 +27,7 @@ import httpx
 from noops.gate._identity_db import OIDCError
 from noops.gate._identity_jose import SUPPORTED_ALGS, Jwk, parse_jwks, token_header, verify_jws
 
-__all__ = ["OIDCIdentity", "OIDCProvider", "OIDCRefused"]
+__all__ = ["OIDCIdentity", "OIDCProvider", "OIDCRefused", "Refreshed"]
 
 _MFA_AMR = frozenset({"mfa", "otp"})
 # acr values that commonly mean "multi-factor" (OpenID PAPE and REFEDS MFA profiles).
@@ -49,6 +49,15 @@ class OIDCIdentity:
 
 class OIDCRefused(OIDCError):
     """The provider refused a refresh token: the sign-in it came from has ended there."""
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """A refresh the provider granted: the refresh token to use next time (rotated or the
+    same), and the ``groups`` of the refreshed ID token (None: no ID token, or no such claim)."""
+
+    refresh_token: str = field(repr=False)
+    groups: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -209,13 +218,14 @@ class OIDCProvider:
         return replace(self._identity(claims),
                        refresh_token=refresh if isinstance(refresh, str) and refresh else None)
 
-    def refresh(self, refresh_token: str, sub: str, *, now: float | None = None) -> str:
+    def refresh(self, refresh_token: str, sub: str, *, now: float | None = None) -> Refreshed:
         """Ask the provider whether the sign-in behind ``refresh_token`` still holds (RFC 6749
-        section 6); returns the refresh token to use next time (rotated or the same). Raises
-        :class:`OIDCRefused` when the provider refuses it (the user was signed out, disabled or
-        deprovisioned there), :class:`OIDCError` when it cannot be asked (try again later)."""
+        section 6), and what its ID token says now. Raises :class:`OIDCRefused` when the
+        provider refuses it (the user was signed out, disabled or deprovisioned there),
+        :class:`OIDCError` when it cannot be asked (try again later)."""
         tokens = self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token},
                                      "refresh token")
+        groups: tuple[str, ...] | None = None
         id_token = tokens.get("id_token")
         if isinstance(id_token, str):  # OIDC Core 12.2: same subject, no nonce to check
             access = tokens.get("access_token")
@@ -223,8 +233,10 @@ class OIDCProvider:
                                             access_token=access if isinstance(access, str) else None)
             if claims["sub"] != sub:
                 raise OIDCRefused("the provider answered for another subject")
+            if isinstance(claims.get("groups"), list):
+                groups = self._identity(claims).groups
         new = tokens.get("refresh_token")
-        return new if isinstance(new, str) and new else refresh_token
+        return Refreshed(new if isinstance(new, str) and new else refresh_token, groups)
 
     def _exchange(self, code: str, verifier: str) -> dict[str, Any]:
         return self._token_request({"grant_type": "authorization_code", "code": code,

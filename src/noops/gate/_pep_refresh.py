@@ -8,7 +8,9 @@ client id) in the identity store. Every ``refresh_s`` (``noops oidc set --refres
 on a worker thread:
 
 * the provider answers with tokens (the ID token, if any, verified and of the same subject):
-  the sign-in holds; a rotated refresh token replaces the old one;
+  the sign-in holds; a rotated refresh token replaces the old one; when the ID token carries a
+  ``groups`` claim, those become the user's groups (a user removed from a group at the provider
+  loses the routes it gave, audited as ``groups_changed`` with what was added and removed);
 * the provider refuses (``invalid_grant``: a user signed out, disabled or deprovisioned there):
   every session of the sign-in ends (on every host, websockets closed on the next tick) and
   the audit log says why (``idp_refresh_refused``);
@@ -25,8 +27,8 @@ on a worker thread:
 A round handles at most 20 due sign-ins; each HTTP step to the provider has a 10 s timeout.
 A new refresh token the provider sent is lost if the gateway dies before storing it: the next
 check sends the old one, providers that detect reuse refuse it, and the sign-in ends (fail
-closed). Groups and e-mail stay those of the sign-in; the provider's refresh token is not
-revoked there on logout (RFC 7009).
+closed). The e-mail stays that of the sign-in; the provider's refresh token is not revoked
+there on logout (RFC 7009).
 
 Sign-ins whose provider issued no refresh token (or made before this) are not re-checked; their
 sessions end at their own limits or on revocation. Removing the provider (``noops oidc
@@ -171,8 +173,23 @@ class IdpRefresher:
                 self.identities.idp_token_checked(token.family, next_at=moment + min(refresh_s, RETRY_S),
                                                   now=moment)
             return
-        self.identities.idp_token_checked(token.family, sealed=box.seal(_SEAL_APP, key, fresh),
+        self.identities.idp_token_checked(token.family, sealed=box.seal(_SEAL_APP, key, fresh.refresh_token),
                                           next_at=moment + refresh_s, now=moment)
+        if fresh.groups is not None:
+            self._apply_groups(token, fresh.groups)
+
+    def _apply_groups(self, token: IdpToken, groups: tuple[str, ...]) -> None:
+        """The provider's groups now are the user's groups: a user removed from a group there
+        loses what it gave here within one refresh period (the gateway re-reads sessions every
+        few seconds)."""
+        user = self.identities.get_user(token.user)
+        if user is None or set(user.groups) == set(groups):
+            return
+        added, removed = sorted(set(groups) - set(user.groups)), sorted(set(user.groups) - set(groups))
+        self.identities.set_groups(token.user, groups)
+        log.info("groups of %s changed at the identity provider: +%s -%s", token.user, added, removed)
+        self.audit({"time": datetime.now(UTC), "outcome": "groups_changed", "user": token.user,
+                    "reasons": ["idp_refresh"], "groups_added": added, "groups_removed": removed})
 
     def _end(self, token: IdpToken, reason: str, detail: str) -> None:
         """End every session of the sign-in (websockets close on the gateway's next tick)."""

@@ -32,7 +32,7 @@ from argon2 import PasswordHasher
 
 from noops.gate._identity_db import IdentityDb, IdentityError, OIDCError, SessionError
 from noops.gate._identity_idp import IdpToken, IdpTokensMixin
-from noops.gate._identity_oidc import OIDCIdentity, OIDCProvider, OIDCRefused
+from noops.gate._identity_oidc import OIDCIdentity, OIDCProvider, OIDCRefused, Refreshed
 from noops.gate._identity_sessions import (
     AUTH_METHODS,
     COOKIE_NAME,
@@ -69,6 +69,7 @@ __all__ = [
     "OIDCIdentity",
     "OIDCProvider",
     "OIDCRefused",
+    "Refreshed",
     "Revocation",
     "Session",
     "SessionError",

@@ -11,7 +11,8 @@ with a small OpenID provider run by the test on 127.0.0.1:
 * "IdP refresh failure deletes the session": every sign-in is checked with the provider (its
   refresh token, sealed at rest, rotated each time) every second here; the provider's refusal
   ends the sign-in's sessions and closes its websockets, and so does a provider that cannot be
-  asked for three periods. Revoking the user's sessions by hand cuts access at once too.
+  asked for three periods. Revoking the user's sessions by hand cuts access at once too; a
+  group the provider no longer lists loses its routes.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def gw(idp: TestIdP) -> Iterator[Gateway]:
 def _reset(idp: TestIdP) -> None:
     idp.mode = "ok"
     idp.deprovisioned = False
+    idp.groups = ["ops", "dev"]
 
 
 def _start(gw: Gateway, rd: str = "/dest", headers: list[tuple[str, str]] | None = None) -> tuple[str, str]:
@@ -245,6 +247,36 @@ def test_the_provider_is_asked_again_and_its_refusal_ends_the_sign_in(gw: Gatewa
     assert closed is not None
     assert _status(gw, session) == 401
     assert wait_for(lambda: _ended(gw, "idp_refresh_refused"), 5) is not None
+
+
+def test_a_group_removed_at_the_provider_loses_its_routes(gw: Gateway, idp: TestIdP) -> None:
+    gw.apply_policy(POLICY + '''
+[[route]]
+id = "ops"
+host = "*.localhost"
+path = "/ops"
+authenticated = true
+groups = ["ops"]
+''')
+    try:
+        session, _ = _oidc_sign_in(gw, idp)
+
+        def status(path: str) -> int:
+            with RawConnection(gw) as c:
+                r = c.request(raw_get(path, cookie=session, headers=[("Accept", "application/json")]))
+            assert r is not None
+            return r.status
+
+        assert status("/ops/deploy") == 200
+        idp.groups = ["dev"]  # removed from ops at the provider
+        took = wait_for(lambda: status("/ops/deploy") == 403, 10)
+        assert took is not None, "the provider's groups were never applied"
+        assert status("/x") == 200  # still signed in: only the group's routes are gone
+        changed = [r for r in gw.audit_records() if r.get("outcome") == "groups_changed"]
+        assert changed and changed[-1]["user"] == "ada@example.test"
+        assert changed[-1]["extra"] == {"groups_added": [], "groups_removed": ["ops"]}
+    finally:
+        gw.apply_policy(POLICY)
 
 
 def test_a_provider_that_cannot_be_asked_ends_the_sign_in_after_three_periods(
