@@ -89,6 +89,7 @@ class TestIdP:
     deprovisioned: bool = False
     login_refresh_tokens: list[str] = field(default_factory=list)  # issued with a code, in order
     rotated: dict[str, str] = field(default_factory=dict)  # a used refresh token -> its successor
+    revoked: list[str] = field(default_factory=list)  # tokens given back (RFC 7009), in order
 
     def refresh_chain(self, first: str) -> list[str]:
         """The refresh tokens of one sign-in, from the one its login got, in order of use."""
@@ -121,7 +122,8 @@ class TestIdP:
                 "response_types_supported": ["code"], "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                 "code_challenge_methods_supported": ["S256"],
-                "token_endpoint_auth_methods_supported": ["client_secret_basic"]}
+                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                "revocation_endpoint": f"{self.issuer}/revoke"}
 
     def id_token(self, nonce: str | None, access_token: str) -> str:
         now = int(time.time())
@@ -223,12 +225,11 @@ def make_handler(idp: TestIdP) -> type[BaseHTTPRequestHandler]:
                 self.send_json(404, {"error": "not_found"})
 
         def do_POST(self) -> None:
-            if self.path != "/token":
+            if self.path not in ("/token", "/revoke"):
                 self.send_json(404, {"error": "not_found"})
                 return
             length = int(self.headers.get("Content-Length", "0"))
             form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-            idp.token_requests.append(form)
             auth = self.headers.get("Authorization", "")
             expected = base64.b64encode(
                 f"{urllib.parse.quote(idp.client_id, safe='')}:"
@@ -236,6 +237,12 @@ def make_handler(idp: TestIdP) -> type[BaseHTTPRequestHandler]:
             if auth != f"Basic {expected}":
                 self.send_json(401, {"error": "invalid_client"})
                 return
+            if self.path == "/revoke":  # RFC 7009: 200 whether or not the token was known
+                idp.revoked.append(form.get("token", ""))
+                idp.refresh_tokens.discard(form.get("token", ""))
+                self.send_json(200, {})
+                return
+            idp.token_requests.append(form)
             if form.get("grant_type") == "refresh_token":
                 self.refresh(form)
                 return

@@ -228,7 +228,9 @@ def test_refresh_rotates_and_tells_a_refusal_from_an_outage(provider: OIDCProvid
 
     who = login(provider)
     assert who.refresh_token is not None and who.refresh_token in idp.refresh_tokens
-    nxt = provider.refresh(who.refresh_token, who.sub)  # its ID token: no nonce, same sub
+    refreshed = provider.refresh(who.refresh_token, who.sub)  # its ID token: no nonce, same sub
+    nxt = refreshed.refresh_token
+    assert refreshed.groups == ("ops", "dev")  # what the refreshed ID token says
     assert nxt != who.refresh_token and idp.rotated[who.refresh_token] == nxt
     with pytest.raises(OIDCRefused, match="invalid_grant"):
         provider.refresh(who.refresh_token, who.sub)  # used already

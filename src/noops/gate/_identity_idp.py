@@ -65,6 +65,14 @@ class IdpTokensMixin:
                 conn.execute("UPDATE idp_tokens SET sealed=?, next_at=?, ok_at=? WHERE family=?",
                              (sealed, next_at, now, family))
 
+    def take_idp_token(self, family: str) -> IdpToken | None:
+        """Remove a sign-in's token and return it (to give it back to the provider)."""
+        with self._db.write() as conn:
+            row = conn.execute("SELECT family, user, sub, sealed, ok_at FROM idp_tokens WHERE family=?",
+                               (family,)).fetchone()
+            conn.execute("DELETE FROM idp_tokens WHERE family=?", (family,))
+        return IdpToken(row[0], row[1], row[2], bytes(row[3]), row[4]) if row else None
+
     def forget_idp_token(self, family: str) -> None:
         with self._db.write() as conn:
             conn.execute("DELETE FROM idp_tokens WHERE family=?", (family,))

@@ -243,10 +243,28 @@ class OIDCProvider:
                                     "redirect_uri": self.redirect_uri, "code_verifier": verifier},
                                    "code")
 
-    def _token_request(self, form: dict[str, str], what: str) -> dict[str, Any]:
-        config = self.discover()
+    def revoke(self, refresh_token: str) -> bool:
+        """Give ``refresh_token`` back to the provider (RFC 7009), when it offers a
+        ``revocation_endpoint``; False when it does not. Raises :class:`OIDCError` when the
+        provider cannot be asked or refuses."""
+        endpoint = self.discover().get("revocation_endpoint")
+        if endpoint is None:
+            return False
+        _check_url(endpoint, "revocation_endpoint")
+        form = {"token": refresh_token, "token_type_hint": "refresh_token"}
+        try:
+            resp = self._http.post(endpoint, data=form, headers=self._client_auth(form))
+        except httpx.HTTPError as exc:
+            raise OIDCError(f"the revocation request failed: {exc}") from exc
+        if resp.status_code != 200:  # RFC 7009 2.2: 200 even for a token it no longer knows
+            raise OIDCError(f"the provider refused to revoke the refresh token (HTTP {resp.status_code})")
+        return True
+
+    def _client_auth(self, form: dict[str, str]) -> dict[str, str]:
+        """Headers for a request to the token or revocation endpoint, authenticated as this
+        client (``client_secret_basic`` when offered, else the credentials in ``form``)."""
         headers = {"Accept": "application/json"}
-        methods = config.get("token_endpoint_auth_methods_supported", ["client_secret_basic"])
+        methods = self.discover().get("token_endpoint_auth_methods_supported", ["client_secret_basic"])
         if "client_secret_basic" in methods:
             # RFC 6749 2.3.1: form-encode both parts before base64.
             pair = (f"{urllib.parse.quote(self.client_id, safe='')}:"
@@ -254,6 +272,11 @@ class OIDCProvider:
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
             form |= {"client_id": self.client_id, "client_secret": self._client_secret}
+        return headers
+
+    def _token_request(self, form: dict[str, str], what: str) -> dict[str, Any]:
+        config = self.discover()
+        headers = self._client_auth(form)
         try:
             resp = self._http.post(config["token_endpoint"], data=form, headers=headers)
             doc = resp.json()

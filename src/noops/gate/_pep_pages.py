@@ -356,7 +356,10 @@ class Pages:
         form = _form(body[:_MAX_FORM])
         secret = session_secret(req)
         if secret is not None and self._csrf_ok(req, form):
+            session = gate.identities.get_session(secret)
             gate.identities.revoke_cookie(secret, reason="logout")
+            if session is not None:  # an OIDC sign-in's refresh token goes back to its provider
+                gate.refresher.give_back(session.family or session.session_id)
             gate.forget_session(secret)
             gate.tick()  # close this session's websockets now, not on the next tick
             gate.record_event(req, None, "logout", [])

@@ -27,8 +27,9 @@ on a worker thread:
 A round handles at most 20 due sign-ins; each HTTP step to the provider has a 10 s timeout.
 A new refresh token the provider sent is lost if the gateway dies before storing it: the next
 check sends the old one, providers that detect reuse refuse it, and the sign-in ends (fail
-closed). The e-mail stays that of the sign-in; the provider's refresh token is not revoked
-there on logout (RFC 7009).
+closed). The e-mail stays that of the sign-in. On logout the refresh token is given back to
+the provider (RFC 7009 revocation, when its discovery document names a
+``revocation_endpoint``).
 
 Sign-ins whose provider issued no refresh token (or made before this) are not re-checked; their
 sessions end at their own limits or on revocation. Removing the provider (``noops oidc
@@ -198,6 +199,29 @@ class IdpRefresher:
         self.identities.forget_idp_token(token.family)
         self.audit({"time": datetime.now(UTC), "outcome": "session_ended", "user": token.user,
                     "reasons": [reason]})
+
+    def give_back(self, family: str) -> None:
+        """A sign-in ended here (logout): stop checking it, and revoke its refresh token at the
+        provider (RFC 7009) on the worker thread, so that nobody can use it any more."""
+        if not self._closing:
+            self._pool.submit(self._give_back, family).add_done_callback(_log_failure)
+
+    def _give_back(self, family: str) -> None:
+        token = self.identities.take_idp_token(family)
+        config = self.oidc.current()
+        if token is None or config is None:
+            return
+        try:
+            refresh_token = self._sealer().open(_SEAL_APP, self._seal_key(config, family), token.sealed)
+        except StateError:
+            return  # sealed for another provider: not one to send anywhere
+        try:
+            revoked = self._current_provider(config).revoke(refresh_token)
+        except (OIDCError, GateError) as exc:
+            log.warning("the identity provider did not revoke %s's refresh token: %s", token.user, exc)
+            return
+        if revoked:
+            log.info("refresh token of %s's sign-in revoked at the identity provider", token.user)
 
     def close(self) -> None:
         """Stop: a round under way ends after its current sign-in (not waited for, so a slow

@@ -12,7 +12,8 @@ with a small OpenID provider run by the test on 127.0.0.1:
   refresh token, sealed at rest, rotated each time) every second here; the provider's refusal
   ends the sign-in's sessions and closes its websockets, and so does a provider that cannot be
   asked for three periods. Revoking the user's sessions by hand cuts access at once too; a
-  group the provider no longer lists loses its routes.
+  group the provider no longer lists loses its routes; logout revokes the refresh token at the
+  provider (RFC 7009).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -277,6 +279,23 @@ groups = ["ops"]
         assert changed[-1]["extra"] == {"groups_added": [], "groups_removed": ["ops"]}
     finally:
         gw.apply_policy(POLICY)
+
+
+def test_logout_gives_the_refresh_token_back_to_the_provider(gw: Gateway, idp: TestIdP) -> None:
+    session, first = _oidc_sign_in(gw, idp)
+    assert wait_for(lambda: len(idp.refresh_chain(first)) >= 2, 15) is not None  # rotated once
+    with gw.client(cookie=session) as c:
+        page = c.get(gw.url("echo", "/.noops/logout"))
+        token = page.text.split('name="csrf" value="')[1].split('"')[0]
+        assert c.post(gw.url("echo", "/.noops/logout"), data={"csrf": token}).status_code == 303
+    # the token in use when the user signed out (the chain's last) is revoked at the provider
+    assert wait_for(lambda: idp.revoked and idp.revoked[-1] == idp.refresh_chain(first)[-1], 5) is not None
+    assert idp.revoked[-1] not in idp.refresh_tokens  # it no longer works there
+    before = len(idp.refreshes())
+    time.sleep(2.5)  # two refresh periods: the ended sign-in is not checked again
+    later = {f["refresh_token"] for f in idp.refreshes()[before:]}  # other sign-ins' checks
+    assert not later & set(idp.refresh_chain(first))
+    assert _status(gw, session) == 401
 
 
 def test_a_provider_that_cannot_be_asked_ends_the_sign_in_after_three_periods(
