@@ -24,8 +24,14 @@ class FakeProvider:
     def __init__(self) -> None:
         self.answer = "ok"  # or "refuse", "down"
         self.groups: tuple[str, ...] | None = None  # what the refreshed ID token says (None: no claim)
+        self.account = "ada"  # the account the refreshed ID token names
         self.calls: list[tuple[str, str]] = []
+        self.revoked: list[str] = []
         self.n = 0
+
+    def revoke(self, token: str) -> bool:
+        self.revoked.append(token)
+        return True
 
     def refresh(self, token: str, sub: str, *, now: float | None = None) -> Refreshed:
         self.calls.append((token, sub))
@@ -34,7 +40,7 @@ class FakeProvider:
         if self.answer == "down":
             raise OIDCError("the token request failed: connection refused")
         self.n += 1
-        return Refreshed(f"rt-{self.n}", self.groups)
+        return Refreshed(f"rt-{self.n}", self.account, self.groups)
 
 
 @pytest.fixture
@@ -150,8 +156,23 @@ def test_sign_ins_without_a_token_or_live_session_are_not_asked(setup: Any) -> N
     assert fake.calls == []
 
 
+def test_an_ended_sign_in_gives_its_token_back_once(setup: Any) -> None:
+    refresher, store, fake, _ = setup
+    cookie = _sign_in(refresher, store)
+    refresher.run_due(now=T0 + 1)
+    assert fake.revoked == []  # live: kept
+    refresher.run_due(now=T0 + REFRESH_S)  # rotated to rt-1
+    store.revoke_cookie(cookie, now=T0 + REFRESH_S)  # logout (or a lock, a revocation, expiry)
+    refresher.run_due(now=T0 + REFRESH_S + 1)
+    assert fake.revoked == ["rt-1"]  # the one in use, revoked at the provider
+    refresher.run_due(now=T0 + 3 * REFRESH_S)
+    assert fake.revoked == ["rt-1"] and fake.calls == [("rt-0", "user-42")]  # once; never asked again
+
+
 def test_the_providers_groups_become_the_users_groups(setup: Any) -> None:
     refresher, store, fake, audit = setup
+    told: list[str] = []
+    refresher.groups_changed = told.append
     store.add_user("ada", "pw-unused-here", ["ops", "dev"])
     _sign_in(refresher, store)
     refresher.run_due(now=T0 + REFRESH_S)  # no groups claim: nothing changes
@@ -166,3 +187,7 @@ def test_the_providers_groups_become_the_users_groups(setup: Any) -> None:
     assert (record["outcome"], record["user"]) == ("groups_changed", "ada")
     assert record["reasons"] == ["idp_refresh"]
     assert (record["groups_added"], record["groups_removed"]) == (["qa"], ["ops"])
+    assert told == ["ada"]
+    fake.account, fake.groups = "eve@example.test", ("admin",)  # the e-mail moved to another subject
+    refresher.run_due(now=T0 + 4 * REFRESH_S)
+    assert store.get_user("ada").groups == ("dev", "qa") and len(audit) == 1  # type: ignore[union-attr]

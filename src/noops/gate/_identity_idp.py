@@ -3,7 +3,8 @@
 A sign-in made with OIDC keeps the provider's refresh token (sealed by the caller: this module
 stores opaque bytes) under its session family. :mod:`noops.gate._pep_refresh` asks the
 provider every ``refresh_s`` whether the sign-in still holds and ends the family when it does
-not. Rows of families with no live session left are dropped as they are found.
+not. A family with no live session left (logout, lock, revocation, expiry) gives its token
+up (:meth:`IdpTokensMixin.take_dead_idp_tokens`) to be revoked at the provider.
 """
 
 from __future__ import annotations
@@ -42,16 +43,24 @@ class IdpTokensMixin:
                          " VALUES (?,?,?,?,?,?)", (family, user, sub, sealed, next_at, now))
 
     def due_idp_tokens(self, *, now: float | None = None, limit: int = 20) -> list[IdpToken]:
-        """Sign-ins to check now (oldest due first); forgets those whose sessions all ended."""
+        """Sign-ins to check now (oldest due first); those whose sessions all ended are left to
+        :meth:`take_dead_idp_tokens`."""
         now = time.time() if now is None else now
         rows = self._db.conn().execute(
-            f"SELECT family, user, sub, sealed, ok_at, {_LIVE} FROM idp_tokens "  # noqa: S608
-            "WHERE next_at <= ? ORDER BY next_at LIMIT ?", (now, now, limit)).fetchall()
-        dead = [(row[0],) for row in rows if not row[5]]
-        if dead:
-            with self._db.write() as conn:
-                conn.executemany("DELETE FROM idp_tokens WHERE family=?", dead)
-        return [IdpToken(f, u, sub, bytes(sealed), ok) for f, u, sub, sealed, ok, live in rows if live]
+            f"SELECT family, user, sub, sealed, ok_at FROM idp_tokens WHERE next_at <= ? AND {_LIVE} "  # noqa: S608
+            "ORDER BY next_at LIMIT ?", (now, now, limit)).fetchall()
+        return [IdpToken(f, u, sub, bytes(sealed), ok) for f, u, sub, sealed, ok in rows]
+
+    def take_dead_idp_tokens(self, *, now: float | None = None, limit: int = 20) -> list[IdpToken]:
+        """Remove and return the tokens of sign-ins with no live session left (to give them back
+        to the provider): taken once, whoever asks."""
+        now = time.time() if now is None else now
+        with self._db.write() as conn:
+            rows = conn.execute(
+                f"SELECT family, user, sub, sealed, ok_at FROM idp_tokens WHERE NOT {_LIVE} LIMIT ?",  # noqa: S608
+                (now, limit)).fetchall()
+            conn.executemany("DELETE FROM idp_tokens WHERE family=?", [(row[0],) for row in rows])
+        return [IdpToken(f, u, sub, bytes(sealed), ok) for f, u, sub, sealed, ok in rows]
 
     def idp_token_checked(self, family: str, *, next_at: float, sealed: bytes | None = None,
                           now: float | None = None) -> None:
@@ -64,14 +73,6 @@ class IdpTokensMixin:
             else:
                 conn.execute("UPDATE idp_tokens SET sealed=?, next_at=?, ok_at=? WHERE family=?",
                              (sealed, next_at, now, family))
-
-    def take_idp_token(self, family: str) -> IdpToken | None:
-        """Remove a sign-in's token and return it (to give it back to the provider)."""
-        with self._db.write() as conn:
-            row = conn.execute("SELECT family, user, sub, sealed, ok_at FROM idp_tokens WHERE family=?",
-                               (family,)).fetchone()
-            conn.execute("DELETE FROM idp_tokens WHERE family=?", (family,))
-        return IdpToken(row[0], row[1], row[2], bytes(row[3]), row[4]) if row else None
 
     def forget_idp_token(self, family: str) -> None:
         with self._db.write() as conn:

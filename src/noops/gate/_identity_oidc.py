@@ -46,6 +46,11 @@ class OIDCIdentity:
     claims: Mapping[str, Any] = field(repr=False)
     refresh_token: str | None = field(default=None, repr=False)  # when the provider issued one
 
+    @property
+    def account(self) -> str:
+        """The noops user this identity signs in as: its verified e-mail, else ``oidc:<sub>``."""
+        return self.email if self.email and self.email_verified else f"oidc:{self.sub}"
+
 
 class OIDCRefused(OIDCError):
     """The provider refused a refresh token: the sign-in it came from has ended there."""
@@ -54,9 +59,11 @@ class OIDCRefused(OIDCError):
 @dataclass(frozen=True)
 class Refreshed:
     """A refresh the provider granted: the refresh token to use next time (rotated or the
-    same), and the ``groups`` of the refreshed ID token (None: no ID token, or no such claim)."""
+    same), and what the refreshed ID token says (None: no ID token): the account it signs in
+    as (:attr:`OIDCIdentity.account`) and its ``groups`` (None also without that claim)."""
 
     refresh_token: str = field(repr=False)
+    account: str | None = None
     groups: tuple[str, ...] | None = None
 
 
@@ -225,6 +232,7 @@ class OIDCProvider:
         :class:`OIDCError` when it cannot be asked (try again later)."""
         tokens = self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token},
                                      "refresh token")
+        account: str | None = None
         groups: tuple[str, ...] | None = None
         id_token = tokens.get("id_token")
         if isinstance(id_token, str):  # OIDC Core 12.2: same subject, no nonce to check
@@ -233,10 +241,12 @@ class OIDCProvider:
                                             access_token=access if isinstance(access, str) else None)
             if claims["sub"] != sub:
                 raise OIDCRefused("the provider answered for another subject")
+            identity = self._identity(claims)
+            account = identity.account
             if isinstance(claims.get("groups"), list):
-                groups = self._identity(claims).groups
+                groups = identity.groups
         new = tokens.get("refresh_token")
-        return Refreshed(new if isinstance(new, str) and new else refresh_token, groups)
+        return Refreshed(new if isinstance(new, str) and new else refresh_token, account, groups)
 
     def _exchange(self, code: str, verifier: str) -> dict[str, Any]:
         return self._token_request({"grant_type": "authorization_code", "code": code,
@@ -253,18 +263,23 @@ class OIDCProvider:
         _check_url(endpoint, "revocation_endpoint")
         form = {"token": refresh_token, "token_type_hint": "refresh_token"}
         try:
-            resp = self._http.post(endpoint, data=form, headers=self._client_auth(form))
+            resp = self._http.post(endpoint, data=form,
+                                   headers=self._client_auth(form, "revocation_endpoint"))
         except httpx.HTTPError as exc:
             raise OIDCError(f"the revocation request failed: {exc}") from exc
         if resp.status_code != 200:  # RFC 7009 2.2: 200 even for a token it no longer knows
             raise OIDCError(f"the provider refused to revoke the refresh token (HTTP {resp.status_code})")
         return True
 
-    def _client_auth(self, form: dict[str, str]) -> dict[str, str]:
-        """Headers for a request to the token or revocation endpoint, authenticated as this
-        client (``client_secret_basic`` when offered, else the credentials in ``form``)."""
+    def _client_auth(self, form: dict[str, str], endpoint: str = "token_endpoint") -> dict[str, str]:
+        """Headers for a request to ``endpoint`` (token or revocation) authenticated as this
+        client: ``client_secret_basic`` when the endpoint offers it, else the credentials are
+        added to ``form`` (RFC 8414: each endpoint lists its own, the token endpoint's by
+        default)."""
         headers = {"Accept": "application/json"}
-        methods = self.discover().get("token_endpoint_auth_methods_supported", ["client_secret_basic"])
+        config = self.discover()
+        methods = config.get(f"{endpoint}_auth_methods_supported",
+                             config.get("token_endpoint_auth_methods_supported", ["client_secret_basic"]))
         if "client_secret_basic" in methods:
             # RFC 6749 2.3.1: form-encode both parts before base64.
             pair = (f"{urllib.parse.quote(self.client_id, safe='')}:"

@@ -205,6 +205,16 @@ class UsersMixin:
                          (json.dumps(sorted(set(groups))), name))
         return self._require_user(name)
 
+    def replace_groups(self, name: str, expected: tuple[str, ...] | list[str],
+                       groups: tuple[str, ...] | list[str]) -> bool:
+        """Set ``name``'s groups to ``groups`` if they are still ``expected`` (compare and set:
+        a concurrent change wins); False when they were not, or the user is gone."""
+        with self._db.write() as conn:
+            changed = conn.execute("UPDATE users SET groups_json=? WHERE name=? AND groups_json=?",
+                                   (json.dumps(sorted(set(groups))), name,
+                                    json.dumps(sorted(set(expected))))).rowcount
+        return changed == 1
+
     def set_password(self, name: str, password: str) -> None:
         if not password:
             raise IdentityError("a password must not be empty")

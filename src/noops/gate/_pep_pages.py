@@ -356,10 +356,7 @@ class Pages:
         form = _form(body[:_MAX_FORM])
         secret = session_secret(req)
         if secret is not None and self._csrf_ok(req, form):
-            session = gate.identities.get_session(secret)
             gate.identities.revoke_cookie(secret, reason="logout")
-            if session is not None:  # an OIDC sign-in's refresh token goes back to its provider
-                gate.refresher.give_back(session.family or session.session_id)
             gate.forget_session(secret)
             gate.tick()  # close this session's websockets now, not on the next tick
             gate.record_event(req, None, "logout", [])
@@ -410,7 +407,7 @@ class Pages:
             self.gate.record_event(req, None, "deny", ["oidc_failed"])
             return _html(401, "Sign in", f"<h1>Sign in failed</h1><p class='err'>{html.escape(str(exc))}</p>"
                                          f'<p><a href="/.noops/login">Try again</a></p>', [clear])
-        name = who.email if who.email and who.email_verified else f"oidc:{who.sub}"
+        name = who.account
         gate = self.gate
         if gate.identities.get_user(name) is None:
             gate.identities.add_user(name, secrets.token_urlsafe(32), list(who.groups))

@@ -10,7 +10,10 @@ on a worker thread:
 * the provider answers with tokens (the ID token, if any, verified and of the same subject):
   the sign-in holds; a rotated refresh token replaces the old one; when the ID token carries a
   ``groups`` claim, those become the user's groups (a user removed from a group at the provider
-  loses the routes it gave, audited as ``groups_changed`` with what was added and removed);
+  loses the routes it gave, and the websockets the user has open are closed to be decided
+  again; audited as ``groups_changed`` with what was added and removed). Only when the ID
+  token still names the same account (a verified e-mail now given to another subject does
+  not carry another sign-in's groups);
 * the provider refuses (``invalid_grant``: a user signed out, disabled or deprovisioned there):
   every session of the sign-in ends (on every host, websockets closed on the next tick) and
   the audit log says why (``idp_refresh_refused``);
@@ -27,9 +30,13 @@ on a worker thread:
 A round handles at most 20 due sign-ins; each HTTP step to the provider has a 10 s timeout.
 A new refresh token the provider sent is lost if the gateway dies before storing it: the next
 check sends the old one, providers that detect reuse refuse it, and the sign-in ends (fail
-closed). The e-mail stays that of the sign-in. On logout the refresh token is given back to
-the provider (RFC 7009 revocation, when its discovery document names a
-``revocation_endpoint``).
+closed). The e-mail stays that of the sign-in.
+
+A sign-in with no live session left (logout, ``noops users lock``, any revocation, expiry)
+gives its refresh token back to the provider on the next round (RFC 7009 revocation, when the
+discovery document names a ``revocation_endpoint``; within about a second, and after a restart
+for tokens left over). Some providers revoke the whole grant of the user and client, which
+ends the user's other sign-ins at their next check.
 
 Sign-ins whose provider issued no refresh token (or made before this) are not re-checked; their
 sessions end at their own limits or on revocation. Removing the provider (``noops oidc
@@ -74,10 +81,12 @@ class IdpRefresher:
     worker thread. ``audit`` takes an audit record (a dict) from that thread."""
 
     def __init__(self, identities: IdentityStore, oidc: OidcWatcher,
-                 audit: Callable[[dict[str, Any]], None]) -> None:
+                 audit: Callable[[dict[str, Any]], None],
+                 groups_changed: Callable[[str], None] = lambda _user: None) -> None:
         self.identities = identities
         self.oidc = oidc
         self.audit = audit
+        self.groups_changed = groups_changed  # told (from the worker thread) after a change
         self._box: SecretBox | None = None
         self._provider: tuple[int, OIDCProvider] | None = None
         self._lock = threading.Lock()
@@ -128,6 +137,10 @@ class IdpRefresher:
         if config is None:
             return
         provider = self._current_provider(config)
+        for token in self.identities.take_dead_idp_tokens(now=now):
+            if self._closing:
+                return
+            self._give_back(token, provider, config)
         for token in self.identities.due_idp_tokens(now=now):
             if self._closing:
                 return
@@ -177,20 +190,41 @@ class IdpRefresher:
         self.identities.idp_token_checked(token.family, sealed=box.seal(_SEAL_APP, key, fresh.refresh_token),
                                           next_at=moment + refresh_s, now=moment)
         if fresh.groups is not None:
-            self._apply_groups(token, fresh.groups)
+            if fresh.account == token.user:
+                self._apply_groups(token, fresh.groups)
+            else:  # the provider's e-mail for this subject moved: not this account's to change
+                log.warning("the identity provider now names %s's sign-in %s; its groups are not "
+                            "applied", token.user, fresh.account)
 
     def _apply_groups(self, token: IdpToken, groups: tuple[str, ...]) -> None:
         """The provider's groups now are the user's groups: a user removed from a group there
-        loses what it gave here within one refresh period (the gateway re-reads sessions every
-        few seconds)."""
+        loses what it gave here within one refresh period."""
         user = self.identities.get_user(token.user)
         if user is None or set(user.groups) == set(groups):
             return
+        if not self.identities.replace_groups(token.user, user.groups, groups):
+            return  # changed meanwhile (a new sign-in): the next refresh looks again
         added, removed = sorted(set(groups) - set(user.groups)), sorted(set(user.groups) - set(groups))
-        self.identities.set_groups(token.user, groups)
         log.info("groups of %s changed at the identity provider: +%s -%s", token.user, added, removed)
         self.audit({"time": datetime.now(UTC), "outcome": "groups_changed", "user": token.user,
                     "reasons": ["idp_refresh"], "groups_added": added, "groups_removed": removed})
+        self.groups_changed(token.user)
+
+    def _give_back(self, token: IdpToken, provider: OIDCProvider, config: OidcConfig) -> None:
+        """A sign-in with no live session left (logout, lock, revocation, expiry): revoke its
+        refresh token at the provider (RFC 7009), so that nobody can use it any more."""
+        try:
+            refresh_token = self._sealer().open(_SEAL_APP, self._seal_key(config, token.family), token.sealed)
+        except StateError:
+            return  # sealed for another provider: not one to send anywhere
+        try:
+            revoked = provider.revoke(refresh_token)
+        except (OIDCError, GateError) as exc:
+            log.warning("the identity provider did not revoke the refresh token of %s's ended sign-in: %s",
+                        token.user, exc)
+            return
+        if revoked:
+            log.info("refresh token of %s's ended sign-in revoked at the identity provider", token.user)
 
     def _end(self, token: IdpToken, reason: str, detail: str) -> None:
         """End every session of the sign-in (websockets close on the gateway's next tick)."""
@@ -199,29 +233,6 @@ class IdpRefresher:
         self.identities.forget_idp_token(token.family)
         self.audit({"time": datetime.now(UTC), "outcome": "session_ended", "user": token.user,
                     "reasons": [reason]})
-
-    def give_back(self, family: str) -> None:
-        """A sign-in ended here (logout): stop checking it, and revoke its refresh token at the
-        provider (RFC 7009) on the worker thread, so that nobody can use it any more."""
-        if not self._closing:
-            self._pool.submit(self._give_back, family).add_done_callback(_log_failure)
-
-    def _give_back(self, family: str) -> None:
-        token = self.identities.take_idp_token(family)
-        config = self.oidc.current()
-        if token is None or config is None:
-            return
-        try:
-            refresh_token = self._sealer().open(_SEAL_APP, self._seal_key(config, family), token.sealed)
-        except StateError:
-            return  # sealed for another provider: not one to send anywhere
-        try:
-            revoked = self._current_provider(config).revoke(refresh_token)
-        except (OIDCError, GateError) as exc:
-            log.warning("the identity provider did not revoke %s's refresh token: %s", token.user, exc)
-            return
-        if revoked:
-            log.info("refresh token of %s's sign-in revoked at the identity provider", token.user)
 
     def close(self) -> None:
         """Stop: a round under way ends after its current sign-in (not waited for, so a slow

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -165,6 +166,10 @@ class _Behaviour:
     failed: list[float] = field(default_factory=list)
 
 
+def _used_by(user: str, info: Any) -> bool:
+    return bool(info.user == user)
+
+
 class Gatekeeper:
     """Authenticates, scores, decides and audits; one per front door process."""
 
@@ -195,8 +200,9 @@ class Gatekeeper:
         self.close_tunnels: Callable[[Callable[[Any], bool]], int] = lambda _pred: 0
         self.knows_host: Callable[[str], bool] = lambda _host: False  # the front door's registry
         self.oidc = OidcWatcher(files.oidc)
+        self._regrouped: list[str] = []  # users whose groups the IdP changed (see tick)
         self.refresher = IdpRefresher(identities, self.oidc, lambda record: self.recorder.from_thread(
-            {**record, "policy_version": self._policy.version}))
+            {**record, "policy_version": self._policy.version}), self._regrouped.append)
         self.pages = Pages(self)
         self.sso = SingleSignOn(self, sso_host) if sso_host else None
 
@@ -263,6 +269,12 @@ class Gatekeeper:
             if closed:
                 log.info("closed %d websocket(s) of revoked sessions", closed)
         self.refresher.poll(moment)
+        while self._regrouped:  # decided again with the new groups, websockets included
+            user = self._regrouped.pop()
+            self._decisions.clear()
+            for cookie in [c for c, cached in self._sessions.items() if cached.session.user == user]:
+                self._sessions.pop(cookie, None)
+            self.close_tunnels(partial(_used_by, user))
         revoked = self.ca.revoked_serials()
         if revoked is not self._revoked_serials:
             fresh = revoked - self._revoked_serials

@@ -259,9 +259,18 @@ host = "*.localhost"
 path = "/ops"
 authenticated = true
 groups = ["ops"]
+
+[[route]]
+id = "ops-live"
+host = "*.localhost"
+path = "/ws"
+authenticated = true
+groups = ["ops"]
 ''')
+    ws = None
     try:
         session, _ = _oidc_sign_in(gw, idp)
+        ws = open_ws(gw, session)  # a live connection the ops group gave
 
         def status(path: str) -> int:
             with RawConnection(gw) as c:
@@ -271,13 +280,16 @@ groups = ["ops"]
 
         assert status("/ops/deploy") == 200
         idp.groups = ["dev"]  # removed from ops at the provider
-        took = wait_for(lambda: status("/ops/deploy") == 403, 10)
+        assert ws_closed_within(ws, 10) is not None, "the websocket outlived the group"
+        took = wait_for(lambda: status("/ops/deploy") == 403, 3)
         assert took is not None, "the provider's groups were never applied"
         assert status("/x") == 200  # still signed in: only the group's routes are gone
         changed = [r for r in gw.audit_records() if r.get("outcome") == "groups_changed"]
         assert changed and changed[-1]["user"] == "ada@example.test"
         assert changed[-1]["extra"] == {"groups_added": [], "groups_removed": ["ops"]}
     finally:
+        if ws is not None:
+            ws.close()
         gw.apply_policy(POLICY)
 
 
