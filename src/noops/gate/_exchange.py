@@ -1,5 +1,6 @@
-"""One request/response exchange of a client connection, and the request-target rules the
-gateway decides on (normalised path, its own credentials)."""
+"""One request/response exchange of a client connection, the request head it started from
+(:func:`read_head`), and the request-target rules the gateway decides on (normalised path, its
+own credentials)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from noops.gate._http import BadRequest, scan_request
 from noops.gate.policy import normalize_path
 
 if TYPE_CHECKING:
-    from noops.gate._pep_types import Reply, Verdict
+    from httptools import HttpRequestParser
+
+    from noops.gate._core import Core
+    from noops.gate._pep_types import ConnIdentity, Reply, Verdict
     from noops.gate._upstream import Pool, Upstream
     from noops.gate.endpoints import Endpoint
 
-__all__ = ["GATEWAY_BEARER", "Exchange", "RequestHead", "normal_path", "without_gateway_cookies"]
+__all__ = ["GATEWAY_BEARER", "Exchange", "RequestHead", "normal_path", "read_head", "without_gateway_cookies"]
 
 class RequestHead:
     """One request head as the front door read it: what it forwards of it, and what the
@@ -128,3 +133,73 @@ def without_gateway_cookies(cookie: bytes) -> bytes:
         return cookie
     kept = [c for c in (p.strip() for p in cookie.split(b";")) if c and not c.startswith(_GATEWAY_COOKIE)]
     return b"; ".join(kept)
+
+
+def read_head(parser: HttpRequestParser, headers: list[tuple[bytes, bytes]], target: bytes, core: Core,
+              conn: ConnIdentity | None) -> RequestHead:
+    """Check the head ``parser`` read on connection ``conn`` and rebuild what crosses of it
+    (raises :class:`~noops.gate._http.BadRequest`)."""
+    version = parser.get_http_version()
+    http10 = version == "1.0"
+    if not http10 and version != "1.1":
+        raise BadRequest
+    method = parser.get_method()
+    if method == b"CONNECT":
+        raise BadRequest
+    out = [method, b" ", target, b" HTTP/1.1\r\nHost: ", b"", b"\r\n"]  # [2]: path, [4]: Host
+    gated = core.gate is not None
+    (host_raw, length, chunked, close, upgrade, _expect, accept, cookie,
+     authorization, traceparent, tracestate) = scan_request(headers, http10, out, gated)
+    out[4] = host_raw
+    # Origin-form only: absolute-form (a proxy request), "*" and CONNECT are refused. The path
+    # is normalised once; the gateway decides on that string and forwards exactly it.
+    if target[:1] != b"/" or b"#" in target:
+        raise BadRequest
+    query_at = target.find(b"?")
+    raw_path = target if query_at < 0 else target[:query_at]
+    path = normal_path(raw_path)
+    if path is None:
+        raise BadRequest
+    if path != raw_path:
+        out[2] = path if query_at < 0 else path + target[query_at:]
+    host = core.hosts.get(host_raw) or core.route_key(host_raw)
+    if host is None:
+        raise BadRequest
+    if conn is not None and conn.sni is not None and conn.sni != host:
+        raise BadRequest(421)  # Host names another app than the TLS name (domain fronting)
+    has_body = chunked or (length is not None and length != b"0")
+    websocket = False
+    if upgrade is not None:
+        if has_body:
+            raise BadRequest  # an upgrade carrying a body is ambiguous framing
+        # Only WebSocket is tunnelled; any other protocol (h2c...) would let a client talk
+        # past the gateway, so its Upgrade is dropped and the request served as plain HTTP.
+        websocket = method == b"GET" and upgrade.lower() == b"websocket"
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    elif length is not None:
+        out += (b"Content-Length: ", length, b"\r\n")
+    if websocket:
+        out += (b"Connection: upgrade\r\nUpgrade: ", upgrade or b"", b"\r\n")
+    h = RequestHead(method, target, query_at, path, host, host_raw, b"".join(out))
+    if gated:
+        h.cookie, h.authorization = cookie, authorization
+        h.raw = (cookie, authorization, host, path, method, websocket)
+        kept = without_gateway_cookies(cookie)
+        crossing = [b"Cookie: ", kept, b"\r\n"] if kept else []
+        if authorization and not GATEWAY_BEARER.fullmatch(authorization):
+            crossing += (b"Authorization: ", authorization, b"\r\n")
+        h.credentials = b"".join(crossing)
+    h.traceparent, h.tracestate = traceparent, tracestate
+    if traceparent or tracestate:  # not ours to judge: as it came, unless the gateway traces
+        h.trace_lines = b"".join([*((b"traceparent: ", traceparent, b"\r\n") if traceparent else ()),
+                                  *((b"tracestate: ", tracestate, b"\r\n") if tracestate else ())])
+    if accept:
+        h.accept = accept
+    h.has_body, h.chunked, h.http10 = has_body, chunked, http10
+    h.is_head = method == b"HEAD"
+    # A refused upgrade leaves the parser in upgrade mode: close after that response.
+    h.keep_alive = not (close or websocket or not parser.should_keep_alive())
+    h.websocket = websocket
+    h.repeatable = h.keep_alive and not has_body and not http10 and upgrade is None
+    return h
