@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GATEWAY_BEARER", "Exchange", "RequestHead", "normal_path", "read_head", "without_gateway_cookies"]
 
+
 class RequestHead:
     """One request head as the front door read it: what it forwards of it, and what the
     decision, the trace and the exchange need from it. Nothing here depends on the request's
