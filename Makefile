@@ -6,14 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NOOPS := $(VENV)/bin/noops
 APT_PACKAGES := runc mmdebstrap skopeo umoci docker-registry python3-venv ca-certificates \
-	iproute2 postgresql curl chromium python3-dev gcc
+	iproute2 postgresql curl chromium python3-dev gcc libssl-dev
 # the peers the benchmarks measure against
 BENCH_PACKAGES := buildah fuse-overlayfs nginx wrk gcc libc6-dev
 PYTEST_ARGS ?=
 
 .PHONY: deps apt demo test lint bench clean
 
-# apt first: pip install builds the native OTLP decoder (gcc, python3-dev)
+# apt first: pip install builds the native OTLP decoder and audit chain (gcc, python3-dev, libssl-dev)
 deps:
 	@$(MAKE) --no-print-directory apt PACKAGES="$(APT_PACKAGES)"
 	@$(MAKE) --no-print-directory $(VENV)/.installed

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from noops.gate import audit
 from noops.gate.audit import RECORD_FIELDS, AuditError, AuditLog, canonical_json, json_fragment, verify
 from noops.gate.trust import Contribution
 
@@ -69,6 +70,74 @@ def test_template_lines_equal_whole_records(tmp_path: Path) -> None:
         AuditLog(tmp_path / "other.jsonl").append_fragments([(template, ("x",))])
     with pytest.raises(AuditError, match="missing"):
         filled.template({"user": '"a"'}, ("time",))
+
+
+def test_native_chaining_is_built() -> None:
+    """The C path is part of the install (pip builds it); without it the same bytes come slower."""
+    assert audit._auditfast is not None
+
+
+# Times near the edges the formatting must get right: a second's start and end, microseconds
+# rounded half to even, far years.
+_TIMES = st.one_of(
+    st.floats(min_value=0, max_value=253402300799.9999, allow_nan=False),
+    st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999995),
+    st.integers(0, 4_000_000_000).map(lambda s: s + 0.0000005),
+    st.integers(0, 4_000_000_000).map(float),
+    # an odd multiple of 1/128 s is exactly half a microsecond past a whole one
+    st.tuples(st.integers(0, 4_000_000_000), st.integers(0, 63)).map(lambda t: t[0] + (2 * t[1] + 1) / 128),
+)
+_FIELD = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(base=st.fixed_dictionaries({"user": _FIELD, "path": _FIELD, "route": _FIELD}),
+       records=st.lists(st.tuples(_TIMES, _FIELD, st.booleans()), min_size=1, max_size=12),
+       max_bytes=st.sampled_from([1024, 2048, 1 << 20]))
+def test_native_chain_writes_what_whole_records_write(base: dict[str, str],
+                                                      records: list[tuple[float, str, bool]],
+                                                      max_bytes: int) -> None:
+    """Template records chained in C (float times, request ids as JSON, rotation at any record)
+    are byte for byte the whole records the Python path writes, with the same chain, mixed
+    with whole records; without the native module the template path writes them too."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        whole_log = AuditLog(root / "whole" / "a.jsonl", max_bytes=max_bytes)
+        logs = {"native": AuditLog(root / "native" / "a.jsonl", max_bytes=max_bytes)}
+        native = audit._auditfast
+        audit._auditfast = None
+        try:
+            logs["python"] = AuditLog(root / "python" / "a.jsonl", max_bytes=max_bytes)
+            python_template = logs["python"].template(logs["python"].fragments(record(0, **base)),
+                                                      ("time", "request_id"))
+        finally:
+            audit._auditfast = native
+        native_template = logs["native"].template(logs["native"].fragments(record(0, **base)),
+                                                  ("time", "request_id"))
+        templates = {"native": native_template, "python": python_template}
+        assert native_template._fast is not None and python_template._fast is None
+        probe = [(native_template, (records[0][0], '"r"'))] * 2  # the C path takes these itself
+        assert native.chain(probe, 0, 0, "0" * 64, 0, 1 << 20, [])[1] == 2
+        got: dict[str, list[tuple[int, str, str]]] = {"native": [], "python": [], "whole": []}
+        for now, rid, whole_too in records:
+            rec = {**record(0, **base), "time": datetime.fromtimestamp(now, UTC), "request_id": rid}
+            got["whole"] += [(r.seq, r.prev_hash, r.hash) for r in whole_log.append_many([rec] * 2)]
+            for name, log in logs.items():
+                item = (templates[name], (now, json_fragment(rid)))
+                got[name] += log.append_fragments([item, item], sync=False)
+            if whole_too:
+                deny = {"outcome": "deny", "time": T0, "request_id": rid}
+                got["whole"] += [(r.seq, r.prev_hash, r.hash) for r in whole_log.append_many([deny])]
+                for name, log in logs.items():
+                    got[name] += log.append_fragments([log.fragments(deny)])
+        for log in (whole_log, *logs.values()):
+            log.close()
+        assert got["native"] == got["python"] == got["whole"]
+
+        def files(name: str) -> list[bytes]:
+            return [p.read_bytes() for p in sorted((root / name).iterdir())]
+        assert files("native") == files("python") == files("whole")
+        assert verify(root / "native").records == len(got["whole"])
 
 
 def test_secrets_are_never_logged(tmp_path: Path) -> None:

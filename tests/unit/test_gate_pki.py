@@ -293,6 +293,19 @@ def test_revoke_a_device_by_name(ca: CertificateAuthority) -> None:
         ca.revoke("bob/tablet", "lost")
 
 
+def test_revoked_serials_is_the_same_object_until_the_registry_changes(ca: CertificateAuthority) -> None:
+    """The gatekeeper drops every reused decision when this object changes (``is``): with no
+    registry file yet (nothing enrolled or revoked) it must not change either."""
+    assert not (ca.directory / "registry.json").exists()
+    first = ca.revoked_serials()
+    assert ca.revoked_serials() is first and first == frozenset()
+    issued = ca.issue_svid("web", "worker")
+    ca.revoke(issued.serial, "keyCompromise")
+    changed = ca.revoked_serials()
+    assert changed is not first and changed == {issued.serial}
+    assert ca.revoked_serials() is changed
+
+
 def test_crl_is_signed_and_lists_revoked_serials(ca: CertificateAuthority) -> None:
     issued = ca.issue_svid("web", "worker")
     ca.revoke(issued.serial, "keyCompromise")

@@ -21,7 +21,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from noops.gate.audit import AuditLog, RecordTemplate, json_fragment
@@ -42,27 +41,6 @@ _PLAIN_ID: Final = re.compile(r"[0-9A-Za-z._-]*")
 _SYNC: Final = "sync"
 
 
-class JsonTime:
-    """Unix times as the audit log writes them (canonical JSON of an ISO 8601 UTC string with
-    microseconds), the date and time of day formatted once per second. One per thread."""
-
-    __slots__ = ("prefix", "second")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
-
-    def __call__(self, now: float) -> str:
-        second = int(now // 1)
-        micro = round((now - second) * 1e6)  # as datetime.fromtimestamp rounds (half even)
-        if micro >= 1_000_000:
-            second, micro = second + 1, micro - 1_000_000
-        if second != self.second:
-            self.second = second
-            self.prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        return f'{self.prefix}{micro:06d}+00:00"'
-
-
 class DecisionRecorder:
     """The gatekeeper's way into its :class:`AuditLog`. :meth:`record` and :meth:`repeat`
     belong to one thread, the front door's event loop (or a caller without one);
@@ -70,9 +48,8 @@ class DecisionRecorder:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
-        # records not written yet: fragments, or (template, time, request id)
-        self._pending: list[Mapping[str, str] | tuple[RecordTemplate, float, str]] = []
-        self._time = JsonTime()
+        # records not written yet: fragments, or (template, (time, request id as JSON))
+        self._pending: list[Mapping[str, str] | tuple[RecordTemplate, tuple[float, str]]] = []
         self._plain_id = _PLAIN_ID.fullmatch
         self._sync_asked = False
         self._q: queue.SimpleQueue[tuple[str, Mapping[str, Any]] | str | None] = queue.SimpleQueue()
@@ -87,7 +64,8 @@ class DecisionRecorder:
 
     def repeat(self, template: RecordTemplate, now: float, request_id: str) -> None:
         """Record a reused decision: ``template`` with this request's time and id."""
-        self._add((template, now, request_id))
+        rid = f'"{request_id}"' if self._plain_id(request_id) else json_fragment(request_id)
+        self._add((template, (now, rid)))
 
     def from_thread(self, record: Mapping[str, Any]) -> None:
         """Record ``record`` from a thread other than the loop's."""
@@ -100,7 +78,7 @@ class DecisionRecorder:
         self._thread.join(timeout=5)
         self.audit.close()
 
-    def _add(self, item: Mapping[str, str] | tuple[RecordTemplate, float, str]) -> None:
+    def _add(self, item: Mapping[str, str] | tuple[RecordTemplate, tuple[float, str]]) -> None:
         pending = self._pending
         pending.append(item)
         if len(pending) == 1:
@@ -118,19 +96,10 @@ class DecisionRecorder:
         items, self._pending = self._pending, []
         if not items:
             return
-        json_time, plain_id = self._time, self._plain_id
-        batch: list[Mapping[str, str] | tuple[RecordTemplate, tuple[str, str]]] = []
-        for item in items:
-            if isinstance(item, tuple):
-                template, now, rid = item
-                rid_json = f'"{rid}"' if plain_id(rid) else json_fragment(rid)
-                batch.append((template, (json_time(now), rid_json)))
-            else:
-                batch.append(item)
         try:
-            self.audit.append_fragments(batch, sync=sync)
+            self.audit.append_fragments(items, sync=sync)
         except Exception:
-            log.exception("audit write failed; %d record(s) lost", len(batch))
+            log.exception("audit write failed; %d record(s) lost", len(items))
             return
         if not sync and not self._sync_asked:
             self._sync_asked = True

@@ -27,6 +27,7 @@ from typing import Any
 from noops.gate._pki_certs import PkiError, write_atomic
 
 Data = dict[str, Any]
+_NONE_REVOKED: frozenset[int] = frozenset()  # one object: revoked() callers compare with ``is``
 
 
 class Registry:
@@ -37,14 +38,15 @@ class Registry:
         self._lock_path = directory / ".registry.lock"
         self._stamp: tuple[int, int, int] | None = None
         self._data: Data = {"devices": [], "revoked": {}}
-        self._revoked: frozenset[int] = frozenset()
+        self._revoked = _NONE_REVOKED
 
     def read(self) -> Data:
         """The current contents (cached until the file changes)."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._stamp, self._data, self._revoked = None, {"devices": [], "revoked": {}}, frozenset()
+            if self._stamp is not None or self._revoked:
+                self._stamp, self._data, self._revoked = None, {"devices": [], "revoked": {}}, _NONE_REVOKED
             return self._data
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._stamp:

@@ -39,9 +39,16 @@ from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
 from noops.gate._errors import GateError
+
+_auditfast: ModuleType | None
+try:  # records of a RecordTemplate chained in C; the Python path below makes the same bytes
+    from noops.gate import _auditfast
+except ImportError:  # built by pip install (gcc, python3-dev, libssl-dev)
+    _auditfast = None
 
 __all__ = [
     "GENESIS_HASH",
@@ -50,6 +57,7 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "AuditRecord",
+    "JsonTime",
     "RecordTemplate",
     "VerifyResult",
     "canonical_json",
@@ -109,10 +117,14 @@ class RecordTemplate:
     record. The hashed text's fixed start (every field sorted before the first variable one,
     usually most of the record) is hashed once here; each record hashes only the rest, on a
     copy of that state. ``variable`` values are passed to :meth:`AuditLog.append_fragments` as
-    canonical JSON text of already sanitised values, in the order given here.
+    canonical JSON text of already sanitised values, in the order given here, or as a float:
+    a Unix time, written as the log writes times (:class:`JsonTime`).
+
+    With the native module (``_auditfast``), ``_fast`` holds the same layout for C, which
+    chains runs of such records in :meth:`AuditLog.append_fragments`.
     """
 
-    __slots__ = ("_head", "_line", "_line_slots", "_rest", "_rest_slots", "variable")
+    __slots__ = ("_fast", "_head", "_line", "_line_slots", "_rest", "_rest_slots", "variable")
 
     def __init__(self, fields: Mapping[str, str], variable: Sequence[str]) -> None:
         self.variable = tuple(variable)
@@ -122,12 +134,15 @@ class RecordTemplate:
                              "and no chain field")
         # slot numbers: 0 seq, 1 prev_hash, 2 hash, 3.. the variable fields
         slots = {"seq": 0, "prev_hash": 1, "hash": 2} | {n: 3 + i for i, n in enumerate(self.variable)}
-        hashed, order = self._layout(fields, slots, with_hash=False)
+        hashed, rest_order = self._layout(fields, slots, with_hash=False)
         cut = _first_slot(hashed)
-        self._head = hashlib.sha256(hashed[:cut].replace(b"%%", b"%"))
-        self._rest, self._rest_slots = hashed[cut:], itemgetter(*order)  # >= 2 slots: a tuple
-        line, order = self._layout(fields, slots, with_hash=True)
-        self._line, self._line_slots = line, itemgetter(*order)
+        head = hashed[:cut].replace(b"%%", b"%")
+        self._head = hashlib.sha256(head)
+        self._rest, self._rest_slots = hashed[cut:], itemgetter(*rest_order)  # >= 2 slots: a tuple
+        line, line_order = self._layout(fields, slots, with_hash=True)
+        self._line, self._line_slots = line, itemgetter(*line_order)
+        self._fast = None if _auditfast is None else _auditfast.Template(
+            head, self._rest, rest_order, line, line_order, len(self.variable))
 
     @staticmethod
     def _layout(fields: Mapping[str, str], slots: dict[str, int],
@@ -154,6 +169,31 @@ class RecordTemplate:
         digest = h.hexdigest()
         slot[2] = b'"' + digest.encode() + b'"'
         return self._line % self._line_slots(slot) + b"\n", digest
+
+
+_TemplateRecord = tuple["RecordTemplate", Sequence[str | float]]
+
+
+class JsonTime:
+    """Unix times as the log writes them (canonical JSON of the ISO 8601 UTC text of
+    :func:`_time_text`, microseconds rounded half to even as ``datetime.fromtimestamp``), the
+    date and time of day formatted once per second. Not for two threads at once."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now // 1)
+        micro = round((now - second) * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self.second:
+            self.second = second
+            self.prefix = '"' + datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f'{self.prefix}{micro:06d}+00:00"'
 
 
 def _first_slot(fmt: bytes) -> int:
@@ -331,6 +371,7 @@ class AuditLog:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._json_time = JsonTime()  # under _lock
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,28 +420,41 @@ class AuditLog:
         change from record to record; fill it in :meth:`append_fragments`."""
         return RecordTemplate(fields, variable)
 
-    def append_fragments(self, items: Sequence[Mapping[str, str] | tuple[RecordTemplate, Sequence[str]]],
+    def append_fragments(self, items: Sequence[Mapping[str, str] | _TemplateRecord],
                          sync: bool = True) -> list[tuple[int, str, str]]:
         """Chain, write and fsync records given as :meth:`fragments` (field -> canonical JSON of
         an already sanitised value), or as ``(template, values)``: a :class:`RecordTemplate` and
-        the canonical JSON of its variable fields, in its order. One fsync for all; without
-        ``sync`` none (the caller calls :meth:`sync` later). Returns ``(seq, prev_hash, hash)``
-        each.
+        its variable fields in its order, each canonical JSON text or a float Unix time. One
+        fsync for all; without ``sync`` none (the caller calls :meth:`sync` later). Returns
+        ``(seq, prev_hash, hash)`` each.
 
         The line is assembled from the fragments in sorted key order, which is byte for byte
         what :func:`canonical_json` makes of the whole record, so :func:`verify` is unchanged.
+        Runs of template records are chained by the native module when it is there; it stops
+        at anything it does not handle the way this method does, which then takes over.
         """
         out: list[tuple[int, str, str]] = []
         sha256 = hashlib.sha256
+        items = items if isinstance(items, list) else list(items)
+        chain = _auditfast.chain if _auditfast is not None else None
         with self._lock:
             if self._fd < 0:
                 raise AuditError("the audit log is closed; open a new AuditLog")
             lines: list[bytes] = []
             seq, head, size = self._seq, self._head, self._size
             try:
-                for item in items:
+                i, n = 0, len(items)
+                while i < n:
+                    item = items[i]
                     if isinstance(item, tuple):
-                        line, digest = item[0].fill(seq, head, item[1])
+                        if chain is not None:
+                            data, end, seq, head, size = chain(items, i, seq, head, size, self.max_bytes, out)
+                            if end > i:
+                                lines.append(data)
+                                i = end
+                                continue
+                        values = [v if isinstance(v, str) else self._json_time(v) for v in item[1]]
+                        line, digest = item[0].fill(seq, head, values)
                     else:
                         body = {**item, "seq": str(seq), "prev_hash": f'"{head}"'}
                         text = "{" + ",".join(f'"{k}":{body[k]}' for k in sorted(body)) + "}"
@@ -417,6 +471,7 @@ class AuditLog:
                     size += len(line)
                     out.append((seq, head, digest))
                     seq, head = seq + 1, digest
+                    i += 1
                 self._write(lines)
                 if sync:
                     os.fdatasync(self._fd)  # the data and the file size: all a reader needs
@@ -441,7 +496,7 @@ class AuditLog:
 
     def _write(self, lines: list[bytes]) -> None:
         if lines:
-            os.write(self._fd, b"".join(lines))
+            os.write(self._fd, lines[0] if len(lines) == 1 else b"".join(lines))
 
     def _prepare(self, record: Mapping[str, Any]) -> dict[str, Any]:
         fields: dict[str, Any] = {}

@@ -336,8 +336,9 @@ class Gatekeeper:
         it: ``(cookie, authorization, host, normalised path, method, websocket)``; the raw
         credentials make the key finer than the session secret, never coarser. The rules are
         those of the reuse inside :meth:`check`: any revocation, policy or trust change has
-        dropped the decision, the client certificate is checked for revocation and expiry here,
-        and the request is counted and audited as its own record.
+        dropped the decision, the client certificate is checked for revocation here (a decision
+        ends when its certificate expires), and the request is counted and audited as its own
+        record.
         """
         presented = conn.cert
         hit = self._decisions.get((_RAW, *raw, presented.serial if presented is not None else 0,
@@ -348,9 +349,8 @@ class Gatekeeper:
 
     def _reused(self, hit: tuple[Verdict, RecordTemplate, float, str], presented: VerifiedIdentity | None,
                 now: float, request_id: str) -> Verdict | None:
-        if hit[2] <= now or (presented is not None and (
-                presented.serial in self._revoked_serials or presented.not_after.timestamp() <= now)):
-            return None
+        if hit[2] <= now or (presented is not None and presented.serial in self._revoked_serials):
+            return None  # hit[2]: the decision's end, never after the certificate's
         # The same caller, request and signals within the last second: the same decision,
         # audited again as its own record (see _DECISION_TTL_S).
         self._seen(hit[3], now)
@@ -390,7 +390,10 @@ class Gatekeeper:
                 self._decisions.clear()
             rate_key = user if user is not None else "ip:" + req.client_ip
             template = RecordTemplate(fragments, ("time", "request_id"))
-            entry = self._decisions[key] = (verdict, template, now + _DECISION_TTL_S, rate_key)
+            until = now + _DECISION_TTL_S
+            if presented is not None:  # the key holds its serial: the same certificate
+                until = min(until, presented.not_after.timestamp())
+            entry = self._decisions[key] = (verdict, template, until, rate_key)
             if raw is not None:
                 self._decisions[(_RAW, *raw, key[1], conn.rejected, req.client_ip)] = entry
             return verdict

@@ -205,6 +205,28 @@ def test_revoked_device_refused_on_its_open_connection_within_the_reuse_second(
         assert again is not None and again.status == 403
 
 
+def test_device_certificate_expiring_on_an_open_connection_ends_its_reused_decision(
+        gw: Gateway, env: dict[str, Any]) -> None:
+    """A kept-alive connection's device certificate that expires counts for nothing from then on,
+    even for a request the gateway allowed less than a second before (its decision is reused)."""
+    expires = datetime.datetime.now(datetime.UTC).replace(microsecond=0) + datetime.timedelta(seconds=2)
+    cert = build(gw, "expiring", uris=[DEV], not_after=expires)
+    request = raw_get("/device", cookie=env["cookie"], headers=[("Accept", "application/json")])
+    seen: list[tuple[float, float, int]] = []
+    with RawConnection(gw, cert=cert) as c:
+        while time.time() < expires.timestamp() + 0.5:
+            sent = time.time()
+            r = c.request(request)
+            assert r is not None
+            seen.append((sent, time.time(), r.status))
+            time.sleep(0.05)
+    end = expires.timestamp()
+    assert [s for sent, done, s in seen if done < end - 0.05] and all(
+        s == 200 for sent, done, s in seen if done < end - 0.05)
+    after = [s for sent, done, s in seen if sent > end + 0.05]
+    assert after and set(after) == {403}
+
+
 def test_device_certificate_of_another_user_counts_for_nothing(gw: Gateway, env: dict[str, Any]) -> None:
     cert, key, _ = gw.device("laptop", "max")
     assert _device_request(gw, (cert, key), env["cookie"]) == 403  # mia's session, max's device
