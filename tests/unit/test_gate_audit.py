@@ -140,6 +140,48 @@ def test_native_chain_writes_what_whole_records_write(base: dict[str, str],
         assert verify(root / "native").records == len(got["whole"])
 
 
+class _Str(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [-1.0, 253402300800.0, float("nan"), 7, '"caf\u00e9"', _Str('"r"')],
+                         ids=["negative", "year_10000", "nan", "int", "non_ascii", "str_subclass"])
+def test_native_chain_leaves_what_it_does_not_handle_to_python(tmp_path: Path, value: object) -> None:
+    """The C path stops at a value it does not write the Python way; the record is still
+    written, the Python way. Beyond values: a chain head that is not a 64-digit hash, a
+    sequence number or size too large for C, or more variables than it takes."""
+    native = audit._auditfast
+    assert native is not None
+    log = AuditLog(tmp_path / "a.jsonl")
+    template = log.template(log.fragments(record(0)), ("time", "request_id"))
+    item = (template, (1.5, value))
+    assert native.chain([item], 0, 0, "0" * 64, 0, 1 << 20, [])[1] == 0
+    good = (template, (1.5, '"r"'))
+    for seq, head, size, max_bytes in ((0, "x" * 65, 0, 1 << 20), (2**63 - 1, "0" * 64, 0, 1 << 20),
+                                       (0, "0" * 64, 2**64, 1 << 20), (0, "0" * 64, 0, float("inf"))):
+        assert native.chain([good], 0, seq, head, size, max_bytes, [])[1] == 0
+    nine = tuple(f"v{i}" for i in range(native.MAX_VARIABLES + 1))
+    assert log.template(dict.fromkeys(nine, '"x"'), nine)._fast is None
+    try:
+        audit._auditfast = None
+        python_log = AuditLog(tmp_path / "b.jsonl")
+        python_template = python_log.template(python_log.fragments(record(0)), ("time", "request_id"))
+        try:
+            expected: object = python_log.append_fragments([(python_template, (1.5, value))])
+        except ValueError as exc:  # a time datetime cannot hold: refused the same way
+            expected = type(exc)
+    finally:
+        audit._auditfast = native
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            log.append_fragments([item])
+    else:
+        assert log.append_fragments([item]) == expected
+    log.close()
+    python_log.close()
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
 def test_secrets_are_never_logged(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
     log.append(record(0, headers={"Authorization": "Bearer abc.def", "Cookie": "sid=s3cr3t",

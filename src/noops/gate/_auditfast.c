@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -133,6 +134,8 @@ static int Template_init(TemplateObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "a Template is made once");
         return -1;
     }
+    format_free(&self->rest); /* from a call that failed half-way */
+    format_free(&self->line);
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*SOSOi", kwlist, &head, &rest, &rest_order, &line,
                                      &line_order, &variables))
         return -1;
@@ -252,20 +255,33 @@ static int fill(buf_t *b, const format_t *f, const span_t *slots) {
 
 static const char HEX[] = "0123456789abcdef";
 
+/* ``obj`` as a long long in 0..LLONG_MAX - 1, else -1 (the Python path decides: an int too
+ * large, or not an int). Clears any error of the conversion. */
+static long long small_int(PyObject *obj) {
+    if (!PyLong_CheckExact(obj)) return -1;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return overflow || v < 0 || v == LLONG_MAX ? -1 : v;
+}
+
 static PyObject *chain(PyObject *module, PyObject *args) {
     (void)module;
-    PyObject *items, *prev_obj, *out;
+    PyObject *items, *seq_obj0, *prev_obj, *size_obj, *max_obj, *out;
     Py_ssize_t start;
-    long long seq, size, max_bytes;
-    if (!PyArg_ParseTuple(args, "O!nLULLO!", &PyList_Type, &items, &start, &seq, &prev_obj, &size,
-                          &max_bytes, &PyList_Type, &out))
+    if (!PyArg_ParseTuple(args, "O!nOUOOO!", &PyList_Type, &items, &start, &seq_obj0, &prev_obj, &size_obj,
+                          &max_obj, &PyList_Type, &out))
         return NULL;
-    Py_ssize_t prev_len;
-    const char *prev = PyUnicode_AsUTF8AndSize(prev_obj, &prev_len);
-    if (prev == NULL) return NULL;
-    if (prev_len > 64) {
-        PyErr_SetString(PyExc_ValueError, "prev_hash is a SHA-256 hex digest");
-        return NULL;
+    long long seq = small_int(seq_obj0), size = small_int(size_obj), max_bytes = small_int(max_obj);
+    Py_ssize_t prev_len = 0;
+    const char *prev = PyUnicode_IS_ASCII(prev_obj) ? PyUnicode_AsUTF8AndSize(prev_obj, &prev_len) : NULL;
+    if (seq < 0 || size < 0 || max_bytes < 0 || prev == NULL || prev_len > 64) {
+        PyErr_Clear();
+        /* nothing chained: the Python path takes it from here */
+        return Py_BuildValue("(y#nOOO)", "", (Py_ssize_t)0, start, seq_obj0, prev_obj, size_obj);
     }
     /* Buffers of the chain's own slots: seq, "prev_hash", "hash", and the times. */
     char seq_text[24], prev_text[68], hash_text[68], times[MAX_VARS][34];
@@ -277,26 +293,27 @@ static PyObject *chain(PyObject *module, PyObject *args) {
 
     buf_t lines = {0}, hashed = {0};
     EVP_MD_CTX *work = EVP_MD_CTX_new();
-    PyObject *result = NULL, *head_obj = NULL;
+    PyObject *result = NULL, *head_obj = NULL, *item = NULL, *fast = NULL;
     if (work == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
     Py_ssize_t i = start < 0 ? 0 : start;
-    Py_ssize_t n = PyList_GET_SIZE(items);
-    for (; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(items, i);
+    /* Allocations below may run Python code (a collection): the list may change under us, so
+     * its size is read on every pass and the item and its template are held while used. */
+    for (; i < PyList_GET_SIZE(items) && seq < LLONG_MAX; i++) {
+        item = PyList_GET_ITEM(items, i);
+        Py_INCREF(item);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) break;
-        PyObject *fast = PyObject_GetAttr(PyTuple_GET_ITEM(item, 0), fast_name);
+        fast = PyObject_GetAttr(PyTuple_GET_ITEM(item, 0), fast_name);
         if (fast == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto fail;
             PyErr_Clear();
             break;
         }
-        int is_template = Py_IS_TYPE(fast, &TemplateType);
         TemplateObject *t = (TemplateObject *)fast;
-        Py_DECREF(fast); /* the RecordTemplate in the list keeps it alive */
         PyObject *values = PyTuple_GET_ITEM(item, 1);
-        if (!is_template || t->head == NULL || !PyTuple_Check(values) ||
+        if (!Py_IS_TYPE(fast, &TemplateType) || t->head == NULL || !PyTuple_CheckExact(values) ||
             PyTuple_GET_SIZE(values) != t->variables)
             break;
         span_t slots[SLOT_VARS + MAX_VARS];
@@ -358,17 +375,17 @@ static PyObject *chain(PyObject *module, PyObject *args) {
             prev_hash = prev_obj;
             Py_INCREF(prev_hash);
         }
+        last_hash = NULL;
         PyObject *triple = PyTuple_New(3);
-        if (hash_obj == NULL || seq_obj == NULL || prev_hash == NULL || triple == NULL) {
+        if (hash_obj == NULL || seq_obj == NULL || triple == NULL) {
             Py_XDECREF(hash_obj);
             Py_XDECREF(seq_obj);
-            Py_XDECREF(prev_hash);
+            Py_DECREF(prev_hash);
             Py_XDECREF(triple);
-            last_hash = NULL;
             goto fail;
         }
         PyTuple_SET_ITEM(triple, 0, seq_obj);
-        PyTuple_SET_ITEM(triple, 1, prev_hash); /* takes the reference last_hash held */
+        PyTuple_SET_ITEM(triple, 1, prev_hash);
         Py_INCREF(hash_obj);
         PyTuple_SET_ITEM(triple, 2, hash_obj);
         last_hash = hash_obj; /* one reference, ours */
@@ -379,17 +396,21 @@ static PyObject *chain(PyObject *module, PyObject *args) {
         seq += 1;
         memcpy(prev_text + 1, hash_text + 1, 64);
         prev_n = 66;
+        Py_CLEAR(item);
+        Py_CLEAR(fast);
     }
     if (last_hash != NULL) {
         head_obj = last_hash;
         last_hash = NULL;
     } else {
-        head_obj = PyUnicode_FromStringAndSize(prev_text + 1, prev_n - 2);
-        if (head_obj == NULL) goto fail;
+        head_obj = prev_obj;
+        Py_INCREF(head_obj);
     }
     result = Py_BuildValue("(y#nLOL)", lines.p ? lines.p : "", (Py_ssize_t)lines.len, i, seq, head_obj,
                            size);
 fail:
+    Py_XDECREF(item);
+    Py_XDECREF(fast);
     Py_XDECREF(last_hash);
     Py_XDECREF(head_obj);
     EVP_MD_CTX_free(work);
@@ -426,6 +447,10 @@ PyMODINIT_FUNC PyInit__auditfast(void) {
     Py_INCREF(&TemplateType);
     if (PyModule_AddObject(m, "Template", (PyObject *)&TemplateType) < 0) {
         Py_DECREF(&TemplateType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "MAX_VARIABLES", MAX_VARS) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,5 +1,7 @@
 from typing import Any
 
+MAX_VARIABLES: int
+
 class Template:
     def __init__(self, head: bytes, rest: bytes, rest_order: tuple[int, ...], line: bytes,
                  line_order: tuple[int, ...], variables: int) -> None: ...

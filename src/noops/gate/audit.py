@@ -141,8 +141,10 @@ class RecordTemplate:
         self._rest, self._rest_slots = hashed[cut:], itemgetter(*rest_order)  # >= 2 slots: a tuple
         line, line_order = self._layout(fields, slots, with_hash=True)
         self._line, self._line_slots = line, itemgetter(*line_order)
-        self._fast = None if _auditfast is None else _auditfast.Template(
-            head, self._rest, rest_order, line, line_order, len(self.variable))
+        self._fast = None
+        if _auditfast is not None and len(self.variable) <= _auditfast.MAX_VARIABLES:
+            self._fast = _auditfast.Template(head, self._rest, rest_order, line, line_order,
+                                             len(self.variable))
 
     @staticmethod
     def _layout(fields: Mapping[str, str], slots: dict[str, int],
