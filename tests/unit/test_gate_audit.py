@@ -336,11 +336,12 @@ def test_the_recorder_writes_records_together_then_syncs(
     path = tmp_path / "audit.jsonl"
     recorder = DecisionRecorder(AuditLog(path))
     start = (T0 + timedelta(seconds=1)).timestamp()
+    ids = ["r0", "0a-ff", 'r"2\n', "R.3_x"]  # the front door's kind, one to escape, other plain
 
     async def decide() -> list[dict[str, object]]:
         template = RecordTemplate(recorder.record(record(0)), ("time", "request_id"))
         for i in range(1, 4):
-            recorder.repeat(template, start + i - 1 + 0.25, f"r{i}")
+            recorder.repeat(template, start + i - 1 + 0.25, ids[i])
         await asyncio.sleep(0)
         assert not path.exists() or path.read_text() == ""  # not at once
         await asyncio.sleep(0.2)
@@ -348,11 +349,11 @@ def test_the_recorder_writes_records_together_then_syncs(
 
     written = asyncio.run(decide())
     assert [(r["request_id"], r["time"]) for r in written] == [
-        ("r0", "2026-05-06T10:00:00.000000+00:00"), ("r1", "2026-05-06T10:00:01.250000+00:00"),
-        ("r2", "2026-05-06T10:00:02.250000+00:00"), ("r3", "2026-05-06T10:00:03.250000+00:00")]
+        ("r0", "2026-05-06T10:00:00.000000+00:00"), ("0a-ff", "2026-05-06T10:00:01.250000+00:00"),
+        ('r"2\\x0a', "2026-05-06T10:00:02.250000+00:00"), ("R.3_x", "2026-05-06T10:00:03.250000+00:00")]
     whole = AuditLog(tmp_path / "whole.jsonl")
     for i in range(4):
-        whole.append({**record(0), "request_id": f"r{i}",
+        whole.append({**record(0), "request_id": ids[i],
                       "time": T0 + timedelta(seconds=i, milliseconds=250 if i else 0)})
     whole.close()
     assert path.read_text() == (tmp_path / "whole.jsonl").read_text()

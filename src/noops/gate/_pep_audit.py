@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ SYNC_GATHER_S: Final = 0.005
 """After a sync the thread waits this long before the next, so a busy gateway syncs at most
 ~200 times a second whatever its request rate. A written record is durable within about this
 long plus one sync."""
-_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z._-]*")
+_HEX_ID: Final = "0123456789abcdef-"
 _SYNC: Final = "sync"
 
 
@@ -50,7 +49,6 @@ class DecisionRecorder:
         self.audit = audit
         # records not written yet: fragments, or (template, (time, request id as JSON))
         self._pending: list[Mapping[str, str] | tuple[RecordTemplate, tuple[float, str]]] = []
-        self._plain_id = _PLAIN_ID.fullmatch
         self._sync_asked = False
         self._q: queue.SimpleQueue[tuple[str, Mapping[str, Any]] | str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
@@ -64,7 +62,8 @@ class DecisionRecorder:
 
     def repeat(self, template: RecordTemplate, now: float, request_id: str) -> None:
         """Record a reused decision: ``template`` with this request's time and id."""
-        rid = f'"{request_id}"' if self._plain_id(request_id) else json_fragment(request_id)
+        # the front door's ids (hex and "-") are canonical JSON as they are; others are escaped
+        rid = json_fragment(request_id) if request_id.strip(_HEX_ID) else f'"{request_id}"'
         self._add((template, (now, rid)))
 
     def from_thread(self, record: Mapping[str, Any]) -> None:
