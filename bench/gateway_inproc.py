@@ -16,9 +16,11 @@ thread CPU time, which the machine's speed moves far less:
   connection; the app's answer (nginx's ``200 ok`` head) is fed to the upstream connection; every
   check runs as under load: the decision (reused within its second, as for wrk), the audit
   record, the assertion, the request id;
-* ``--rounds`` rounds of ``--requests`` requests; the loop yields every 50 requests, so the
-  audit batches are written as on a busy gateway. Printed: the loop thread's CPU per request
-  (min and median of the rounds) and the process's (the audit thread's syncs included).
+* ``--connections`` client connections (50, as wrk's) each get a request, then the app answers
+  each (as many app connections in use); ``--rounds`` rounds of about ``--requests`` requests;
+  the loop yields about every 50 requests, so the audit batches are written as on a busy
+  gateway. Printed: the loop thread's CPU per request for each round, their min and median, and
+  the process's (the audit thread's syncs included).
 
 Before timing it checks that the forwarded head carries the assertion and the client got the
 app's ``200``, and after it that the audit log holds one record per request and verifies.
@@ -26,7 +28,7 @@ Compare trees with ``PYTHONPATH=/path/to/other/src python bench/gateway_inproc.p
 
 Usage::
 
-    python bench/gateway_inproc.py [--requests 20000] [--rounds 7] [--profile]
+    python bench/gateway_inproc.py [--requests 20000] [--rounds 7] [--connections 50] [--profile]
 """
 
 from __future__ import annotations
@@ -116,36 +118,51 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     core = Core(registry, FrontDoorConfig(), tls=True)
     core.gate = gate
     der = x509.load_pem_x509_certificate(pki.device[0].read_bytes()).public_bytes(Encoding.DER)
-    client_transport = _Transport({"peername": ("127.0.0.1", 50000),
-                                   "ssl_object": _SSLObject(der, bench.HOST)})
-    client = ClientConnection(core)
-    client.connection_made(client_transport)  # type: ignore[arg-type]
     pool = core.pick(registry.endpoints(bench.HOST), None)
     assert pool is not None
-    upstream = Upstream(pool)
-    upstream_transport = _Transport({})
-    upstream.connection_made(upstream_transport)  # type: ignore[arg-type]
-    pool.put(upstream, core.clock)
+    clients: list[tuple[ClientConnection, _Transport]] = []
+    for n in range(args.connections):
+        client_transport = _Transport({"peername": ("127.0.0.1", 50000 + n),
+                                       "ssl_object": _SSLObject(der, bench.HOST)})
+        client = ClientConnection(core)
+        client.connection_made(client_transport)  # type: ignore[arg-type]
+        clients.append((client, client_transport))
+        upstream = Upstream(pool)
+        upstream.connection_made(_Transport({}))  # type: ignore[arg-type]
+        pool.put(upstream, core.clock)
     request = (f"GET / HTTP/1.1\r\nHost: {bench.HOST}\r\nUser-Agent: wrk\r\n"
                f"Cookie: {bench.COOKIE_NAME}={cookie}\r\n\r\n").encode()
+    in_flight: list[Upstream] = []
 
-    def one() -> None:
-        client.data_received(request)
-        upstream.data_received(RESPONSE)
+    def one_each() -> None:
+        """A request on every connection, then the app's answers: ``--connections`` in flight."""
+        for client, _ in clients:
+            client.data_received(request)
+            active = client.active
+            assert active is not None and active.up is not None
+            in_flight.append(active.up)
+        for upstream in in_flight:
+            upstream.data_received(RESPONSE)
+        in_flight.clear()
 
-    for _ in range(200):
-        one()
-    if b"X-Noops-Assertion: " not in upstream_transport.last:
-        raise SystemExit(f"no assertion forwarded:\n{upstream_transport.last.decode(errors='replace')}")
-    answer = client_transport.last
-    if not answer.startswith(b"HTTP/1.1 200") or not answer.endswith(b"ok\n"):
-        raise SystemExit(f"the client did not get the app's answer:\n{client_transport.last!r}")
-    sent = 200
+    for _ in range(max(1, 200 // args.connections)):
+        one_each()
+    forwarded = clients[-1][0].core.pools[pool.path].idle[-1].transport
+    assert isinstance(forwarded, _Transport)
+    if b"X-Noops-Assertion: " not in forwarded.last:
+        raise SystemExit(f"no assertion forwarded:\n{forwarded.last.decode(errors='replace')}")
+    for _, client_transport in clients:
+        answer = client_transport.last
+        if not answer.startswith(b"HTTP/1.1 200") or not answer.endswith(b"ok\n"):
+            raise SystemExit(f"the client did not get the app's answer:\n{answer!r}")
+    sent = max(1, 200 // args.connections) * args.connections
+    batches = max(1, args.requests // args.connections)
+    requests = batches * args.connections
 
     async def rounds_of(count: int) -> None:
         for i in range(count):
-            one()
-            if i % 50 == 49:
+            one_each()
+            if (i + 1) * args.connections % 50 < args.connections:  # about every 50 requests
                 await asyncio.sleep(0)
 
     profile = cProfile.Profile() if args.profile else None
@@ -155,21 +172,22 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         if profile is not None:
             profile.enable()
         t0, p0 = time.thread_time(), time.process_time()
-        await rounds_of(args.requests)
+        await rounds_of(batches)
         t1 = time.thread_time()
         await asyncio.sleep(0.05)  # the last audit batch and its sync
         p1 = time.process_time()
         if profile is not None:
             profile.disable()
-        sent += args.requests
-        loop_us.append((t1 - t0) / args.requests * 1e6)
-        process_us.append((p1 - p0) / args.requests * 1e6)
+        sent += requests
+        loop_us.append((t1 - t0) / requests * 1e6)
+        process_us.append((p1 - p0) / requests * 1e6)
     gate.close()
     identities.close()
     checked = verify(files.audit)
     records = checked.records
-    print(f"{args.rounds} rounds of {args.requests} requests (one kept-alive connection, every check on, "
-          "network and TLS left out)")
+    print(f"{args.rounds} rounds of {requests} requests ({args.connections} kept-alive connection(s), "
+          "every check on, network and TLS left out)")
+    print("rounds:", " ".join(f"{x:.1f}" for x in loop_us))
     print(f"event loop thread CPU per request: min {min(loop_us):.1f} us, "
           f"median {statistics.median(loop_us):.1f} us")
     print(f"process CPU per request (audit thread included): min {min(process_us):.1f} us, "
@@ -186,6 +204,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=20_000, help="requests per round")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--connections", type=int, default=50,
+                    help="client connections with a request in flight each, as wrk -c (as many to the app)")
     ap.add_argument("--profile", action="store_true", help="cProfile the timed rounds (slower; shares only)")
     args = ap.parse_args()
     import uvloop
