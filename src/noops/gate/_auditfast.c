@@ -152,6 +152,8 @@ static int Template_init(TemplateObject *self, PyObject *args, PyObject *kwds) {
     if (self->head == NULL || !EVP_DigestInit_ex(self->head, sha256, NULL) ||
         !EVP_DigestUpdate(self->head, head.buf, head.len)) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not start a SHA-256 digest");
+        EVP_MD_CTX_free(self->head); /* no half-made state: chain() refuses a Template without one */
+        self->head = NULL;
         goto done;
     }
     rc = 0;
