@@ -145,9 +145,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             upstream.data_received(RESPONSE)
         in_flight.clear()
 
-    for _ in range(max(1, 200 // args.connections)):
+    warm_up = max(1, 200 // args.connections)
+    for _ in range(warm_up):
         one_each()
-    forwarded = clients[-1][0].core.pools[pool.path].idle[-1].transport
+    forwarded = pool.idle[-1].transport
     assert isinstance(forwarded, _Transport)
     if b"X-Noops-Assertion: " not in forwarded.last:
         raise SystemExit(f"no assertion forwarded:\n{forwarded.last.decode(errors='replace')}")
@@ -155,14 +156,15 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         answer = client_transport.last
         if not answer.startswith(b"HTTP/1.1 200") or not answer.endswith(b"ok\n"):
             raise SystemExit(f"the client did not get the app's answer:\n{answer!r}")
-    sent = max(1, 200 // args.connections) * args.connections
+    sent = warm_up * args.connections
     batches = max(1, args.requests // args.connections)
     requests = batches * args.connections
+    yield_every = max(1, 50 // args.connections)  # batches: about every 50 requests
 
     async def rounds_of(count: int) -> None:
         for i in range(count):
             one_each()
-            if (i + 1) * args.connections % 50 < args.connections:  # about every 50 requests
+            if i % yield_every == yield_every - 1:
                 await asyncio.sleep(0)
 
     profile = cProfile.Profile() if args.profile else None
